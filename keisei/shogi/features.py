@@ -1,0 +1,61 @@
+"""Observations: a stack of 119 binary 9x9 planes from the side to move's view.
+
+The layout follows dlshogi's input features (62 board planes + 57 hand/check
+planes); docs/observations.md describes every plane. Square ``s`` of a plane is
+``file_index * 9 + rank_index`` in the side-to-move frame (White's view is the board
+rotated 180 degrees), the same numbering as the to-square of an action label, so
+``obs.reshape(119, 9, 9)[c, file_index, rank_index]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from keisei.shogi import _native
+
+NUM_PLANES = _native.NUM_PLANES
+OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
+
+#: Version of the observation planes *and* the action labels. Checkpoints store it;
+#: bump it whenever either encoding changes.
+ENCODING_VERSION = "keisei-obs119-dlshogi2187-v1"
+
+PIECE_NAMES = ("pawn", "lance", "knight", "silver", "bishop", "rook", "gold", "king",
+               "pro_pawn", "pro_lance", "pro_knight", "pro_silver", "horse", "dragon")
+HAND_PLANES = (("pawn", 8), ("lance", 4), ("knight", 4), ("silver", 4), ("gold", 4),
+               ("bishop", 2), ("rook", 2))
+
+
+def _plane_names() -> tuple[str, ...]:
+    names = [f"own_{p}" for p in PIECE_NAMES] + [f"opp_{p}" for p in PIECE_NAMES]
+    names += [f"own_attacks_by_{p}" for p in PIECE_NAMES] + [f"opp_attacks_by_{p}" for p in PIECE_NAMES]
+    names += [f"own_attackers_ge{k}" for k in (1, 2, 3)] + [f"opp_attackers_ge{k}" for k in (1, 2, 3)]
+    for side in ("own", "opp"):
+        names += [f"{side}_hand_{p}_ge{k}" for p, n in HAND_PLANES for k in range(1, n + 1)]
+    names.append("in_check")
+    return tuple(names)
+
+
+#: Name of each plane, in order (len == NUM_PLANES).
+PLANE_NAMES = _plane_names()
+assert len(PLANE_NAMES) == NUM_PLANES
+
+
+def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+    """Planes of many positions at once: uint8 array of shape (len(sfens), 119, 9, 9)."""
+    n = len(sfens)
+    if out is None:
+        out = np.empty((n, *OBSERVATION_SHAPE), dtype=np.uint8)
+    elif out.dtype != np.uint8 or out.shape != (n, *OBSERVATION_SHAPE) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous uint8 array of shape {(n, *OBSERVATION_SHAPE)}, "
+                         f"got {out.dtype} {out.shape}")
+    turns = np.empty(n, dtype=np.uint8)
+    _native.encode_planes(sfens, out, turns)
+    return out
+
+
+def encode_observation(sfen: str) -> np.ndarray:
+    """Planes of one position: uint8 array of shape (119, 9, 9)."""
+    return encode_observations([sfen])[0]

@@ -1,0 +1,332 @@
+"""A game of Shogi under the official rules, with adjudication and records.
+
+rsshogi generates the legal moves (pawn-drop mate, nifu, dead drops and forced
+promotion are not among them) and detects repetitions; this module adds what
+decides a game: no legal move loses, the 4th occurrence of a position draws unless
+one side checked on every move of the cycle (that side loses), the CSA 27-point
+entering-king declaration wins, and ``max_plies`` moves end in a draw.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+
+import numpy as np
+from rsshogi.core import Board, Move
+from rsshogi.record import GameResult, Record
+from rsshogi.types import PieceType, RepetitionState
+
+STARTPOS = "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1"
+
+
+class IllegalMoveError(ValueError):
+    """A move that is malformed, illegal in the position, or played after the end."""
+
+
+class Color(str, Enum):
+    BLACK = "b"  # sente, moves first
+    WHITE = "w"  # gote
+
+    @property
+    def opponent(self) -> Color:
+        return Color.WHITE if self is Color.BLACK else Color.BLACK
+
+
+class Result(str, Enum):
+    BLACK_WIN = "black_win"
+    WHITE_WIN = "white_win"
+    DRAW = "draw"
+
+    @staticmethod
+    def win_for(color: Color) -> Result:
+        return Result.BLACK_WIN if color is Color.BLACK else Result.WHITE_WIN
+
+
+class Termination(IntEnum):
+    """Why a game ended. The integer codes are what ``VecEnv`` reports (0 = still running)."""
+
+    NONE = 0
+    CHECKMATE = 1  # side to move is in check with no legal move: it loses
+    NO_LEGAL_MOVES = 2  # side to move is not in check and has no legal move: it loses
+    SENNICHITE = 3  # 4th occurrence of the same position: draw
+    PERPETUAL_CHECK = 4  # 4th occurrence, one side checked on every move of the cycle: it loses
+    DECLARATION = 5  # side to move meets the CSA 27-point entering-king rule: it wins
+    MAX_PLIES = 6  # max_plies moves were played: draw (a truncation for RL)
+    RESIGN = 7  # side to move resigned: it loses
+    ILLEGAL_MOVE = 8  # side to move tried an illegal move (engines in matches): it loses
+
+
+_COLORS = (Color.BLACK, Color.WHITE)
+_REPETITION = {RepetitionState.DRAW: "draw", RepetitionState.WIN: "win", RepetitionState.LOSE: "lose"}
+_BIG_PIECES = frozenset({PieceType.BISHOP, PieceType.ROOK, PieceType.HORSE, PieceType.DRAGON})
+
+
+def parse_sfen(sfen: str) -> Board:
+    """A Board for ``sfen``; ``ValueError`` naming the SFEN if it is malformed or not a legal position."""
+    if not isinstance(sfen, str):
+        raise ValueError(f"SFEN must be a string, got {type(sfen).__name__}")
+    text = sfen.strip()
+    if text.startswith("sfen "):
+        text = text[5:].strip()
+    if text == "startpos":
+        text = STARTPOS
+    if len(text.split()) == 3:  # the move number is optional
+        text += " 1"
+    try:
+        board = Board(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid SFEN {sfen!r}: {exc}") from None
+    if not board.is_valid():
+        problems = "; ".join(issue.message for issue in board.validate_all().issues)
+        raise ValueError(f"invalid SFEN {sfen!r}: {problems}")
+    kinds = [piece.piece_type for _, piece in board.iter_pieces()]
+    if kinds.count(PieceType.KING) != 2:
+        raise ValueError(f"invalid SFEN {sfen!r}: each side needs exactly one king")
+    return board
+
+
+def declaration_points(board: Board) -> tuple[int, int] | None:
+    """(pieces in the enemy camp, points) for the side to move if it may declare, else None.
+
+    CSA 27-point rule: the king stands in the enemy camp (the far three ranks), is
+    not in check, at least 10 other pieces of the side stand in the enemy camp, and
+    those pieces plus the pieces in hand score at least 28 points for Black or 27
+    for White (rook and bishop, promoted or not, 5; every other piece 1).
+    """
+    turn = board.turn
+    black = turn.is_black()
+    king_rank = board.king_square(turn).value % 9
+    king_in_camp = king_rank <= 2 if black else king_rank >= 6
+    if not king_in_camp or board.is_in_check():
+        return None
+    pieces = points = 0
+    for square, piece in board.iter_pieces():
+        rank = square.value % 9
+        in_camp = rank <= 2 if black else rank >= 6
+        if in_camp and piece.color == turn and piece.piece_type != PieceType.KING:
+            pieces += 1
+            points += 5 if piece.piece_type in _BIG_PIECES else 1
+    hand = board.hand_counts(turn)
+    points += sum(count * (5 if kind in "BR" else 1) for kind, count in hand.items())
+    if pieces >= 10 and points >= (28 if black else 27):
+        return pieces, points
+    return None
+
+
+class Game:
+    """One game: ``push`` USI moves, read ``result`` and ``termination``, export records.
+
+    ``max_plies`` counts the moves played in this game (from the given start position);
+    when it is reached the game is a draw (``Termination.MAX_PLIES``).
+    """
+
+    __slots__ = ("_board", "_history", "_legal", "_result", "_start_sfen", "_termination",
+                 "declaration", "max_plies")
+
+    def __init__(self, sfen: str | None = None, *, max_plies: int = 320, declaration: bool = True) -> None:
+        if not isinstance(max_plies, int) or max_plies < 1:
+            raise ValueError(f"max_plies must be a positive integer, got {max_plies!r}")
+        self._board = parse_sfen(sfen) if sfen is not None else Board()
+        self._start_sfen = self._board.to_sfen()
+        self.max_plies = max_plies
+        self.declaration = declaration
+        self._history: list[Move] = []
+        self._result: Result | None = None
+        self._termination = Termination.NONE
+        self._adjudicate()
+
+    @classmethod
+    def from_usi_position(cls, position: str, **kwargs: object) -> Game:
+        """A game from a USI position command: ``"startpos moves 7g7f 3c3d"`` or
+        ``"sfen <sfen> moves ..."`` (a leading ``"position "`` is allowed)."""
+        tokens = position.split()
+        if tokens[:1] == ["position"]:
+            tokens = tokens[1:]
+        if tokens[:1] == ["startpos"]:
+            sfen, rest = STARTPOS, tokens[1:]
+        elif tokens[:1] == ["sfen"] and len(tokens) >= 4:
+            end = tokens.index("moves") if "moves" in tokens else len(tokens)
+            sfen, rest = " ".join(tokens[1:end]), tokens[end:]
+        else:
+            raise ValueError(f"invalid USI position {position!r}: expected 'startpos' or 'sfen ...'")
+        if rest and rest[0] != "moves":
+            raise ValueError(f"invalid USI position {position!r}: expected 'moves' after the position")
+        game = cls(sfen, **kwargs)  # type: ignore[arg-type]
+        for number, usi in enumerate(rest[1:], start=1):
+            try:
+                game.push(usi)
+            except IllegalMoveError as exc:
+                raise IllegalMoveError(f"move {number} of USI position: {exc}") from None
+        return game
+
+    # --- state -----------------------------------------------------------------
+    @property
+    def turn(self) -> Color:
+        """The side to move."""
+        return _COLORS[self._board.turn.value]
+
+    @property
+    def ply(self) -> int:
+        """Number of moves played in this game."""
+        return len(self._history)
+
+    @property
+    def moves(self) -> list[str]:
+        """The moves played, as USI strings."""
+        return [move.to_usi() for move in self._history]
+
+    @property
+    def start_sfen(self) -> str:
+        return self._start_sfen
+
+    @property
+    def is_over(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> Result | None:
+        """``Result`` once the game is over, None while it runs."""
+        return self._result
+
+    @property
+    def termination(self) -> Termination | None:
+        """Why the game ended, None while it runs."""
+        return self._termination if self._result is not None else None
+
+    @property
+    def winner(self) -> Color | None:
+        if self._result is Result.BLACK_WIN:
+            return Color.BLACK
+        if self._result is Result.WHITE_WIN:
+            return Color.WHITE
+        return None
+
+    def sfen(self) -> str:
+        return self._board.to_sfen()
+
+    def is_in_check(self) -> bool:
+        return self._board.is_in_check()
+
+    def legal_moves(self) -> list[str]:
+        """Legal moves of the side to move as USI strings (empty once the game is over)."""
+        return [move.to_usi() for move in self._legal]
+
+    def copy(self) -> Game:
+        other = object.__new__(Game)
+        other._board = self._board.copy()
+        other._history = list(self._history)
+        other._legal = self._legal
+        other._result = self._result
+        other._termination = self._termination
+        other._start_sfen = self._start_sfen
+        other.max_plies = self.max_plies
+        other.declaration = self.declaration
+        return other
+
+    # --- moves -------------------------------------------------------------------
+    def push(self, usi: str) -> None:
+        """Play ``usi``. Raises ``IllegalMoveError`` (game unchanged) if it is not legal."""
+        if self._result is not None:
+            raise IllegalMoveError(
+                f"cannot play {usi!r}: the game is over ({self._termination.name.lower()}) "
+                f"in position {self.sfen()}")
+        try:
+            move = Move.from_usi(usi) if isinstance(usi, str) else None
+        except ValueError:
+            move = None
+        if move is None:
+            raise IllegalMoveError(f"malformed move {usi!r} in position {self.sfen()}")
+        if move not in self._legal:
+            raise IllegalMoveError(f"illegal move {usi!r} in position {self.sfen()}")
+        self._push_legal(move)
+
+    def resign(self) -> None:
+        """The side to move resigns."""
+        self._end_with_loss(Termination.RESIGN)
+
+    def forfeit_illegal_move(self) -> None:
+        """The side to move loses for attempting an illegal move (used by referees)."""
+        self._end_with_loss(Termination.ILLEGAL_MOVE)
+
+    def _end_with_loss(self, termination: Termination) -> None:
+        if self._result is not None:
+            raise IllegalMoveError(f"the game is already over ({self._termination.name.lower()})")
+        self._finish(Result.win_for(self.turn.opponent), termination)
+
+    def _push_legal(self, move: Move) -> None:
+        """Play a move taken from ``self._legal`` (no validation): the environment's hot path."""
+        self._board.push_move(move)
+        self._history.append(move)
+        self._adjudicate()
+
+    def _finish(self, result: Result, termination: Termination) -> None:
+        self._result = result
+        self._termination = termination
+        self._legal = []
+
+    def _adjudicate(self) -> None:
+        board = self._board
+        repetition = _REPETITION.get(board.repetition_state())
+        if repetition is not None:
+            self._legal = []
+            if repetition == "draw":
+                self._finish(Result.DRAW, Termination.SENNICHITE)
+            else:  # rsshogi reports perpetual check from the side to move's view
+                mover = self.turn
+                winner = mover if repetition == "win" else mover.opponent
+                self._finish(Result.win_for(winner), Termination.PERPETUAL_CHECK)
+            return
+        self._legal = board.legal_moves()
+        if not self._legal:
+            reason = Termination.CHECKMATE if board.is_in_check() else Termination.NO_LEGAL_MOVES
+            self._finish(Result.win_for(self.turn.opponent), reason)
+        elif self.declaration and declaration_points(board) is not None:
+            self._finish(Result.win_for(self.turn), Termination.DECLARATION)
+        elif len(self._history) >= self.max_plies:
+            self._finish(Result.DRAW, Termination.MAX_PLIES)
+
+    # --- encodings and records ---------------------------------------------------------
+    def observation(self) -> np.ndarray:
+        """The (119, 9, 9) uint8 planes of the current position (see ``keisei.shogi.features``)."""
+        from keisei.shogi.features import encode_observation
+
+        return encode_observation(self.sfen())
+
+    def legal_mask(self) -> np.ndarray:
+        """Boolean (2187,) mask over the action labels of the legal moves."""
+        from keisei.shogi.actions import legal_mask
+
+        return legal_mask(self)
+
+    def to_usi_position(self) -> str:
+        """``"sfen <start> moves ..."`` (or ``"startpos moves ..."``), as sent to USI engines."""
+        start = "startpos" if self._start_sfen == STARTPOS else f"sfen {self._start_sfen}"
+        return f"{start} moves {' '.join(self.moves)}" if self._history else start
+
+    def record(self) -> Record:
+        """The game as an rsshogi ``Record`` (result included once the game is over)."""
+        return Record.from_usi_main_line(self._start_sfen, self.moves, result=self._record_result())
+
+    def to_kif(self) -> str:
+        return self.record().to_kif()
+
+    def to_csa(self) -> str:
+        return self.record().to_csa()
+
+    def _record_result(self) -> GameResult | None:
+        if self._result is None:
+            return None
+        term, winner = self._termination, self.winner
+        black = winner is Color.BLACK
+        if self._result is Result.DRAW:
+            repetition = term is Termination.SENNICHITE
+            return GameResult.DRAW_BY_REPETITION if repetition else GameResult.DRAW_BY_MAX_PLIES
+        if term is Termination.DECLARATION:
+            return GameResult.BLACK_WIN_BY_DECLARATION if black else GameResult.WHITE_WIN_BY_DECLARATION
+        if term in (Termination.PERPETUAL_CHECK, Termination.ILLEGAL_MOVE):
+            return GameResult.BLACK_WIN_BY_ILLEGAL_MOVE if black else GameResult.WHITE_WIN_BY_ILLEGAL_MOVE
+        return GameResult.BLACK_WIN if black else GameResult.WHITE_WIN
+
+    def __repr__(self) -> str:
+        state = self._termination.name.lower() if self._result is not None else "running"
+        return f"Game(sfen={self.sfen()!r}, ply={self.ply}, {state})"
