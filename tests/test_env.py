@@ -1,0 +1,127 @@
+"""VecEnv: masks, observations, rewards, auto-reset and errors, on real random play."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keisei.env import VecEnv
+from keisei.shogi import Game, IllegalMoveError, Result, Termination, encode_observation, move_to_action
+
+# Black to move mates with G*5b (the gold is protected by the pawn on 5c).
+MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
+
+
+def random_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.array([rng.choice(np.flatnonzero(row)) for row in mask])
+
+
+def legal_labels(game: Game) -> set[int]:
+    return {move_to_action(m, game.turn.value) for m in game.legal_moves()}
+
+
+def test_reset_shapes_and_masks() -> None:
+    env = VecEnv(4)
+    out = env.reset(seed=0)
+    assert out.obs.shape == (4, 119, 9, 9) and out.obs.dtype == np.uint8
+    assert out.legal_mask.shape == (4, 2187) and out.legal_mask.dtype == np.bool_
+    assert (out.legal_mask.sum(axis=1) == 30).all()
+    assert (out.to_play == 0).all()
+    for game, row in zip(env.games, out.legal_mask):
+        assert set(np.flatnonzero(row)) == legal_labels(game)
+
+
+def test_random_play_keeps_masks_observations_and_rewards_consistent() -> None:
+    env = VecEnv(8, max_plies=60, opening_plies=2)
+    rng = np.random.default_rng(1)
+    out = env.reset(seed=1)
+    finished = 0
+    for _ in range(400):
+        movers = [g.turn for g in env.games]
+        out = env.step(random_actions(out.legal_mask, rng))
+        done = out.terminated | out.truncated
+        assert not (out.terminated & out.truncated).any()
+        assert (out.reward[~done] == 0).all()
+        ended = env.pop_finished()
+        assert len(ended) == done.sum()
+        for i, game in zip(np.flatnonzero(done), ended):
+            finished += 1
+            assert game.is_over and game.termination == Termination(out.termination[i])
+            winner = game.winner
+            expected = 0.0 if winner is None else (1.0 if winner is movers[i] else -1.0)
+            assert out.reward[i] == expected
+            loser_view = 0.0 if winner is None else (1.0 if winner is movers[i].opponent else -1.0)
+            assert out.reward[i] + loser_view == 0  # zero-sum per finished game
+            assert out.truncated[i] == (game.termination is Termination.MAX_PLIES)
+            assert np.array_equal(out.final_obs[i], encode_observation(game.sfen()))
+            assert env.games[i].ply == 2 and not env.games[i].is_over  # auto-reset, opening plies played
+        for i, game in enumerate(env.games):
+            assert set(np.flatnonzero(out.legal_mask[i])) == legal_labels(game)
+            assert np.array_equal(out.obs[i], encode_observation(game.sfen()))
+            assert out.to_play[i] == (0 if game.turn == "b" else 1)
+    assert finished >= 40
+
+
+def test_checkmate_rewards_the_mating_move() -> None:
+    env = VecEnv(2, start_sfen=MATE_IN_ONE)
+    out = env.reset(seed=0)
+    mate = move_to_action("G*5b", "b")
+    quiet = move_to_action("5i4i", "b")
+    out = env.step(np.array([mate, quiet]))
+    assert out.terminated.tolist() == [True, False]
+    assert out.reward.tolist() == [1.0, 0.0]
+    assert out.termination[0] == Termination.CHECKMATE
+    (game,) = env.pop_finished()
+    assert game.result is Result.BLACK_WIN and game.moves == ["G*5b"]
+    assert env.games[0].sfen() == Game(MATE_IN_ONE).sfen()  # restarted from the start position
+
+
+def test_max_plies_is_truncation_with_zero_reward() -> None:
+    env = VecEnv(3, max_plies=4)
+    rng = np.random.default_rng(0)
+    out = env.reset(seed=0)
+    for step in range(4):
+        out = env.step(random_actions(out.legal_mask, rng))
+        assert out.truncated.all() == (step == 3)
+    assert not out.terminated.any() and (out.reward == 0).all()
+    assert (out.termination == Termination.MAX_PLIES).all()
+    assert all(g.ply == 0 for g in env.games)
+
+
+def test_same_seed_same_openings() -> None:
+    a, b = VecEnv(6, opening_plies=6), VecEnv(6, opening_plies=6)
+    a.reset(seed=42)
+    b.reset(seed=42)
+    assert [g.moves for g in a.games] == [g.moves for g in b.games]
+    assert len({tuple(g.moves) for g in a.games}) > 1  # openings differ between games
+    b.reset(seed=43)
+    assert [g.moves for g in a.games] != [g.moves for g in b.games]
+
+
+def test_bad_actions_are_errors_naming_env_and_action() -> None:
+    env = VecEnv(3)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(3, dtype=np.int64))
+    out = env.reset(seed=0)
+    good = np.flatnonzero(out.legal_mask[0])[0]
+    before = [g.sfen() for g in env.games]
+    with pytest.raises(IllegalMoveError, match=r"env 1: action 0 is not a legal move"):
+        env.step(np.array([good, 0, good]))
+    with pytest.raises(IllegalMoveError, match=r"env 2: action 5000"):
+        env.step(np.array([good, good, 5000]))
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.array([good, good]))
+    with pytest.raises(ValueError, match="integers"):
+        env.step(np.array([good, good, good], dtype=np.float32))
+    assert [g.sfen() for g in env.games] == before  # nothing was played
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ValueError, match="num_envs"):
+        VecEnv(0)
+    with pytest.raises(ValueError, match="opening_plies"):
+        VecEnv(2, max_plies=10, opening_plies=10)
+    with pytest.raises(ValueError, match="SFEN"):
+        VecEnv(2, start_sfen="not a position")
+    with pytest.raises(ValueError, match="already decided"):
+        VecEnv(2, start_sfen="4k4/4G4/4P4/9/9/9/9/9/4K4 w - 1")
