@@ -155,6 +155,27 @@ class VecEnv:
         self._encode_batch()
         return self._result
 
+    def state_dict(self) -> dict:
+        """The games in progress and the opening generator, for exact resumption (plain data)."""
+        return {"games": [[g.start_sfen, g.moves] for g in self.games],
+                "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> StepResult:
+        """Restore what ``state_dict`` saved (replaying each game's moves) and encode it."""
+        games = state["games"]
+        if len(games) != self.num_envs:
+            raise ValueError(f"state holds {len(games)} games, this VecEnv has {self.num_envs}")
+        self.games = [self._template] * self.num_envs
+        for i, (start, moves) in enumerate(games):
+            game = Game(start, max_plies=self.max_plies, declaration=self.declaration)
+            for move in moves:
+                game.push(move)
+            self._set_game(i, game)
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = state["rng"]
+        self._encode_batch()
+        return self._result
+
     def pop_finished(self) -> list[Game]:
         """The games that ended since the last call (oldest first), for records and statistics."""
         games = list(self._finished)

@@ -1,0 +1,220 @@
+"""The one config schema: dataclasses registered in Hydra's ConfigStore.
+
+``conf/`` holds the YAML files that fill these schemas (``conf/train.yaml`` and its
+groups mirror the classes below). Hydra composes and type-checks them (a wrong type,
+an unknown key or a bad enum value fails at composition); ``validate`` then checks
+ranges and cross-field rules and returns the typed ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value out of range or inconsistent; the message names the key."""
+
+
+class ModelName(str, Enum):
+    resnet = "resnet"
+    mlp = "mlp"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class WandbMode(str, Enum):
+    disabled = "disabled"
+    offline = "offline"
+    online = "online"
+
+
+@dataclass
+class ModelConfig:
+    """Policy/value network. ``resnet``: a convolutional tower; ``mlp``: a tiny net for tests."""
+
+    name: ModelName = ModelName.resnet
+    blocks: int = 6  # resnet: residual blocks
+    channels: int = 64  # resnet: channels of the tower
+    squeeze_excitation: bool = False  # resnet: SE layer in each block
+    se_reduction: int = 4  # resnet: SE bottleneck = channels / se_reduction
+    hidden: int = 256  # mlp: hidden units (two layers); resnet: value head hidden units
+
+
+@dataclass
+class EnvConfig:
+    """Self-play environment (``keisei.env.VecEnv``)."""
+
+    num_envs: int = 64
+    max_plies: int = 320
+    declaration: bool = True
+    opening_plies: int = 0  # random legal moves at the start of each game
+
+
+@dataclass
+class OpponentPoolConfig:
+    """Past snapshots of the network as training opponents (size 0: pure self-play)."""
+
+    size: int = 0  # snapshots kept (oldest dropped)
+    snapshot_interval: int = 10  # updates between snapshots
+    fraction: float = 0.5  # share of the games played against a snapshot when the pool is not empty
+
+
+@dataclass
+class TrainingConfig:
+    """PPO. Step counts accept integral floats (``1e6``); see ``validate``."""
+
+    total_timesteps: Any = 1_000_000  # env steps (moves) over the whole run
+    num_steps: int = 128  # rollout length per env; batch = env.num_envs * num_steps
+    minibatch_size: int = 1024
+    update_epochs: int = 4
+    learning_rate: float = 3e-4
+    lr_schedule: Schedule = Schedule.linear  # spans the whole run
+    optimizer: Optimizer = Optimizer.adam
+    weight_decay: float = 0.0
+    gamma: float = 0.99  # per own move
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+    target_kl: float | None = None  # stop the epochs of an update early above this KL
+    checkpoint_interval: Any = 50_000  # env steps between checkpoints/last.pt
+    precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
+    compile: bool = False  # torch.compile the network
+    opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
+
+
+@dataclass
+class LoggingConfig:
+    progress_bar: bool = True
+    tensorboard: bool = False  # event files in <run dir>/tensorboard (needs the tensorboard package)
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.disabled
+    project: str = "keisei"
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    device: Device = Device.auto
+    resume: str | None = None  # a checkpoint file or a run dir (its checkpoints/last.pt)
+
+
+def register_configs() -> None:
+    """Register the schemas that ``conf/`` files extend (called before composition)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="schema/model", name="base", node=ModelConfig)
+    cs.store(group="schema/training", name="base", node=TrainingConfig)
+
+
+_STEP_KEYS = ("total_timesteps", "checkpoint_interval")
+
+
+def _as_count(key: str, value: Any) -> int:
+    """An integer from an int or an integral float such as 1e6 (OmegaConf refuses those for int fields)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r}: expected an integer (e.g. 1000000 or 1e6)")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise ConfigError(f"{key}={value!r}: expected a whole number of steps")
+    return int(value)
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
+    """Range and consistency checks; returns a typed ``TrainConfig`` with step counts as ints."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    assert isinstance(cfg, TrainConfig)
+    t, e, m = cfg.training, cfg.env, cfg.model
+    for key in _STEP_KEYS:
+        setattr(t, key, _as_count(f"training.{key}", getattr(t, key)))
+    _check(t.total_timesteps > 0, "training.total_timesteps", t.total_timesteps, "must be > 0")
+    _check(t.checkpoint_interval > 0, "training.checkpoint_interval", t.checkpoint_interval, "must be > 0")
+    _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
+    _check(0 < t.gamma <= 1, "training.gamma", t.gamma, "must be in (0, 1]")
+    _check(0 <= t.gae_lambda <= 1, "training.gae_lambda", t.gae_lambda, "must be in [0, 1]")
+    _check(t.num_steps >= 2, "training.num_steps", t.num_steps, "must be >= 2")
+    _check(t.update_epochs >= 1, "training.update_epochs", t.update_epochs, "must be >= 1")
+    _check(t.minibatch_size >= 1, "training.minibatch_size", t.minibatch_size, "must be >= 1")
+    batch = e.num_envs * t.num_steps
+    _check(batch % t.minibatch_size == 0, "training.minibatch_size", t.minibatch_size,
+           f"must divide the batch env.num_envs * training.num_steps = {batch}")
+    _check(t.clip_coef > 0, "training.clip_coef", t.clip_coef, "must be > 0")
+    for key in ("ent_coef", "vf_coef", "weight_decay"):
+        _check(getattr(t, key) >= 0, f"training.{key}", getattr(t, key), "must be >= 0")
+    _check(t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm, "must be > 0")
+    _check(t.target_kl is None or t.target_kl > 0, "training.target_kl", t.target_kl, "must be > 0 or null")
+    pool = t.opponent_pool
+    _check(pool.size >= 0, "training.opponent_pool.size", pool.size, "must be >= 0")
+    _check(pool.snapshot_interval >= 1, "training.opponent_pool.snapshot_interval", pool.snapshot_interval,
+           "must be >= 1")
+    _check(0 <= pool.fraction <= 1, "training.opponent_pool.fraction", pool.fraction, "must be in [0, 1]")
+    _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "must be >= 1")
+    _check(e.max_plies >= 1, "env.max_plies", e.max_plies, "must be >= 1")
+    _check(0 <= e.opening_plies < e.max_plies, "env.opening_plies", e.opening_plies,
+           "must be >= 0 and below env.max_plies")
+    _check(m.blocks >= 1, "model.blocks", m.blocks, "must be >= 1")
+    _check(m.channels >= 1, "model.channels", m.channels, "must be >= 1")
+    _check(m.hidden >= 1, "model.hidden", m.hidden, "must be >= 1")
+    _check(m.se_reduction >= 1 and m.channels // m.se_reduction >= 1, "model.se_reduction", m.se_reduction,
+           "must be >= 1 and at most model.channels")
+    _check(t.precision is not Precision.fp16 or cfg.device is not Device.cpu, "training.precision",
+           t.precision.value, "fp16 needs device=cuda (use bf16 on the CPU)")
+    return cfg
+
+
+def to_container(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain dict (enums as strings) for checkpoints, metrics and W&B."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def from_container(data: dict[str, Any]) -> TrainConfig:
+    """The ``TrainConfig`` of a dict written by ``to_container`` (e.g. from a checkpoint)."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), data)
+    return validate(merged)  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""Where metrics go: always ``metrics.jsonl`` in the run dir; TensorBoard and W&B as options.
+
+Each line of ``metrics.jsonl`` is one JSON object with ``global_step`` and ``update`` and
+the metrics of that update (CleanRL-style names: ``losses/...``, ``charts/...``,
+``time/...``, ``games/...``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from keisei.config import TrainConfig, WandbMode, to_container
+
+
+def truncate_metrics(path: Path, last_update: int) -> None:
+    """Drop lines of updates after ``last_update`` (written after the checkpoint we resume from),
+    so that a resumed run has neither duplicated nor missing steps."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["update"] <= last_update:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            break  # a line cut short by a crash: nothing after it is trusted
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+class MetricsLogger:
+    """Writes one record per update to every enabled sink."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, wandb_run_id: str | None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._tb = None
+        self._wandb = None
+        if cfg.logging.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("logging.tensorboard=true needs the tensorboard package: "
+                                   "pip install tensorboard") from None
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if cfg.wandb.mode is not WandbMode.disabled:
+            import wandb
+
+            self._wandb = wandb.init(
+                mode=cfg.wandb.mode.value, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                name=cfg.wandb.name, group=cfg.wandb.group, tags=list(cfg.wandb.tags),
+                config=to_container(cfg), dir=str(run_dir), id=wandb_run_id, resume="allow",
+            )
+        self.wandb_run_id = self._wandb.id if self._wandb is not None else wandb_run_id
+
+    def log(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        step = record["global_step"]
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "global_step"}
+        if self._tb is not None:
+            for key, value in numbers.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,158 @@
+"""PPO for a two-player zero-sum game: advantages per player, the clipped update, LR schedules.
+
+Rollouts are time-major arrays ``(T, N)``: step ``t`` of env ``n`` is a move by the side
+to move in that position (``to_play``), and values are from that side's view. Each
+player's transitions form their own trajectory (its moves are 2 plies apart):
+
+* a move that ends the game gets the env's reward (+1 win, -1 loss, 0 draw) and is terminal;
+* a move after which the *opponent* ends the game gets minus the opponent's reward and is
+  terminal: a win is +1 for the winner's last move and -1 for the loser's last move;
+* truncation (max plies) is not terminal: the move bootstraps from the value of the final
+  position, negated when the opponent is to move there;
+* otherwise the move bootstraps from the value two plies later (same player to move). The
+  last move of a rollout, whose reply is not seen yet, bootstraps from minus the value of
+  the position after it (the opponent's view, negated).
+
+``gamma`` discounts per own move.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from keisei.config import Schedule, TrainingConfig
+from keisei.model import masked_logits
+
+
+def two_player_gae(rewards: torch.Tensor, ended: torch.Tensor, truncated: torch.Tensor,
+                   values: torch.Tensor, final_values: torch.Tensor, next_value: torch.Tensor,
+                   gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns, each ``(T, N)``, from the mover's view.
+
+    rewards: the env's reward for move t (mover's view); ended: the game ended with move t
+    (terminated or truncated); truncated: it ended by max plies; values: V(s_t), mover's view;
+    final_values: V(final position) of a game ended at t, from the view of the side to move
+    there (read where truncated); next_value: (N,) V(s_T), the position after the rollout.
+    """
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(values)
+    zeros = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        # Case 1: this move ended the game.
+        own_target = torch.where(truncated[t], -final_values[t], zeros)  # opponent to move there
+        target = rewards[t] + gamma * own_target
+        done = ended[t]
+        continuation = zeros
+        if t + 1 < steps:
+            # Case 2: the opponent's reply ended the game (mover is to move in its final position).
+            reply_ended = ended[t + 1] & ~done
+            reply_target = -rewards[t + 1] + gamma * torch.where(truncated[t + 1], final_values[t + 1], zeros)
+            target = torch.where(reply_ended, reply_target, target)
+            done = done | ended[t + 1]
+            # Case 3: the game goes on; the mover moves again at t + 2.
+            later = values[t + 2] if t + 2 < steps else next_value
+            target = torch.where(done, target, gamma * later)
+            if t + 2 < steps:
+                continuation = torch.where(done, zeros, gamma * lam * advantages[t + 2])
+        else:
+            # Case 4: last move of the rollout, reply unseen: bootstrap from the opponent's view.
+            target = torch.where(done, target, gamma * -next_value)
+        advantages[t] = target - values[t] + continuation
+    return advantages, advantages + values
+
+
+def learning_rate(cfg: TrainingConfig, update: int, num_updates: int) -> float:
+    """Learning rate for ``update`` (0-based) of ``num_updates``: the schedule spans the whole run."""
+    progress = update / max(num_updates, 1)
+    if cfg.lr_schedule is Schedule.linear:
+        return cfg.learning_rate * (1.0 - progress)
+    if cfg.lr_schedule is Schedule.cosine:
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.learning_rate
+
+
+def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer.value == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Batch:
+    """A flattened rollout of the learner's transitions."""
+
+    obs: torch.Tensor  # uint8 (B, 119, 9, 9)
+    legal_mask: torch.Tensor  # bool (B, 2187)
+    actions: torch.Tensor  # int64 (B,)
+    logprobs: torch.Tensor  # (B,)
+    values: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B,)
+    returns: torch.Tensor  # (B,)
+
+
+def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainingConfig,
+               generator: torch.Generator, autocast: torch.autocast | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """``cfg.update_epochs`` epochs of clipped PPO over shuffled minibatches; returns loss metrics."""
+    model.train()
+    size = batch.actions.shape[0]
+    minibatch = min(cfg.minibatch_size, size)
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
+                                                      "clipfrac")}
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(size, generator=generator).to(batch.actions.device)
+        approx_kl = torch.zeros(())
+        for start in range(0, size, minibatch):
+            idx = order[start:start + minibatch]
+            with autocast if autocast is not None else nullcontext():
+                logits, new_values = model(batch.obs[idx])
+            dist = Categorical(logits=masked_logits(logits, batch.legal_mask[idx]))
+            new_logprob = dist.log_prob(batch.actions[idx])
+            entropy = dist.entropy().mean()
+            new_values = new_values.float()
+            logratio = new_logprob - batch.logprobs[idx]
+            ratio = logratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+            adv = batch.advantages[idx]
+            if cfg.norm_adv and adv.numel() > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            policy_loss = torch.max(-adv * ratio,
+                                    -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            returns = batch.returns[idx]
+            if cfg.clip_vloss:
+                old = batch.values[idx]
+                clipped = old + (new_values - old).clamp(-cfg.clip_coef, cfg.clip_coef)
+                value_loss = 0.5 * torch.max((new_values - returns) ** 2, (clipped - returns) ** 2).mean()
+            else:
+                value_loss = 0.5 * ((new_values - returns) ** 2).mean()
+            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+            for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
+                               ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
+                stats[key].append(float(value.detach()))
+        if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
+            break
+    out = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()}
+    var = float(batch.returns.var())
+    residual = float((batch.returns - batch.values).var())
+    out["losses/explained_variance"] = float("nan") if var == 0 else 1.0 - residual / var
+    return out
+

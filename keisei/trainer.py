@@ -1,0 +1,271 @@
+"""PPO self-play training: rollouts over a ``VecEnv``, two-player GAE, clipped updates,
+checkpoints with exact resume, metrics. ``train.py`` is the Hydra entry point.
+
+The objective returned (for sweepers) is the explained variance of the value function in
+the last update, until periodic evaluation exists (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical
+from tqdm import tqdm
+
+from keisei.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
+from keisei.config import Device, Precision, TrainConfig, to_container
+from keisei.env import StepResult, VecEnv
+from keisei.metrics import MetricsLogger, truncate_metrics
+from keisei.model import build_model, masked_logits
+from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, two_player_gae
+from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Result, Termination
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available (use device=auto or device=cpu)")
+    return torch.device(device.value)
+
+
+def find_resume_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    """``cfg.resume`` if set; else the run dir's own ``checkpoints/last.pt`` if it exists."""
+    if cfg.resume:
+        return Path(cfg.resume)
+    own = run_dir / "checkpoints" / "last.pt"
+    return own if own.is_file() else None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.device)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+
+        t = cfg.training
+        self.model = build_model(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, t)
+        self.forward: nn.Module = torch.compile(self.model) if t.compile else self.model
+        amp_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(t.precision)
+        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.precision is Precision.fp16 else None
+
+        self.env = VecEnv(cfg.env.num_envs, max_plies=cfg.env.max_plies, declaration=cfg.env.declaration,
+                          opening_plies=cfg.env.opening_plies)
+        self.batch_size = cfg.env.num_envs * t.num_steps
+        self.num_updates = math.ceil(t.total_timesteps / self.batch_size)
+        self.global_step = 0
+        self.update = 0
+        self.pool: list[dict[str, torch.Tensor]] = []
+        self.opponent = build_model(cfg.model).to(self.device).eval() if t.opponent_pool.size else None
+        self.wandb_run_id: str | None = None
+        self.games_total = 0
+
+        resume = find_resume_checkpoint(cfg, run_dir)
+        if resume is not None:
+            self.out = self._restore(resume)
+        else:
+            self.out = self.env.reset(seed=cfg.seed)
+        truncate_metrics(run_dir / "metrics.jsonl", self.update)
+
+    # --- checkpoints -----------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": to_container(self.cfg),
+            "model": model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "global_step": self.global_step,
+            "update": self.update,
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "env": self.env.state_dict(),
+            "opponent_pool": self.pool,
+            "wandb_run_id": self.wandb_run_id,
+            "games_total": self.games_total,
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / "checkpoints" / name
+        save_checkpoint(self._state(), path)
+        return path
+
+    def _restore(self, path: Path) -> StepResult:
+        data = load_checkpoint(path, map_location=self.device)
+        saved = data["config"]
+        for key in ("model", "env"):
+            if saved[key] != to_container(self.cfg)[key]:
+                raise CheckpointError(f"{path}: its {key} config {saved[key]} differs from this run's; "
+                                      f"resume with the same {key} settings")
+        load_model_state(self.model, data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        if self.scaler is not None and data.get("scaler"):
+            self.scaler.load_state_dict(data["scaler"])
+        self.global_step, self.update = data["global_step"], data["update"]
+        torch.set_rng_state(data["rng"]["torch"])
+        self.shuffle.set_state(data["rng"]["shuffle"])
+        if torch.cuda.is_available() and data["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(data["rng"]["cuda"])
+        self.pool = list(data["opponent_pool"])
+        self.wandb_run_id = data["wandb_run_id"]
+        self.games_total = data["games_total"]
+        log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)
+        return self.env.load_state_dict(data["env"])
+
+    # --- rollout ---------------------------------------------------------------------
+    def _policy_step(self, model: nn.Module, obs: torch.Tensor, mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), self.autocast if self.autocast is not None else nullcontext():
+            logits, value = model(obs)
+        dist = Categorical(logits=masked_logits(logits, mask))
+        action = dist.sample()
+        return action, dist.log_prob(action), value.float()
+
+    def _values(self, obs: np.ndarray) -> torch.Tensor:
+        with torch.no_grad(), self.autocast if self.autocast is not None else nullcontext():
+            return self.forward(torch.from_numpy(obs).to(self.device))[1].float()
+
+    def rollout(self) -> tuple[Batch, dict[str, float]]:
+        cfg, n, steps, dev = self.cfg, self.cfg.env.num_envs, self.cfg.training.num_steps, self.device
+        obs = torch.zeros((steps, n, *OBSERVATION_SHAPE), dtype=torch.uint8, device=dev)
+        masks = torch.zeros((steps, n, NUM_ACTIONS), dtype=torch.bool, device=dev)
+        actions = torch.zeros((steps, n), dtype=torch.long, device=dev)
+        logprobs = torch.zeros((steps, n), device=dev)
+        values = torch.zeros((steps, n), device=dev)
+        rewards = torch.zeros((steps, n), device=dev)
+        ended = torch.zeros((steps, n), dtype=torch.bool, device=dev)
+        truncated = torch.zeros((steps, n), dtype=torch.bool, device=dev)
+        final_values = torch.zeros((steps, n), device=dev)
+        learner = torch.ones((steps, n), dtype=torch.bool, device=dev)
+
+        # Games against a past snapshot: env i < pool_envs, the learner plays colour i % 2.
+        pool_envs = 0
+        if self.opponent is not None and self.pool:
+            pick = int(torch.randint(len(self.pool), (1,), generator=self.shuffle))
+            load_model_state(self.opponent, self.pool[pick])
+            pool_envs = round(cfg.training.opponent_pool.fraction * n)
+        learner_colour = torch.arange(n, device=dev) % 2
+
+        self.model.eval()  # no BatchNorm statistics from rollout batches
+        timing = Counter()
+        for t in range(steps):
+            t0 = time.perf_counter()
+            obs[t] = torch.from_numpy(self.out.obs).to(dev)
+            masks[t] = torch.from_numpy(self.out.legal_mask).to(dev)
+            to_play = torch.from_numpy(self.out.to_play.astype(np.int64)).to(dev)
+            if pool_envs:
+                learner[t] = (torch.arange(n, device=dev) >= pool_envs) | (to_play == learner_colour)
+            action, logprob, value = self._policy_step(self.forward, obs[t], masks[t])
+            if pool_envs and not bool(learner[t].all()):
+                rows = ~learner[t]
+                action[rows] = self._policy_step(self.opponent, obs[t][rows], masks[t][rows])[0]
+            actions[t], logprobs[t], values[t] = action, logprob, value
+            t1 = time.perf_counter()
+            self.out = self.env.step(action.cpu().numpy())
+            t2 = time.perf_counter()
+            rewards[t] = torch.from_numpy(self.out.reward).to(dev)
+            done = self.out.terminated | self.out.truncated
+            ended[t] = torch.from_numpy(done).to(dev)
+            truncated[t] = torch.from_numpy(self.out.truncated).to(dev)
+            if self.out.truncated.any():
+                rows = np.flatnonzero(self.out.truncated)
+                final_values[t, torch.from_numpy(rows).to(dev)] = self._values(self.out.final_obs[rows])
+            timing["inference"] += t1 - t0 + time.perf_counter() - t2
+            timing["env"] += t2 - t1
+        t0 = time.perf_counter()
+        next_value = self._values(self.out.obs)
+        advantages, returns = two_player_gae(rewards, ended, truncated, values, final_values, next_value,
+                                             cfg.training.gamma, cfg.training.gae_lambda)
+        timing["inference"] += time.perf_counter() - t0
+        keep = learner.reshape(-1)
+        batch = Batch(obs.reshape(-1, *OBSERVATION_SHAPE)[keep], masks.reshape(-1, NUM_ACTIONS)[keep],
+                      actions.reshape(-1)[keep], logprobs.reshape(-1)[keep], values.reshape(-1)[keep],
+                      advantages.reshape(-1)[keep], returns.reshape(-1)[keep])
+        return batch, dict(timing)
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self) -> float:
+        cfg, t = self.cfg, self.cfg.training
+        logger = MetricsLogger(self.run_dir, cfg, self.wandb_run_id)
+        self.wandb_run_id = logger.wandb_run_id
+        objective = float("nan")
+        bar = tqdm(total=self.num_updates * self.batch_size, initial=self.global_step, unit="step",
+                   disable=not cfg.logging.progress_bar, dynamic_ncols=True, desc="train")
+        try:
+            while self.update < self.num_updates:
+                start = time.perf_counter()
+                lr = learning_rate(t, self.update, self.num_updates)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch, timing = self.rollout()
+                t0 = time.perf_counter()
+                losses = ppo_update(self.forward, self.optimizer, batch, t, self.shuffle, self.autocast,
+                                    self.scaler)
+                timing["update"] = time.perf_counter() - t0
+                self.update += 1
+                self.global_step += self.batch_size
+                if t.opponent_pool.size and self.update % t.opponent_pool.snapshot_interval == 0:
+                    self.pool = [*self.pool, model_state(self.model)][-t.opponent_pool.size:]
+                record = self._record(lr, losses, timing, time.perf_counter() - start)
+                logger.log(record)
+                objective = record["losses/explained_variance"]
+                bar.update(self.batch_size)
+                bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}",
+                                 "pi": f"{losses['losses/policy_loss']:.3f}",
+                                 "v": f"{losses['losses/value_loss']:.3f}",
+                                 "games": record["games/finished_total"],
+                                 "B/W/D": f"{record['games/black_win']:.2f}/{record['games/white_win']:.2f}/"
+                                          f"{record['games/draw']:.2f}"})
+                last_interval = (self.global_step - self.batch_size) // t.checkpoint_interval
+                if self.global_step // t.checkpoint_interval > last_interval:
+                    self.save("last.pt")
+            self.save("last.pt")
+            self.save("final.pt")
+        finally:
+            bar.close()
+            logger.close()
+        return objective
+
+    def _record(self, lr: float, losses: dict[str, float], timing: dict[str, float], wall: float
+                ) -> dict[str, Any]:
+        games = self.env.pop_finished()
+        self.games_total += len(games)
+        results = Counter(g.result for g in games)
+        reasons = Counter(g.termination for g in games)
+        record: dict[str, Any] = {"global_step": self.global_step, "update": self.update, **losses,
+                                  "charts/learning_rate": lr, "charts/SPS": self.batch_size / wall}
+        for key in ("env", "inference", "update"):
+            record[f"time/{key}_share"] = timing.get(key, 0.0) / wall
+        record["games/finished"] = len(games)
+        record["games/finished_total"] = self.games_total
+        record["games/length_mean"] = float(np.mean([g.ply for g in games])) if games else float("nan")
+        for result, key in ((Result.BLACK_WIN, "black_win"), (Result.WHITE_WIN, "white_win"),
+                            (Result.DRAW, "draw")):
+            record[f"games/{key}"] = results[result] / len(games) if games else float("nan")
+        for reason in Termination:
+            if reason is not Termination.NONE:
+                record[f"games/termination_{reason.name.lower()}"] = reasons[reason]
+        return record
+
+
+def train(cfg: TrainConfig, run_dir: Path) -> float:
+    """Train per ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` or the run dir says so)."""
+    return Trainer(cfg, run_dir).run()
+

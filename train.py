@@ -1,0 +1,34 @@
+"""Train a Shogi agent by PPO self-play: ``python train.py model=resnet training.total_timesteps=1e6``.
+
+Every setting comes from ``conf/train.yaml`` and its groups (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from keisei.cli import fail_cleanly
+from keisei.config import register_configs, to_container, validate
+
+register_configs()
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    with fail_cleanly():
+        from keisei.trainer import train
+
+        config = validate(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_container(config)), encoding="utf-8")
+        objective = train(config, run_dir)
+        print(f"objective (final explained variance): {objective:.4f}; run dir: {run_dir}")
+        return objective
+
+
+if __name__ == "__main__":
+    main()
