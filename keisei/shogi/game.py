@@ -70,8 +70,12 @@ def parse_sfen(sfen: str) -> Board:
         text = text[5:].strip()
     if text == "startpos":
         text = STARTPOS
-    if len(text.split()) == 3:  # the move number is optional
-        text += " 1"
+    fields = text.split()
+    if len(fields) == 3:  # the move number is optional
+        fields.append("1")
+    if len(fields) != 4:
+        raise ValueError(f"invalid SFEN {sfen!r}: expected board, side to move, hands, move number")
+    text = " ".join(fields)
     try:
         board = Board(text)
     except ValueError as exc:
@@ -82,6 +86,9 @@ def parse_sfen(sfen: str) -> Board:
     kinds = [piece.piece_type for _, piece in board.iter_pieces()]
     if kinds.count(PieceType.KING) != 2:
         raise ValueError(f"invalid SFEN {sfen!r}: each side needs exactly one king")
+    mover = board.turn
+    if board.attackers_to_color_current(mover, board.king_square(mover.opponent())).count():
+        raise ValueError(f"invalid SFEN {sfen!r}: the side not to move is in check")
     return board
 
 
