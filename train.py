@@ -25,9 +25,7 @@ def main(cfg: DictConfig) -> float:
         config = validate(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_container(config)), encoding="utf-8")
-        objective = train(config, run_dir)
-        print(f"objective (final explained variance): {objective:.4f}; run dir: {run_dir}")
-        return objective
+        return train(config, run_dir)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -22,7 +23,14 @@ from torch import nn
 from torch.distributions import Categorical
 from tqdm import tqdm
 
-from keisei.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
+from keisei.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from keisei.config import Device, Precision, TrainConfig, to_container
 from keisei.env import StepResult, VecEnv
 from keisei.metrics import MetricsLogger, truncate_metrics
@@ -79,11 +87,15 @@ class Trainer:
         self.games_total = 0
 
         resume = find_resume_checkpoint(cfg, run_dir)
+        metrics = run_dir / "metrics.jsonl"
         if resume is not None:
             self.out = self._restore(resume)
+            source = resolve_checkpoint(resume).parent.parent / "metrics.jsonl"
+            if not metrics.exists() and source.is_file():  # resuming another run dir: carry its history
+                shutil.copyfile(source, metrics)
         else:
             self.out = self.env.reset(seed=cfg.seed)
-        truncate_metrics(run_dir / "metrics.jsonl", self.update)
+        truncate_metrics(metrics, self.update)
 
     # --- checkpoints -----------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -169,8 +181,8 @@ class Trainer:
             t0 = time.perf_counter()
             obs[t] = torch.from_numpy(self.out.obs).to(dev)
             masks[t] = torch.from_numpy(self.out.legal_mask).to(dev)
-            to_play = torch.from_numpy(self.out.to_play.astype(np.int64)).to(dev)
             if pool_envs:
+                to_play = torch.from_numpy(self.out.to_play.astype(np.int64)).to(dev)
                 learner[t] = (torch.arange(n, device=dev) >= pool_envs) | (to_play == learner_colour)
             action, logprob, value = self._policy_step(self.forward, obs[t], masks[t])
             if pool_envs and not bool(learner[t].all()):
@@ -265,7 +277,24 @@ class Trainer:
         return record
 
 
+    def summary(self, objective: float) -> str:
+        """What the run produced, for the console."""
+        ckpt = self.run_dir / "checkpoints"
+        return "\n".join([
+            f"run dir:     {self.run_dir}",
+            f"trained:     {self.global_step:,} env steps in {self.update} updates, "
+            f"{self.games_total:,} self-play games finished",
+            f"checkpoints: {ckpt / 'final.pt'} (and last.pt)",
+            f"metrics:     {self.run_dir / 'metrics.jsonl'} (config: {self.run_dir / 'config.yaml'})",
+            f"objective:   {objective:.4f} (explained variance of the value head in the last update)",
+        ])
+
+
 def train(cfg: TrainConfig, run_dir: Path) -> float:
-    """Train per ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` or the run dir says so)."""
-    return Trainer(cfg, run_dir).run()
+    """Train per ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` or the run dir says so);
+    prints a summary and returns the objective."""
+    trainer = Trainer(cfg, run_dir)
+    objective = trainer.run()
+    print(trainer.summary(objective))
+    return objective
 
