@@ -1,0 +1,347 @@
+"""Networks (shapes, value range, policy-head label layout) and the checkpoint format."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from keisei.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    load_model_state,
+    model_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from keisei.config import Device, ModelConfig, ModelName, TrainConfig, to_container
+from keisei.model import SqueezeExcitation, build_model
+from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, move_to_action
+
+SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, hidden=16)
+SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, hidden=16, squeeze_excitation=True)
+SMALL_MLP = ModelConfig(name=ModelName.mlp, hidden=16)
+CONFIGS = {"resnet": SMALL_RESNET, "resnet_se": SMALL_RESNET_SE, "mlp": SMALL_MLP}
+
+
+def _obs(batch: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (batch, NUM_PLANES, 9, 9), generator=gen, dtype=torch.uint8)
+
+
+def _model(cfg: ModelConfig, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+def _warm_batchnorm(model: nn.Module) -> None:
+    """Move BatchNorm running statistics away from their initial values (one train-mode pass)."""
+    model.train()
+    with torch.no_grad():
+        model(_obs(8, seed=99))
+    model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# build_model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_forward_shapes_value_range_and_determinism(name: str) -> None:
+    model = _model(CONFIGS[name]).eval()
+    obs = _obs(5)
+    with torch.no_grad():
+        logits, values = model(obs)
+        logits2, values2 = model(obs)
+        one_logits, one_value = model(obs[2:3])
+    assert logits.shape == (5, NUM_ACTIONS) == (5, 2187)
+    assert values.shape == (5,)
+    assert logits.dtype == values.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    assert torch.all(values >= -1) and torch.all(values <= 1)
+    assert torch.equal(logits, logits2) and torch.equal(values, values2)
+    # eval mode: a row's output does not depend on the rest of the batch
+    assert torch.allclose(one_logits[0], logits[2], atol=1e-5)
+    assert torch.allclose(one_value[0], values[2], atol=1e-6)
+    # different inputs give different outputs (the network reads the planes)
+    assert not torch.equal(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_value_saturates_inside_the_unit_interval(name: str) -> None:
+    model = _model(CONFIGS[name]).eval()
+    value_linear = [m for m in model.value.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        for sign in (1.0, -1.0):
+            value_linear.bias.fill_(sign * 1e3)
+            _, values = model(_obs(4))
+            # tanh(+-1000) is +-1 exactly in float32: in range, never beyond
+            assert torch.all(values.abs() <= 1)
+            assert torch.allclose(values, torch.full((4,), sign))
+
+
+def test_squeeze_excitation_is_built_only_when_asked() -> None:
+    plain = _model(SMALL_RESNET)
+    se = _model(SMALL_RESNET_SE)
+    assert not any(isinstance(m, SqueezeExcitation) for m in plain.modules())
+    se_layers = [m for m in se.modules() if isinstance(m, SqueezeExcitation)]
+    assert len(se_layers) == SMALL_RESNET_SE.blocks == 1
+    # bottleneck = channels / se_reduction = 8 / 4 = 2
+    first = se_layers[0].fc[0]
+    assert (first.in_features, first.out_features) == (8, 2)
+    assert sum(p.numel() for p in se.parameters()) > sum(p.numel() for p in plain.parameters())
+
+
+def test_mlp_and_resnet_are_different_networks() -> None:
+    mlp, resnet = _model(SMALL_MLP), _model(SMALL_RESNET)
+    assert not any(isinstance(m, nn.Conv2d) for m in mlp.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in resnet.modules())
+    # MLP input layer reads all 119 * 81 plane values
+    assert mlp.body[1].in_features == NUM_PLANES * 81 == 9639
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet policy head layout: label = direction * 81 + square, square = file_index * 9 + rank_index
+# ---------------------------------------------------------------------------------------------
+
+
+def _policy_conv(model: nn.Module) -> nn.Conv2d:
+    conv = model.policy[-1]
+    assert isinstance(conv, nn.Conv2d)
+    return conv
+
+
+def test_policy_head_has_27_direction_planes() -> None:
+    conv = _policy_conv(_model(SMALL_RESNET))
+    assert conv.out_channels == 27 == NUM_ACTIONS // 81
+    assert conv.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("direction", [0, 9, 20, 26])
+def test_policy_bias_of_one_plane_lights_up_that_direction(direction: int) -> None:
+    model = _model(SMALL_RESNET).eval()
+    conv = _policy_conv(model)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.bias[direction] = 50.0
+        logits, _ = model(_obs(3))
+    # every square of plane d: labels d*81 .. d*81 + 80 get 50, all others 0
+    expected = torch.zeros(NUM_ACTIONS)
+    expected[direction * 81:(direction + 1) * 81] = 50.0
+    for row in logits:
+        assert torch.equal(row, expected)
+
+
+@pytest.mark.parametrize(("direction", "file_index", "rank_index", "move"), [
+    (0, 6, 5, "7g7f"),  # up to 7f: file 7 -> index 6, rank f -> index 5: label 0*81 + 59 = 59
+    (20, 4, 4, "P*5e"),  # pawn drop on 5e: 20*81 + (4*9 + 4) = 1660
+    (3, 0, 8, None),  # 3*81 + 8 = 251
+    (26, 8, 0, None),  # 26*81 + 72 = 2178
+])
+def test_policy_plane_and_square_give_the_label(direction: int, file_index: int, rank_index: int,
+                                                move: str | None) -> None:
+    model = _model(SMALL_RESNET).eval()
+    conv = _policy_conv(model)
+    channels = conv.in_channels
+
+    # Feed the last conv a feature map that is 1 in channel 0 at one (file_index, rank_index) cell.
+    def one_hot_features(module, inputs, output):
+        x = torch.zeros_like(output)
+        x[:, 0, file_index, rank_index] = 1.0
+        return x
+
+    handle = model.policy[-2].register_forward_hook(one_hot_features)
+    try:
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[direction, 0, 0, 0] = 7.0
+            logits, _ = model(_obs(2))
+    finally:
+        handle.remove()
+    label = direction * 81 + file_index * 9 + rank_index
+    assert channels == 8
+    for row in logits:
+        assert int(row.argmax()) == label
+        assert row[label] == 7.0
+        assert int((row != 0).sum()) == 1
+    if move is not None:
+        assert move_to_action(move, "b") == label
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _train_config(model_cfg: ModelConfig = SMALL_RESNET_SE) -> TrainConfig:
+    return TrainConfig(model=model_cfg, device=Device.cpu, seed=3)
+
+
+def _write_checkpoint(path: Path, model_cfg: ModelConfig = SMALL_RESNET_SE, **extra) -> nn.Module:
+    model = _model(model_cfg, seed=1)
+    _warm_batchnorm(model)
+    save_checkpoint({"config": to_container(_train_config(model_cfg)), "model": model_state(model),
+                     "global_step": 1234, **extra}, path)
+    return model
+
+
+def test_save_checkpoint_is_atomic_and_loads(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "checkpoints" / "last.pt"  # parent dirs are created
+    _write_checkpoint(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left
+    data = load_checkpoint(path)
+    assert data["format"] == FORMAT
+    assert data["encoding_version"] == ENCODING_VERSION
+    assert data["global_step"] == 1234
+    # overwrite in place
+    save_checkpoint({"config": data["config"], "model": data["model"], "global_step": 5678}, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+    assert load_checkpoint(path)["global_step"] == 5678
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    _write_checkpoint(path)
+    before = path.read_bytes()
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # a lambda cannot be pickled
+        save_checkpoint({"unpicklable": lambda: 0}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert load_checkpoint(path)["global_step"] == 1234
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_load_model_rebuilds_the_network_from_the_file_alone(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "model.pt"
+    original = _write_checkpoint(path, CONFIGS[name]).eval()
+    model, cfg = load_model(path)
+    assert cfg.model == CONFIGS[name]
+    assert cfg.seed == 3 and cfg.device is Device.cpu
+    assert type(model) is type(original)
+    # every parameter and buffer (BatchNorm running statistics included) comes back
+    want_state, got_state = original.state_dict(), model.state_dict()
+    assert set(got_state) == set(want_state)
+    assert all(torch.equal(got_state[k], v) for k, v in want_state.items())
+    if name != "mlp":
+        assert not torch.all(got_state["stem.1.running_mean"] == 0)  # not the initial statistics
+    assert not model.training  # eval mode
+    obs = _obs(4, seed=11)
+    with torch.no_grad():
+        want_logits, want_values = original(obs)
+        got_logits, got_values = model(obs)
+    assert torch.equal(got_logits, want_logits)
+    assert torch.equal(got_values, want_values)
+    # a freshly initialised network of the same config is not the same function
+    with torch.no_grad():
+        fresh_logits, _ = _model(CONFIGS[name], seed=2).eval()(obs)
+    assert not torch.equal(fresh_logits, want_logits)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's import of torch.jit
+def test_compiled_prefix_is_stripped_on_save_and_load() -> None:
+    model = _model(SMALL_RESNET, seed=1)
+    _warm_batchnorm(model)
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    state = model_state(compiled)
+    assert set(state) == set(model.state_dict())  # no prefix
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+    prefixed = {f"_orig_mod.{k}": v for k, v in state.items()}
+    plain = _model(SMALL_RESNET, seed=2)
+    load_model_state(plain, prefixed)  # compiled weights into a plain model
+    target = _model(SMALL_RESNET, seed=3)
+    load_model_state(torch.compile(target), state)  # plain weights into a compiled model
+    obs = _obs(3, seed=4)
+    with torch.no_grad():
+        want = model.eval()(obs)
+        for loaded in (plain, target):
+            got = loaded.eval()(obs)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_load_model_state_rejects_a_mismatched_network() -> None:
+    state = model_state(_model(SMALL_RESNET))
+    with pytest.raises(RuntimeError):
+        load_model_state(_model(SMALL_MLP), state)
+
+
+def test_run_dir_resolves_to_its_last_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    path = run / "checkpoints" / "last.pt"
+    original = _write_checkpoint(path).eval()
+    assert resolve_checkpoint(run) == path
+    assert resolve_checkpoint(str(path)) == path
+    assert load_checkpoint(run)["global_step"] == 1234
+    model, _ = load_model(run)
+    obs = _obs(2)
+    with torch.no_grad():
+        assert torch.equal(model(obs)[0], original(obs)[0])
+
+
+def _assert_checkpoint_error(path: Path) -> CheckpointError:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value)  # the message names the file
+    with pytest.raises(CheckpointError):
+        load_model(path)
+    return info.value
+
+
+def test_checkpoint_error_is_a_value_error() -> None:
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _assert_checkpoint_error(tmp_path / "nope.pt")
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pt"
+    _write_checkpoint(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    _assert_checkpoint_error(path)
+
+
+def test_foreign_torch_file(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save({"foo": 1}, path)
+    err = _assert_checkpoint_error(path)
+    assert FORMAT in str(err)
+    other = tmp_path / "list.pt"
+    torch.save([1, 2, 3], other)
+    _assert_checkpoint_error(other)
+
+
+def test_random_bytes_file(tmp_path: Path) -> None:
+    path = tmp_path / "noise.pt"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    _assert_checkpoint_error(path)
+
+
+def test_other_encoding_version(tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    _write_checkpoint(path, encoding_version="some-other-encoding")
+    err = _assert_checkpoint_error(path)
+    assert "some-other-encoding" in str(err)
+
+
+def test_run_dir_without_last_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "update_10.pt").write_bytes(b"")  # not last.pt
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint(run)
+    assert str(run) in str(info.value)
+    _assert_checkpoint_error(run)
