@@ -9,10 +9,11 @@ from contextlib import contextmanager
 
 from keisei.checkpoint import CheckpointError
 from keisei.config import ConfigError
+from keisei.players import EngineError
 from keisei.shogi import IllegalMoveError
 
 #: Errors whose message says what to fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, CheckpointError, IllegalMoveError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, FileNotFoundError)
 
 
 @contextmanager

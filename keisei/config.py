@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -113,6 +113,56 @@ class TrainingConfig:
     opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
 
 
+class OpponentKind(str, Enum):
+    random = "random"
+    heuristic = "heuristic"
+    checkpoint = "checkpoint"
+    usi = "usi"
+
+
+@dataclass
+class OpponentConfig:
+    """Who the agent plays in evaluations (``conf/opponent/``)."""
+
+    kind: OpponentKind = OpponentKind.random
+    name: str | None = None  # shown in results and records (default: derived from the kind)
+    checkpoint: str | None = None  # kind=checkpoint: a checkpoint file or run dir
+    temperature: float = 0.0  # kind=checkpoint: 0 plays greedily
+    command: str | None = None  # kind=usi: the engine executable
+    args: list[str] = field(default_factory=list)  # kind=usi: its arguments
+    options: dict[str, Any] = field(default_factory=dict)  # kind=usi: sent as setoption name K value V
+    movetime_ms: int | None = None  # kind=usi: time per move (go movetime); default 100
+    byoyomi_ms: int | None = None  # kind=usi: instead, go btime 0 wtime 0 byoyomi N
+    depth: int | None = None  # kind=usi: instead, go depth N
+    timeout_s: float = 5.0  # kind=usi: silence beyond the move time forfeits the game
+
+
+class EvaluationMode(str, Enum):
+    single_opponent = "single_opponent"
+    round_robin = "round_robin"
+
+
+class PeriodicMode(str, Enum):
+    inline = "inline"
+    background = "background"
+
+
+@dataclass
+class EvaluationConfig:
+    """Matches (``conf/evaluation/``): used by evaluate.py and by periodic evaluation in training."""
+
+    mode: EvaluationMode = EvaluationMode.single_opponent
+    games: int = 100  # per pairing, colours alternating
+    opening_plies: int = 0  # random opening moves (each opening played with both colours)
+    max_plies: int = 320
+    declaration: bool = True
+    temperature: float = 0.0  # the agent's: 0 plays greedily
+    players: list[str] = field(default_factory=list)  # round_robin: checkpoints/run dirs or opponent presets
+    save_records: bool = True  # every game as KIF, CSA and USI moves
+    interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
+    periodic: PeriodicMode = PeriodicMode.inline  # train.py: inline blocks; background runs a process
+
+
 @dataclass
 class LoggingConfig:
     progress_bar: bool = True
@@ -136,9 +186,24 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    opponent: OpponentConfig = field(default_factory=OpponentConfig)
     seed: int = 0
     device: Device = Device.auto
     resume: str | None = None  # a checkpoint file or a run dir (its checkpoints/last.pt)
+
+
+@dataclass
+class EvaluateConfig:
+    """evaluate.py: ``checkpoint`` is the agent measured."""
+
+    checkpoint: str = MISSING  # a checkpoint file or a run dir (its latest checkpoint)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    opponent: OpponentConfig = field(default_factory=OpponentConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    seed: int = 0
+    device: Device = Device.auto
 
 
 def register_configs() -> None:
@@ -147,9 +212,45 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="schema/model", name="base", node=ModelConfig)
     cs.store(group="schema/training", name="base", node=TrainingConfig)
+    cs.store(group="schema/evaluation", name="base", node=EvaluationConfig)
+    cs.store(group="schema/opponent", name="base", node=OpponentConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 _STEP_KEYS = ("total_timesteps", "checkpoint_interval")
+
+
+def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
+    """Checks shared by train.py (periodic evaluation) and evaluate.py."""
+    ev.interval_timesteps = _as_count("evaluation.interval_timesteps", ev.interval_timesteps)
+    _check(ev.interval_timesteps >= 0, "evaluation.interval_timesteps", ev.interval_timesteps, "must be >= 0")
+    _check(ev.games >= 1, "evaluation.games", ev.games, "must be >= 1")
+    _check(ev.max_plies >= 1, "evaluation.max_plies", ev.max_plies, "must be >= 1")
+    _check(0 <= ev.opening_plies < ev.max_plies, "evaluation.opening_plies", ev.opening_plies,
+           "must be >= 0 and below evaluation.max_plies")
+    _check(ev.temperature >= 0, "evaluation.temperature", ev.temperature, "must be >= 0")
+    _check(op.temperature >= 0, "opponent.temperature", op.temperature, "must be >= 0")
+    if op.kind is OpponentKind.checkpoint:
+        _check(bool(op.checkpoint), "opponent.checkpoint", op.checkpoint,
+               "opponent=checkpoint needs opponent.checkpoint=PATH")
+    if op.kind is OpponentKind.usi:
+        _check(bool(op.command), "opponent.command", op.command, "opponent=usi needs opponent.command=PATH")
+        _check(op.timeout_s > 0, "opponent.timeout_s", op.timeout_s, "must be > 0")
+        for key in ("movetime_ms", "byoyomi_ms", "depth"):
+            value = getattr(op, key)
+            _check(value is None or value >= 1, f"opponent.{key}", value, "must be >= 1 or null")
+
+
+def validate_evaluate(cfg: DictConfig | EvaluateConfig) -> EvaluateConfig:
+    """evaluate.py's checks; returns the typed ``EvaluateConfig``."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    assert isinstance(cfg, EvaluateConfig)
+    validate_evaluation(cfg.evaluation, cfg.opponent)
+    if cfg.evaluation.mode is EvaluationMode.round_robin:
+        _check(len(cfg.evaluation.players) >= 1, "evaluation.players", cfg.evaluation.players,
+               "round_robin needs at least one other player")
+    return cfg
 
 
 def _as_count(key: str, value: Any) -> int:
@@ -206,10 +307,13 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
            "must be >= 1 and at most model.channels")
     _check(t.precision is not Precision.fp16 or cfg.device is not Device.cpu, "training.precision",
            t.precision.value, "fp16 needs device=cuda (use bf16 on the CPU)")
+    validate_evaluation(cfg.evaluation, cfg.opponent)
+    _check(cfg.evaluation.mode is EvaluationMode.single_opponent, "evaluation.mode", cfg.evaluation.mode.value,
+           "periodic evaluation in train.py plays a single opponent")
     return cfg
 
 
-def to_container(cfg: TrainConfig) -> dict[str, Any]:
+def to_container(cfg: TrainConfig | EvaluateConfig) -> dict[str, Any]:
     """Plain dict (enums as strings) for checkpoints, metrics and W&B."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
 

@@ -1,8 +1,9 @@
 """Where metrics go: always ``metrics.jsonl`` in the run dir; TensorBoard and W&B as options.
 
-Each line of ``metrics.jsonl`` is one JSON object with ``global_step`` and ``update`` and
-the metrics of that update (CleanRL-style names: ``losses/...``, ``charts/...``,
-``time/...``, ``games/...``).
+Each line of ``metrics.jsonl`` is one JSON object. A training line has ``global_step`` and
+``update`` and the metrics of that update (CleanRL-style names: ``losses/...``,
+``charts/...``, ``time/...``, ``games/...``); an evaluation line has ``update`` (when it was
+logged), ``eval/global_step`` (the training step whose network was evaluated) and ``eval/...``.
 """
 
 from __future__ import annotations
@@ -55,20 +56,25 @@ class MetricsLogger:
                 name=cfg.wandb.name, group=cfg.wandb.group, tags=list(cfg.wandb.tags),
                 config=to_container(cfg), dir=str(run_dir), id=wandb_run_id, resume="allow",
             )
+            # Background evaluations report after the fact: plot them against the step they belong to.
+            self._wandb.define_metric("eval/global_step")
+            self._wandb.define_metric("eval/*", step_metric="eval/global_step")
         self.wandb_run_id = self._wandb.id if self._wandb is not None else wandb_run_id
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
-        step = record["global_step"]
-        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "global_step"}
+        step = record.get("global_step", record.get("eval/global_step"))
+        numbers = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and k not in ("global_step", "update")}
         if self._tb is not None:
             for key, value in numbers.items():
                 self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if self._wandb is not None:
-            self._wandb.log(numbers, step=step)
+            # Evaluation lines are plotted against eval/global_step (see define_metric above).
+            self._wandb.log(numbers, step=record.get("global_step"))
 
     def close(self) -> None:
         self._file.close()

@@ -1,16 +1,19 @@
 """PPO self-play training: rollouts over a ``VecEnv``, two-player GAE, clipped updates,
-checkpoints with exact resume, metrics. ``train.py`` is the Hydra entry point.
+periodic evaluation, checkpoints with exact resume, metrics. ``train.py`` is the Hydra entry point.
 
-The objective returned (for sweepers) is the explained variance of the value function in
-the last update, until periodic evaluation exists (see docs/training.md).
+The objective returned (for sweepers) is the latest periodic evaluation's win rate, or the
+explained variance of the value function in the last update when evaluation is off.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -31,10 +34,12 @@ from keisei.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from keisei.config import Device, Precision, TrainConfig, to_container
+from keisei.config import Device, PeriodicMode, Precision, TrainConfig, to_container
 from keisei.env import StepResult, VecEnv
+from keisei.evaluation import build_opponent, eval_metrics, evaluate_agent
 from keisei.metrics import MetricsLogger, truncate_metrics
 from keisei.model import build_model, masked_logits
+from keisei.players import AgentPlayer, Player
 from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, two_player_gae
 from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Result, Termination
 
@@ -85,6 +90,9 @@ class Trainer:
         self.opponent = build_model(cfg.model).to(self.device).eval() if t.opponent_pool.size else None
         self.wandb_run_id: str | None = None
         self.games_total = 0
+        self.eval_opponent: Player | None = None  # built at the first inline evaluation
+        self.eval_pending: tuple[subprocess.Popen, int, Path] | None = None  # background: (process, step, dir)
+        self.eval_win_rate: float | None = None
 
         resume = find_resume_checkpoint(cfg, run_dir)
         metrics = run_dir / "metrics.jsonl"
@@ -237,7 +245,10 @@ class Trainer:
                     self.pool = [*self.pool, model_state(self.model)][-t.opponent_pool.size:]
                 record = self._record(lr, losses, timing, time.perf_counter() - start)
                 logger.log(record)
-                objective = record["losses/explained_variance"]
+                for evaluation in self._periodic_evaluation(last=self.update == self.num_updates):
+                    logger.log(evaluation)
+                objective = record["losses/explained_variance"] if self.eval_win_rate is None \
+                    else self.eval_win_rate
                 bar.update(self.batch_size)
                 bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}",
                                  "pi": f"{losses['losses/policy_loss']:.3f}",
@@ -253,7 +264,77 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+            if self.eval_opponent is not None:
+                self.eval_opponent.close()
+            if self.eval_pending is not None:  # interrupted: do not leave a worker behind
+                self.eval_pending[0].kill()
         return objective
+
+    # --- periodic evaluation ----------------------------------------------------------------
+    def _periodic_evaluation(self, last: bool) -> list[dict[str, Any]]:
+        """Evaluate when this update crosses ``evaluation.interval_timesteps``. Returns the metrics
+        records of the evaluations that finished now, each tagged with ``eval/global_step``
+        (the step it belongs to); background ones arrive one or more updates later."""
+        ev = self.cfg.evaluation
+        if not ev.interval_timesteps:
+            return []
+        interval = ev.interval_timesteps
+        crossed = self.global_step // interval > (self.global_step - self.batch_size) // interval
+        finished = []
+        if ev.periodic is PeriodicMode.inline:
+            if crossed:
+                finished.append(self._evaluate_inline())
+        else:
+            finished.append(self._collect_background(wait=crossed))  # at most one evaluation in flight
+            if crossed:
+                self._launch_background()
+            if last:
+                finished.append(self._collect_background(wait=True))
+        records = [{"update": self.update, **metrics} for metrics in finished if metrics]
+        if records:
+            self.eval_win_rate = records[-1]["eval/win_rate"]
+        return records
+
+    def _eval_dir(self) -> Path:
+        return self.run_dir / "eval" / f"step_{self.global_step:09d}"
+
+    def _evaluate_inline(self) -> dict[str, float]:
+        cfg = self.cfg
+        if self.eval_opponent is None:
+            self.eval_opponent = build_opponent(cfg.opponent, self.device, cfg.seed + 1)
+        agent = AgentPlayer(self.model, temperature=cfg.evaluation.temperature, device=self.device,
+                            seed=cfg.seed + self.update)
+        results = evaluate_agent(agent, self.eval_opponent, cfg.evaluation, self._eval_dir(),
+                                 seed=cfg.seed + self.update)
+        return eval_metrics(results, self.global_step)
+
+    def _launch_background(self) -> None:
+        cfg, out_dir = self.cfg, self._eval_dir()
+        snapshot = out_dir / "agent.pt"
+        save_checkpoint({"config": to_container(cfg), "model": model_state(self.model),
+                         "global_step": self.global_step}, snapshot)
+        spec = {"evaluation": to_container(cfg)["evaluation"], "opponent": to_container(cfg)["opponent"],
+                "seed": cfg.seed + self.update, "device": str(self.device)}
+        with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
+            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation", str(snapshot), str(out_dir),
+                                     json.dumps(spec)], stdout=logfile, stderr=subprocess.STDOUT)
+        self.eval_pending = (proc, self.global_step, out_dir)
+
+    def _collect_background(self, wait: bool) -> dict[str, float]:
+        """Metrics of the background evaluation once it has finished (``wait``: block until then)."""
+        if self.eval_pending is None:
+            return {}
+        proc, step, out_dir = self.eval_pending
+        if proc.poll() is None and not wait:
+            return {}
+        proc.wait()
+        self.eval_pending = None
+        results = out_dir / "results.json"
+        if proc.returncode != 0 or not results.is_file():
+            log.warning("background evaluation of step %d failed (exit %s): see %s", step, proc.returncode,
+                        out_dir / "worker.log")
+            return {}
+        return eval_metrics(json.loads(results.read_text(encoding="utf-8")), step)
 
     def _record(self, lr: float, losses: dict[str, float], timing: dict[str, float], wall: float
                 ) -> dict[str, Any]:
@@ -286,7 +367,9 @@ class Trainer:
             f"{self.games_total:,} self-play games finished",
             f"checkpoints: {ckpt / 'final.pt'} (and last.pt)",
             f"metrics:     {self.run_dir / 'metrics.jsonl'} (config: {self.run_dir / 'config.yaml'})",
-            f"objective:   {objective:.4f} (explained variance of the value head in the last update)",
+            f"objective:   {objective:.4f} ("
+            + ("latest evaluation win rate)" if self.eval_win_rate is not None
+               else "explained variance of the value head in the last update)"),
         ])
 
 

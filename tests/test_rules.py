@@ -701,7 +701,7 @@ def test_push_after_the_end_raises(how: str) -> None:
     with pytest.raises(IllegalMoveError, match=rf"'{move}'.*over"):
         game.push(move)
     assert (game.sfen(), game.ply, game.is_over) == (sfen, ply, True)
-    for end in (game.resign, game.forfeit_illegal_move):
+    for end in (game.resign, lambda: game.forfeit(Termination.ILLEGAL_MOVE)):
         with pytest.raises(IllegalMoveError):
             end()
     assert game.termination is (Termination.CHECKMATE if how == "checkmate" else Termination.RESIGN)
@@ -720,7 +720,7 @@ def test_resign(moves: list[str]) -> None:
 def test_forfeit_illegal_move(moves: list[str]) -> None:
     game = play(Game(), moves)
     loser = game.turn
-    game.forfeit_illegal_move()
+    game.forfeit(Termination.ILLEGAL_MOVE)
     assert_over(game, Result.win_for(loser.opponent), Termination.ILLEGAL_MOVE)
 
 
@@ -906,7 +906,7 @@ def _resign() -> Game:
 
 def _forfeit() -> Game:
     game = play(Game(), ["7g7f"])
-    game.forfeit_illegal_move()
+    game.forfeit(Termination.ILLEGAL_MOVE)
     return game
 
 

@@ -13,7 +13,7 @@ from enum import Enum, IntEnum
 
 import numpy as np
 from rsshogi.core import Board, Move
-from rsshogi.record import GameResult, Record
+from rsshogi.record import GameResult, Record, RecordMetadataBuilder
 from rsshogi.types import PieceType, RepetitionState
 
 STARTPOS = "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1"
@@ -54,6 +54,12 @@ class Termination(IntEnum):
     MAX_PLIES = 6  # max_plies moves were played: draw (a truncation for RL)
     RESIGN = 7  # side to move resigned: it loses
     ILLEGAL_MOVE = 8  # side to move tried an illegal move (engines in matches): it loses
+    TIMEOUT = 9  # side to move gave no move within its time limit: it loses
+    CRASH = 10  # side to move's engine died or broke the protocol: it loses
+
+
+#: Ways the side to move can lose without a move on the board (``Game.forfeit``).
+FORFEITS = frozenset({Termination.RESIGN, Termination.ILLEGAL_MOVE, Termination.TIMEOUT, Termination.CRASH})
 
 
 _COLORS = (Color.BLACK, Color.WHITE)
@@ -249,13 +255,13 @@ class Game:
 
     def resign(self) -> None:
         """The side to move resigns."""
-        self._end_with_loss(Termination.RESIGN)
+        self.forfeit(Termination.RESIGN)
 
-    def forfeit_illegal_move(self) -> None:
-        """The side to move loses for attempting an illegal move (used by referees)."""
-        self._end_with_loss(Termination.ILLEGAL_MOVE)
-
-    def _end_with_loss(self, termination: Termination) -> None:
+    def forfeit(self, termination: Termination) -> None:
+        """The side to move loses without a move: ``RESIGN``, ``ILLEGAL_MOVE``, ``TIMEOUT`` or ``CRASH``
+        (what a referee decides for an engine)."""
+        if termination not in FORFEITS:
+            raise ValueError(f"{termination!r} is not a forfeit (one of {sorted(t.name for t in FORFEITS)})")
         if self._result is not None:
             raise IllegalMoveError(f"the game is already over ({self._termination.name.lower()})")
         self._finish(Result.win_for(self.turn.opponent), termination)
@@ -310,15 +316,17 @@ class Game:
         start = "startpos" if self._start_sfen == STARTPOS else f"sfen {self._start_sfen}"
         return f"{start} moves {' '.join(self.moves)}" if self._history else start
 
-    def record(self) -> Record:
-        """The game as an rsshogi ``Record`` (result included once the game is over)."""
-        return Record.from_usi_main_line(self._start_sfen, self.moves, result=self._record_result())
+    def record(self, black: str | None = None, white: str | None = None) -> Record:
+        """The game as an rsshogi ``Record`` (result included once the game is over, players' names if given)."""
+        metadata = RecordMetadataBuilder(black_player=black, white_player=white).build()
+        return Record.from_usi_main_line(self._start_sfen, self.moves, result=self._record_result(),
+                                         metadata=metadata)
 
-    def to_kif(self) -> str:
-        return self.record().to_kif()
+    def to_kif(self, black: str | None = None, white: str | None = None) -> str:
+        return self.record(black, white).to_kif()
 
-    def to_csa(self) -> str:
-        return self.record().to_csa()
+    def to_csa(self, black: str | None = None, white: str | None = None) -> str:
+        return self.record(black, white).to_csa()
 
     def _record_result(self) -> GameResult | None:
         if self._result is None:
@@ -332,6 +340,8 @@ class Game:
             return GameResult.BLACK_WIN_BY_DECLARATION if black else GameResult.WHITE_WIN_BY_DECLARATION
         if term in (Termination.PERPETUAL_CHECK, Termination.ILLEGAL_MOVE):
             return GameResult.BLACK_WIN_BY_ILLEGAL_MOVE if black else GameResult.WHITE_WIN_BY_ILLEGAL_MOVE
+        if term is Termination.TIMEOUT:
+            return GameResult.BLACK_WIN_BY_TIMEOUT if black else GameResult.WHITE_WIN_BY_TIMEOUT
         return GameResult.BLACK_WIN if black else GameResult.WHITE_WIN
 
     def __repr__(self) -> str:

@@ -1,0 +1,113 @@
+"""The one Elo implementation: the logistic model P(A beats B) = 1 / (1 + 10^((R_B - R_A) / 400)).
+
+``match_stats`` gives the head-to-head figures of one match (score, win rate with a 95 %
+interval, Elo difference with its error); ``ratings`` fits ratings for many players from all
+their pairings (maximum likelihood, draws counted as half a win for each side), which for
+two players reduces to the same Elo difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+Z95 = 1.959963984540054
+
+
+def elo_from_score(score: float) -> float:
+    """Elo difference that makes ``score`` (0 < score < 1) the expected score."""
+    return -400.0 * math.log10(1.0 / score - 1.0)
+
+
+def expected_score(diff: float) -> float:
+    """Expected score of a player rated ``diff`` points above its opponent."""
+    return 1.0 / (1.0 + 10.0 ** (-diff / 400.0))
+
+
+@dataclass(frozen=True)
+class MatchStats:
+    games: int
+    wins: int
+    draws: int
+    losses: int
+    score: float  # (wins + draws / 2) / games
+    win_rate: float  # wins / games
+    win_rate_low: float  # 95 % Wilson interval
+    win_rate_high: float
+    elo: float  # Elo difference of the player over its opponent
+    elo_error: float  # half-width of its 95 % interval
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _wilson(successes: int, n: int) -> tuple[float, float]:
+    p = successes / n
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def match_stats(wins: int, draws: int, losses: int) -> MatchStats:
+    """Head-to-head figures from one player's wins, draws and losses.
+
+    A perfect or null score has no finite Elo: the score is then taken half a game away
+    from the edge (1 - 1/(2n) or 1/(2n)), which bounds the estimate.
+    """
+    n = wins + draws + losses
+    if n == 0:
+        raise ValueError("match_stats needs at least one game")
+    score = (wins + 0.5 * draws) / n
+    edge = 0.5 / n
+    clamped = min(max(score, edge), 1.0 - edge)
+    elo = elo_from_score(clamped)
+    # Per-game score variance around the mean, then the delta method for the Elo error.
+    variance = (wins * (1 - score) ** 2 + draws * (0.5 - score) ** 2 + losses * score**2) / n
+    variance = max(variance, clamped * (1 - clamped) / n) if score in (0.0, 1.0) else variance
+    slope = 400.0 / (math.log(10) * clamped * (1 - clamped))
+    elo_error = Z95 * slope * math.sqrt(variance / n)
+    low, high = _wilson(wins, n)
+    return MatchStats(n, wins, draws, losses, score, wins / n, low, high, elo, elo_error)
+
+
+def ratings(players: Sequence[str], results: Sequence[tuple[str, str, float]], anchor: str | None = None,
+            iterations: int = 2000) -> dict[str, float]:
+    """Maximum-likelihood Elo ratings from game results ``(player_a, player_b, score_of_a)``.
+
+    Scores are 1, 0.5 or 0 per game. ``anchor`` (default: the first player) is rated 0.
+    Minorisation-maximisation updates of Bradley-Terry strengths. A player with no points
+    at all (or every point) has no finite maximum-likelihood rating: it gets one virtual
+    draw against the anchor, which holds it half a game from the edge as ``match_stats`` does.
+    """
+    index = {p: i for i, p in enumerate(players)}
+    anchor = anchor if anchor is not None else players[0]
+    points = {p: 0.0 for p in players}
+    games = {p: 0 for p in players}
+    for a, b, s in results:
+        points[a] += s
+        points[b] += 1.0 - s
+        games[a] += 1
+        games[b] += 1
+    virtual = [(p, anchor, 0.5) for p in players
+               if p != anchor and (points[p] == 0.0 or points[p] == games[p])]
+    wins = [0.0] * len(players)
+    pair_games: dict[tuple[int, int], float] = {}
+    for a, b, s in [*results, *virtual]:
+        i, j = index[a], index[b]
+        wins[i] += s
+        wins[j] += 1.0 - s
+        pair_games[(i, j)] = pair_games.get((i, j), 0.0) + 1.0
+    strength = [1.0] * len(players)
+    for _ in range(iterations):
+        new = []
+        for i in range(len(players)):
+            denom = 0.0
+            for (a, b), n in pair_games.items():
+                if i in (a, b):
+                    denom += n / (strength[a] + strength[b])
+            new.append(wins[i] / denom if denom > 0 and wins[i] > 0 else strength[i])
+        scale = new[index[anchor]]
+        strength = [s / scale for s in new]
+    return {p: 400.0 * math.log10(strength[index[p]]) for p in players}

@@ -1,0 +1,127 @@
+"""Evaluations: build the players a config names, play the matches, write the results.
+
+Used by ``evaluate.py`` (single opponent or round robin), by periodic evaluation inside
+training (inline), and as a worker process for background evaluation
+(``python -m keisei.evaluation SNAPSHOT OUT_DIR CONFIG_JSON``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from keisei.checkpoint import load_model
+from keisei.config import EvaluationConfig, OpponentConfig, OpponentKind
+from keisei.elo import ratings
+from keisei.match import match_results, play_match, save_records
+from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer, UsiPlayer
+
+
+def build_opponent(cfg: OpponentConfig, device: torch.device, seed: int) -> Player:
+    """The player an ``opponent`` config describes."""
+    if cfg.kind is OpponentKind.random:
+        return RandomPlayer(seed, name=cfg.name or "random")
+    if cfg.kind is OpponentKind.heuristic:
+        return HeuristicPlayer(seed, name=cfg.name or "heuristic")
+    if cfg.kind is OpponentKind.checkpoint:
+        return checkpoint_player(str(cfg.checkpoint), device, cfg.temperature, seed, cfg.name)
+    return UsiPlayer(str(cfg.command), args=cfg.args, options=cfg.options, movetime_ms=cfg.movetime_ms,
+                     byoyomi_ms=cfg.byoyomi_ms, depth=cfg.depth, timeout_s=cfg.timeout_s, name=cfg.name)
+
+
+def checkpoint_player(path: str, device: torch.device, temperature: float, seed: int,
+                      name: str | None = None) -> AgentPlayer:
+    """A trained agent rebuilt from its checkpoint file (or run dir) alone."""
+    model, _ = load_model(path, device)
+    return AgentPlayer(model, name=name or path, temperature=temperature, device=device, seed=seed)
+
+
+def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,
+                   seed: int, progress: bool = False) -> dict[str, Any]:
+    """One match; writes ``results.json`` and the game records into ``out_dir`` (if given)."""
+    games = play_match(agent, opponent, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
+                       opening_plies=cfg.opening_plies, seed=seed, progress=progress)
+    results = match_results(games, agent.name, opponent.name)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.save_records:
+            save_records(games, agent.name, opponent.name, out_dir / "games")
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+
+
+def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, seed: int,
+                progress: bool = False) -> dict[str, Any]:
+    """Every pair plays ``cfg.games`` games; pairwise results and an Elo table (first player at 0)."""
+    pairings, results = [], []
+    names = [p.name for p in players]
+    if len(set(names)) != len(names):
+        raise ValueError(f"round robin players need distinct names, got {names}")
+    start = 0
+    for k, (a, b) in enumerate(itertools.combinations(players, 2)):
+        games = play_match(a, b, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
+                           opening_plies=cfg.opening_plies, seed=seed + k, progress=progress)
+        pairings.append(match_results(games, a.name, b.name))
+        for m in games:
+            winner = m.game.winner
+            results.append((a.name, b.name, 0.5 if winner is None else float(winner is m.a_colour)))
+        if cfg.save_records:
+            save_records(games, a.name, b.name, out_dir / "games", start=start)
+        start += len(games)
+    table = ratings(names, results)
+    summary = {"players": names, "pairings": pairings,
+               "elo": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def format_match(results: dict[str, Any]) -> str:
+    r = results
+    ends = ", ".join(f"{k} {v}" for k, v in r["terminations"].items())
+    return (f"{r['player']} vs {r['opponent']}: {r['games']} games, +{r['wins']} ={r['draws']} -{r['losses']}, "
+            f"score {r['score']:.3f}, win rate {r['win_rate']:.3f} "
+            f"[{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}], "
+            f"Elo {r['elo']:+.0f} ± {r['elo_error']:.0f}; ended by: {ends}; "
+            f"length {r['game_length']['mean']:.0f} plies")
+
+
+def eval_metrics(results: dict[str, Any], global_step: int) -> dict[str, float]:
+    """The metrics a periodic evaluation adds to the training record."""
+    return {"eval/global_step": global_step, "eval/win_rate": results["win_rate"], "eval/score": results["score"],
+            "eval/draw_rate": results["draws"] / results["games"], "eval/elo": results["elo"],
+            "eval/elo_error": results["elo_error"], "eval/games": results["games"],
+            "eval/game_length": results["game_length"]["mean"]}
+
+
+def _worker(argv: list[str] | None = None) -> None:
+    """Background evaluation: a snapshot checkpoint against the configured opponent."""
+    parser = argparse.ArgumentParser(prog="python -m keisei.evaluation")
+    parser.add_argument("snapshot")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'seed', 'device'")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.config)
+    ev: EvaluationConfig = OmegaConf.to_object(  # type: ignore[assignment]
+        OmegaConf.merge(OmegaConf.structured(EvaluationConfig), spec["evaluation"]))
+    op: OpponentConfig = OmegaConf.to_object(  # type: ignore[assignment]
+        OmegaConf.merge(OmegaConf.structured(OpponentConfig), spec["opponent"]))
+    device = torch.device(spec["device"])
+    torch.set_num_threads(1)  # leave the cores to training
+    agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent")
+    opponent = build_opponent(op, device, spec["seed"])
+    try:
+        evaluate_agent(agent, opponent, ev, args.out_dir, seed=spec["seed"])
+    finally:
+        opponent.close()
+
+
+if __name__ == "__main__":
+    sys.exit(_worker())

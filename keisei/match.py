@@ -1,0 +1,120 @@
+"""Matches between two players, refereed by our rules, and what they produce.
+
+``play_match`` plays N games in parallel, alternating colours (games 2k and 2k+1 start
+from the same random opening, with colours swapped). Every move goes through
+``Game.push``: an illegal move forfeits the game (``ILLEGAL_MOVE``), as do an engine's
+timeout, crash or resignation. ``match_results`` turns the games into the figures of
+``results.json``; ``save_records`` writes every game as KIF, CSA and USI moves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from keisei.elo import match_stats
+from keisei.players import Player
+from keisei.shogi import Color, Game, IllegalMoveError, Termination
+
+
+@dataclass
+class MatchGame:
+    game: Game
+    a_colour: Color  # colour of the first player
+    illegal_move: str | None = None  # the move that forfeited the game, if any
+
+    def names(self, a: str, b: str) -> tuple[str, str]:
+        """(black, white) player names."""
+        return (a, b) if self.a_colour is Color.BLACK else (b, a)
+
+
+def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declaration: bool = True,
+               opening_plies: int = 0, seed: int = 0, progress: bool = False) -> list[MatchGame]:
+    """Play ``games`` games of ``a`` against ``b``; ``a`` has Black in the even-numbered games."""
+    if games < 1:
+        raise ValueError(f"games must be >= 1, got {games}")
+    rng = np.random.default_rng(seed)
+    matches: list[MatchGame] = []
+    for k in range(games):
+        if k % 2 == 0:
+            opening = _random_opening(rng, opening_plies, max_plies, declaration)
+        game = Game(max_plies=max_plies, declaration=declaration)
+        for move in opening:
+            game.push(move)
+        matches.append(MatchGame(game, Color.BLACK if k % 2 == 0 else Color.WHITE))
+    with tqdm(total=games, desc=f"{a.name} vs {b.name}", unit="game", disable=not progress) as bar:
+        active = list(matches)
+        while active:
+            for player, plays_a in ((a, True), (b, False)):
+                turn = [m for m in active if not m.game.is_over and (m.game.turn is m.a_colour) == plays_a]
+                if turn:
+                    for m, choice in zip(turn, player.choose([m.game for m in turn])):
+                        _referee(m, choice)
+            still = [m for m in active if not m.game.is_over]
+            bar.update(len(active) - len(still))
+            active = still
+    return matches
+
+
+def _random_opening(rng: np.random.Generator, plies: int, max_plies: int, declaration: bool) -> list[str]:
+    while True:
+        game = Game(max_plies=max_plies, declaration=declaration)
+        for _ in range(plies):
+            legal = game.legal_moves()
+            game.push(legal[int(rng.integers(len(legal)))])
+            if game.is_over:
+                break
+        else:
+            return game.moves
+
+
+def _referee(m: MatchGame, choice: str | Termination) -> None:
+    if isinstance(choice, Termination):
+        m.game.forfeit(choice)
+        return
+    try:
+        m.game.push(choice)
+    except IllegalMoveError:
+        m.illegal_move = choice
+        m.game.forfeit(Termination.ILLEGAL_MOVE)
+
+
+def match_results(games: Sequence[MatchGame], a: str, b: str) -> dict[str, Any]:
+    """Figures of a match from ``a``'s view: W/D/L, score, win rate (95 % interval), Elo, how games ended."""
+    outcome = Counter()
+    for m in games:
+        winner = m.game.winner
+        outcome["draws" if winner is None else "wins" if winner is m.a_colour else "losses"] += 1
+    stats = match_stats(outcome["wins"], outcome["draws"], outcome["losses"])
+    lengths = [m.game.ply for m in games]
+    return {
+        "player": a,
+        "opponent": b,
+        **stats.to_dict(),
+        "terminations": dict(Counter(m.game.termination.name.lower() for m in games).most_common()),
+        "game_length": {"mean": float(np.mean(lengths)), "min": min(lengths), "max": max(lengths)},
+    }
+
+
+def save_records(games: Sequence[MatchGame], a: str, b: str, directory: Path, *, start: int = 0) -> None:
+    """Every game as ``NNNN.kif`` and ``NNNN.csa``, plus one JSON line per game in ``games.jsonl``
+    (players, colours, result, termination, start SFEN and USI moves)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "games.jsonl", "a", encoding="utf-8") as index:
+        for k, m in enumerate(games, start=start):
+            black, white = m.names(a, b)
+            stem = f"{k:04d}"
+            (directory / f"{stem}.kif").write_text(m.game.to_kif(black, white), encoding="utf-8")
+            (directory / f"{stem}.csa").write_text(m.game.to_csa(black, white), encoding="utf-8")
+            index.write(json.dumps({
+                "game": stem, "black": black, "white": white, "result": m.game.result.value,
+                "termination": m.game.termination.name.lower(), "plies": m.game.ply,
+                "illegal_move": m.illegal_move, "usi": m.game.to_usi_position(),
+            }) + "\n")
