@@ -8,6 +8,7 @@ ranges and cross-field rules and returns the typed ``TrainConfig``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -244,6 +245,7 @@ def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
 def validate_evaluate(cfg: DictConfig | EvaluateConfig) -> EvaluateConfig:
     """evaluate.py's checks; returns the typed ``EvaluateConfig``."""
     if isinstance(cfg, DictConfig):
+        _reject_unknown_keys(cfg)
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     assert isinstance(cfg, EvaluateConfig)
     validate_evaluation(cfg.evaluation, cfg.opponent)
@@ -267,9 +269,24 @@ def _check(ok: bool, key: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{key}={value!r}: {rule}")
 
 
+def _reject_unknown_keys(node: DictConfig, prefix: str = "") -> None:
+    """Keys added with ``+key=value`` that no schema field declares (OmegaConf would drop them silently)."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: no such key in {schema.__name__} (check the spelling)")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_unknown_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     """Range and consistency checks; returns a typed ``TrainConfig`` with step counts as ints."""
     if isinstance(cfg, DictConfig):
+        _reject_unknown_keys(cfg)
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     assert isinstance(cfg, TrainConfig)
     t, e, m = cfg.training, cfg.env, cfg.model

@@ -34,7 +34,7 @@ from keisei.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from keisei.config import Device, PeriodicMode, Precision, TrainConfig, to_container
+from keisei.config import ConfigError, Device, PeriodicMode, Precision, TrainConfig, to_container
 from keisei.env import StepResult, VecEnv
 from keisei.evaluation import build_opponent, eval_metrics, evaluate_agent
 from keisei.metrics import MetricsLogger, truncate_metrics
@@ -67,6 +67,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
+        if cfg.training.precision is Precision.fp16 and self.device.type != "cuda":
+            raise ConfigError(f"training.precision=fp16: needs a CUDA device, and device={cfg.device.value} "
+                              f"resolved to {self.device.type} (use bf16 on the CPU)")
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -83,6 +86,7 @@ class Trainer:
         self.env = VecEnv(cfg.env.num_envs, max_plies=cfg.env.max_plies, declaration=cfg.env.declaration,
                           opening_plies=cfg.env.opening_plies)
         self.batch_size = cfg.env.num_envs * t.num_steps
+        #: The run ends once global_step reaches total_timesteps (a whole number of batches past it).
         self.num_updates = math.ceil(t.total_timesteps / self.batch_size)
         self.global_step = 0
         self.update = 0
@@ -226,12 +230,15 @@ class Trainer:
         logger = MetricsLogger(self.run_dir, cfg, self.wandb_run_id)
         self.wandb_run_id = logger.wandb_run_id
         objective = float("nan")
-        bar = tqdm(total=self.num_updates * self.batch_size, initial=self.global_step, unit="step",
+        remaining = max(0, t.total_timesteps - self.global_step)
+        bar = tqdm(total=self.global_step + math.ceil(remaining / self.batch_size) * self.batch_size,
+                   initial=self.global_step, unit="step",
                    disable=not cfg.logging.progress_bar, dynamic_ncols=True, desc="train")
         try:
-            while self.update < self.num_updates:
+            while self.global_step < t.total_timesteps:
                 start = time.perf_counter()
-                lr = learning_rate(t, self.update, self.num_updates)
+                # Steps, not update counts, place the schedule: a resumed run may use another batch size.
+                lr = learning_rate(t, self.global_step // self.batch_size, self.num_updates)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 batch, timing = self.rollout()
@@ -245,7 +252,7 @@ class Trainer:
                     self.pool = [*self.pool, model_state(self.model)][-t.opponent_pool.size:]
                 record = self._record(lr, losses, timing, time.perf_counter() - start)
                 logger.log(record)
-                for evaluation in self._periodic_evaluation(last=self.update == self.num_updates):
+                for evaluation in self._periodic_evaluation(last=self.global_step >= t.total_timesteps):
                     logger.log(evaluation)
                 objective = record["losses/explained_variance"] if self.eval_win_rate is None \
                     else self.eval_win_rate
