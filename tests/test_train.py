@@ -1,0 +1,362 @@
+"""End to end: real ``python train.py`` subprocesses on tiny runs (mlp, 8 envs x 16 steps = 128 per update).
+
+Run dirs live under pytest's tmp dirs (``hydra.run.dir=...``). Runs that several tests
+read are module-scoped fixtures so that the file stays fast on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from keisei.config import from_container
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 8 * 16
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
+        "training.minibatch_size=64", "logging.progress_bar=false"]
+CONSTANT = "training.lr_schedule=constant"
+LOSS_KEYS = ["losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
+             "losses/clipfrac", "losses/explained_variance"]
+METRIC_KEYS = ["global_step", "update", *LOSS_KEYS, "charts/learning_rate", "charts/SPS", "time/env_share",
+               "time/inference_share", "time/update_share"]
+CHECKPOINT_KEYS = {"global_step", "update", "model", "optimizer", "config", "rng", "env", "wandb_run_id",
+                   "format", "encoding_version", "opponent_pool"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+    env.update(extra)
+    return env
+
+
+def train(run_dir: Path, *overrides: str, check: bool = True, env: dict[str, str] | None = None,
+          tiny: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "train.py", *(TINY if tiny else []), f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env or clean_env(), timeout=300)
+    if check:
+        assert proc.returncode == 0, f"{cmd}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def checkpoint(run_dir: Path, name: str = "final.pt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def losses(records: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in ("update", "global_step", *LOSS_KEYS)} for r in records]
+
+
+# --- shared runs ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Four updates in one go (constant LR): the reference for resumes."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    return run_dir, train(run_dir, "training.total_timesteps=512", CONSTANT)
+
+
+@pytest.fixture(scope="module")
+def half_again(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``half`` again in another run dir, the total spelled ``2.56e2``."""
+    run_dir = tmp_path_factory.mktemp("half_again") / "run"
+    train(run_dir, "training.total_timesteps=2.56e2", CONSTANT)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def half(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first two updates of ``straight`` (same seed, constant LR); copy before resuming in it."""
+    run_dir = tmp_path_factory.mktemp("half") / "run"
+    train(run_dir, "training.total_timesteps=256", CONSTANT)
+    return run_dir
+
+
+# --- a smoke run --------------------------------------------------------------------------
+
+def test_smoke_run_outputs(straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir, proc = straight
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "metrics.jsonl").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["final.pt", "last.pt"]
+    assert not list(run_dir.glob("*.tmp")), "temporary files left in the run dir"
+
+
+def test_smoke_run_metrics(straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    records = metrics(straight[0])
+    assert [r["update"] for r in records] == [1, 2, 3, 4]
+    assert [r["global_step"] for r in records] == [BATCH, 2 * BATCH, 3 * BATCH, 4 * BATCH]
+    for record in records:
+        assert set(METRIC_KEYS) <= record.keys()
+        assert any(k.startswith("games/") for k in record)
+        assert record["charts/learning_rate"] == pytest.approx(3e-4)  # constant schedule
+        assert record["charts/SPS"] > 0
+        for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy"):
+            assert isinstance(record[key], float), key
+        assert record["losses/entropy"] > 0
+
+
+def test_smoke_run_checkpoints(straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir = straight[0]
+    final, last = checkpoint(run_dir, "final.pt"), checkpoint(run_dir, "last.pt")
+    assert final.keys() >= CHECKPOINT_KEYS
+    assert final["global_step"] == 512 and final["update"] == 4
+    assert last["global_step"] == 512 and last["update"] == 4
+    assert_same_weights(final["model"], last["model"])
+    assert final["wandb_run_id"] is None
+    assert isinstance(final["format"], str) and final["encoding_version"] is not None
+    cfg = from_container(final["config"])
+    assert cfg.training.total_timesteps == 512 and cfg.model.name.value == "mlp"
+
+
+def test_smoke_run_config_yaml(straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    from omegaconf import OmegaConf
+
+    run_dir = straight[0]
+    written = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    assert written["training"]["total_timesteps"] == 512
+    assert written["training"]["lr_schedule"] == "constant"
+    assert written["env"]["num_envs"] == 8 and written["model"]["name"] == "mlp"
+    assert from_container(written) == from_container(checkpoint(run_dir)["config"])
+
+
+def test_smoke_run_prints_objective(straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir, proc = straight
+    match = re.search(r"objective\b[^\n]*?(-?\d+\.\d+|nan)", proc.stdout, re.IGNORECASE)
+    assert match, proc.stdout
+    last = metrics(run_dir)[-1]["losses/explained_variance"]
+    if last is None:
+        assert match.group(1) == "nan"
+    else:
+        assert float(match.group(1)) == pytest.approx(last, abs=1e-4)
+    assert str(run_dir) in proc.stdout
+
+
+def test_scientific_notation_end_to_end(half_again: Path) -> None:
+    assert [r["update"] for r in metrics(half_again)] == [1, 2]
+    assert [r["global_step"] for r in metrics(half_again)] == [BATCH, 2 * BATCH]
+    final = checkpoint(half_again)
+    assert final["global_step"] == 256 and final["update"] == 2
+    assert final["config"]["training"]["total_timesteps"] == 256
+
+
+# --- bad overrides ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("override", "named", "code"), [
+    ("foo=1", "foo", None),
+    ("training.gamma=abc", "training.gamma", None),
+    ("model=nope", "model/nope", None),
+    ("training.gamma=0", "training.gamma", 2),
+    ("training.minibatch_size=100", "training.minibatch_size", 2),
+    ("training.precision=fp16 device=cpu", "training.precision", 2),
+])
+def test_bad_override_fails_cleanly(tmp_path: Path, override: str, named: str, code: int | None) -> None:
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, "training.total_timesteps=128", *override.split(), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    if code is not None:
+        assert proc.returncode == code
+        assert f"Error: {named}=" in proc.stderr
+    assert named in out
+    assert "Traceback" not in out
+    assert not (run_dir / "checkpoints").exists()
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_full_error_shows_traceback(tmp_path: Path) -> None:
+    proc = train(tmp_path / "run", "training.total_timesteps=128", "training.gamma=0", check=False,
+                 env=clean_env(HYDRA_FULL_ERROR="1"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" in out and "ConfigError" in out and "training.gamma" in out
+
+
+def test_appended_unknown_key_fails(tmp_path: Path) -> None:
+    proc = train(tmp_path / "run", "training.total_timesteps=128", "+training.learning_rat=1e-3", check=False)
+    assert proc.returncode != 0
+    assert "learning_rat" in proc.stdout + proc.stderr
+
+
+# --- determinism --------------------------------------------------------------------------
+
+def test_same_seed_same_run(half: Path, half_again: Path) -> None:
+    again = half_again
+    assert losses(metrics(again)) == losses(metrics(half))
+    assert_same_weights(checkpoint(again)["model"], checkpoint(half)["model"])
+
+
+def test_different_seed_different_run(tmp_path: Path, half: Path) -> None:
+    other = tmp_path / "run"
+    train(other, "training.total_timesteps=256", CONSTANT, "seed=1")
+    policy_losses = [r["losses/policy_loss"] for r in metrics(other)]
+    assert policy_losses != [r["losses/policy_loss"] for r in metrics(half)]
+    a, b = checkpoint(other)["model"], checkpoint(half)["model"]
+    assert a.keys() == b.keys()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- resume -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["run_dir", "file"])
+def test_explicit_resume_from_other_run_dir(tmp_path: Path, half: Path,
+                                            straight: tuple[Path, subprocess.CompletedProcess[str]],
+                                            target: str) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(half, source)
+    resume = source if target == "run_dir" else source / "checkpoints" / "last.pt"
+    run_dir = tmp_path / "continued"
+    train(run_dir, "training.total_timesteps=512", CONSTANT, f"resume={resume}")
+    final = checkpoint(run_dir)
+    assert final["global_step"] == 512 and final["update"] == 4
+    assert_same_weights(final["model"], checkpoint(straight[0])["model"])
+    # The new run dir carries the source's history, then the updates it ran: no update missing or twice.
+    assert [r["update"] for r in metrics(run_dir)] == [1, 2, 3, 4]
+    assert losses(metrics(run_dir)) == losses(metrics(straight[0]))
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == (source / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    # The source run is left alone.
+    assert [r["update"] for r in metrics(source)] == [1, 2]
+    assert checkpoint(source, "last.pt")["global_step"] == 256
+
+
+def test_automatic_resume_in_same_run_dir(tmp_path: Path, half: Path,
+                                          straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(half, run_dir)
+    before = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    train(run_dir, "training.total_timesteps=512", CONSTANT)
+    after = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    # Resumed rather than restarted: the first two lines (with their timings) are untouched.
+    assert after[:2] == before
+    assert [r["update"] for r in metrics(run_dir)] == [1, 2, 3, 4]
+    assert losses(metrics(run_dir)) == losses(metrics(straight[0]))
+    final = checkpoint(run_dir)
+    assert final["global_step"] == 512
+    assert_same_weights(final["model"], checkpoint(straight[0])["model"])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["final.pt", "last.pt"]
+
+
+def test_resume_drops_metrics_written_after_checkpoint(tmp_path: Path, half: Path,
+                                                       straight: tuple[Path, subprocess.CompletedProcess[str]]
+                                                       ) -> None:
+    """A crash after update 3 was logged but before it was checkpointed, the last line cut short."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(half, run_dir)
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"global_step": 3 * BATCH, "update": 3, "losses/policy_loss": 123.0}) + "\n")
+        f.write('{"global_step": 512, "upd')
+    train(run_dir, "training.total_timesteps=384", CONSTANT)
+    records = metrics(run_dir)
+    assert [r["update"] for r in records] == [1, 2, 3]
+    assert records[2]["losses/policy_loss"] != 123.0
+    assert losses(records) == losses(metrics(straight[0]))[:3]
+
+
+def test_resume_with_other_batch_size_reaches_total(tmp_path: Path, half: Path) -> None:
+    # 256 steps done with batches of 8 x 16; the rest with batches of 8 x 32: one more update.
+    run_dir = tmp_path / "run"
+    shutil.copytree(half, run_dir)
+    train(run_dir, "training.total_timesteps=512", CONSTANT, "training.num_steps=32")
+    assert checkpoint(run_dir)["global_step"] == 512
+    assert [r["global_step"] for r in metrics(run_dir)] == [128, 256, 512]
+
+
+def test_fp16_without_cuda_fails_cleanly(tmp_path: Path) -> None:
+    # device=auto resolves to the CPU here, where fp16 autocast and its gradient scaler do not apply.
+    proc = train(tmp_path / "run", "training.total_timesteps=128", "training.precision=fp16", check=False)
+    assert proc.returncode == 2
+    assert "training.precision=fp16" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+
+
+def resume_error(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    proc = train(tmp_path / "run", "training.total_timesteps=256", *overrides, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    return proc, lines[0]
+
+
+def test_resume_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "last.pt"
+    _, line = resume_error(tmp_path, f"resume={missing}")
+    assert str(missing) in line
+
+
+def test_resume_truncated_checkpoint(tmp_path: Path, half: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((half / "checkpoints" / "last.pt").read_bytes()[:100_000])
+    _, line = resume_error(tmp_path, f"resume={bad}")
+    assert str(bad) in line
+
+
+def test_resume_with_other_model_config(tmp_path: Path, half: Path) -> None:
+    _, line = resume_error(tmp_path, f"resume={half}", "model.hidden=32")
+    assert "model" in line and str(half) in line
+
+
+# --- W&B offline --------------------------------------------------------------------------
+
+def test_wandb_offline_run_and_resume(tmp_path: Path) -> None:
+    dead = "http://127.0.0.1:9"  # any network use fails at once instead of reaching out
+    env = clean_env(WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"),
+                    WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"),
+                    WANDB_DATA_DIR=str(tmp_path / "wandb_data"),
+                    HTTP_PROXY=dead, HTTPS_PROXY=dead, http_proxy=dead, https_proxy=dead, NO_PROXY="",
+                    no_proxy="")
+    env.pop("WANDB_API_KEY", None)
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=128", CONSTANT, "wandb.mode=offline", env=env)
+    run_id = checkpoint(run_dir)["wandb_run_id"]
+    assert isinstance(run_id, str) and run_id
+    assert checkpoint(run_dir, "last.pt")["wandb_run_id"] == run_id
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and offline[0].is_dir()
+    assert offline[0].name.endswith(f"-{run_id}")
+    assert (offline[0] / f"run-{run_id}.wandb").is_file()
+
+    train(run_dir, "training.total_timesteps=256", CONSTANT, "wandb.mode=offline", env=env)
+    final = checkpoint(run_dir)
+    assert final["global_step"] == 256
+    assert final["wandb_run_id"] == run_id
+    assert [r["update"] for r in metrics(run_dir)] == [1, 2]
+    assert all(p.name.endswith(f"-{run_id}") for p in (run_dir / "wandb").glob("offline-run-*"))
+
+
+# --- opponent pool ------------------------------------------------------------------------
+
+def test_opponent_pool_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=512", "training.opponent_pool.size=2",
+          "training.opponent_pool.snapshot_interval=1")
+    assert [r["update"] for r in metrics(run_dir)] == [1, 2, 3, 4]
+    final = checkpoint(run_dir)
+    assert final["global_step"] == 512
+    pool = final["opponent_pool"]
+    assert isinstance(pool, list) and 1 <= len(pool) <= 2
+    assert len(pool) == 2  # four snapshots taken, the two newest kept
+    for snapshot in pool:
+        assert snapshot.keys() == final["model"].keys()
+    assert_same_weights(pool[-1], final["model"])  # snapshot after the last update
+    assert not all(torch.equal(pool[0][k], pool[1][k]) for k in pool[0])
