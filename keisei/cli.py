@@ -7,6 +7,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from keisei.checkpoint import CheckpointError
 from keisei.config import ConfigError
 from keisei.players import EngineError
@@ -18,11 +21,18 @@ USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, File
 
 @contextmanager
 def fail_cleanly() -> Iterator[None]:
-    """Print ``Error: <message>`` and exit 2 on a user error (``HYDRA_FULL_ERROR=1``: re-raise)."""
+    """Print ``Error: <message>`` and exit 2 on a user error (``HYDRA_FULL_ERROR=1``: re-raise).
+
+    In a multirun the error is raised instead, so that Hydra marks that job failed and the
+    other jobs go on (the sweep summary lists it)."""
     try:
         yield
     except USER_ERRORS as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

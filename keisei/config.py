@@ -275,7 +275,7 @@ def _reject_unknown_keys(node: DictConfig, prefix: str = "") -> None:
     if not dataclasses.is_dataclass(schema):
         return
     fields = {f.name for f in dataclasses.fields(schema)}
-    for key in node.keys():
+    for key in node:
         if key not in fields:
             raise ConfigError(f"{prefix}{key}: no such key in {schema.__name__} (check the spelling)")
         child = node._get_node(key)

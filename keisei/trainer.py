@@ -41,6 +41,7 @@ from keisei.metrics import MetricsLogger, truncate_metrics
 from keisei.model import build_model, masked_logits
 from keisei.players import AgentPlayer, Player
 from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, two_player_gae
+from keisei.preemption import StopSignals
 from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Result, Termination
 
 log = logging.getLogger(__name__)
@@ -234,47 +235,55 @@ class Trainer:
         bar = tqdm(total=self.global_step + math.ceil(remaining / self.batch_size) * self.batch_size,
                    initial=self.global_step, unit="step",
                    disable=not cfg.logging.progress_bar, dynamic_ncols=True, desc="train")
-        try:
-            while self.global_step < t.total_timesteps:
-                start = time.perf_counter()
-                # Steps, not update counts, place the schedule: a resumed run may use another batch size.
-                lr = learning_rate(t, self.global_step // self.batch_size, self.num_updates)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                batch, timing = self.rollout()
-                t0 = time.perf_counter()
-                losses = ppo_update(self.forward, self.optimizer, batch, t, self.shuffle, self.autocast,
-                                    self.scaler)
-                timing["update"] = time.perf_counter() - t0
-                self.update += 1
-                self.global_step += self.batch_size
-                if t.opponent_pool.size and self.update % t.opponent_pool.snapshot_interval == 0:
-                    self.pool = [*self.pool, model_state(self.model)][-t.opponent_pool.size:]
-                record = self._record(lr, losses, timing, time.perf_counter() - start)
-                logger.log(record)
-                for evaluation in self._periodic_evaluation(last=self.global_step >= t.total_timesteps):
-                    logger.log(evaluation)
-                objective = record["losses/explained_variance"] if self.eval_win_rate is None \
-                    else self.eval_win_rate
-                bar.update(self.batch_size)
-                bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}",
-                                 "pi": f"{losses['losses/policy_loss']:.3f}",
-                                 "v": f"{losses['losses/value_loss']:.3f}",
-                                 "games": record["games/finished_total"],
-                                 "B/W/D": f"{record['games/black_win']:.2f}/{record['games/white_win']:.2f}/"
-                                          f"{record['games/draw']:.2f}"})
-                last_interval = (self.global_step - self.batch_size) // t.checkpoint_interval
-                if self.global_step // t.checkpoint_interval > last_interval:
+        with StopSignals() as stop:
+            try:
+                while self.global_step < t.total_timesteps:
+                    start = time.perf_counter()
+                    # Steps, not update counts, place the schedule: a resumed run may use another batch size.
+                    lr = learning_rate(t, self.global_step // self.batch_size, self.num_updates)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    batch, timing = self.rollout()
+                    t0 = time.perf_counter()
+                    losses = ppo_update(self.forward, self.optimizer, batch, t, self.shuffle, self.autocast,
+                                        self.scaler)
+                    timing["update"] = time.perf_counter() - t0
+                    self.update += 1
+                    self.global_step += self.batch_size
+                    if t.opponent_pool.size and self.update % t.opponent_pool.snapshot_interval == 0:
+                        self.pool = [*self.pool, model_state(self.model)][-t.opponent_pool.size:]
+                    record = self._record(lr, losses, timing, time.perf_counter() - start)
+                    logger.log(record)
+                    for evaluation in self._periodic_evaluation(last=self.global_step >= t.total_timesteps):
+                        logger.log(evaluation)
+                    objective = record["losses/explained_variance"] if self.eval_win_rate is None \
+                        else self.eval_win_rate
+                    bar.update(self.batch_size)
+                    bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}",
+                                     "pi": f"{losses['losses/policy_loss']:.3f}",
+                                     "v": f"{losses['losses/value_loss']:.3f}",
+                                     "games": record["games/finished_total"],
+                                     "B/W/D": f"{record['games/black_win']:.2f}/{record['games/white_win']:.2f}/"
+                                              f"{record['games/draw']:.2f}"})
+                    last_interval = (self.global_step - self.batch_size) // t.checkpoint_interval
+                    if self.global_step // t.checkpoint_interval > last_interval or stop.signum is not None:
+                        self.save("last.pt")
+                    if stop.signum is not None:  # preempted: the update is done and saved
+                        break
+                else:
                     self.save("last.pt")
-            self.save("last.pt")
-            self.save("final.pt")
-        finally:
-            bar.close()
-            logger.close()
-            if self.eval_opponent is not None:
-                self.eval_opponent.close()
-            if self.eval_pending is not None:  # interrupted: do not leave a worker behind
-                self.eval_pending[0].kill()
+                    self.save("final.pt")
+            finally:
+                bar.close()
+                logger.close()
+                if self.eval_opponent is not None:
+                    self.eval_opponent.close()
+                if self.eval_pending is not None:  # interrupted: do not leave a worker behind
+                    self.eval_pending[0].kill()
+        if stop.signum is not None:
+            print(f"stopped by signal {stop.signum} at global_step {self.global_step}: {self.run_dir}/checkpoints/"
+                  "last.pt written; the same command (or the requeued job) resumes from it", file=sys.stderr)
+            stop.forward()
         return objective
 
     # --- periodic evaluation ----------------------------------------------------------------
