@@ -53,20 +53,23 @@ def _wilson(successes: int, n: int) -> tuple[float, float]:
 def match_stats(wins: int, draws: int, losses: int) -> MatchStats:
     """Head-to-head figures from one player's wins, draws and losses.
 
-    A perfect or null score has no finite Elo: the score is then taken half a game away
-    from the edge (1 - 1/(2n) or 1/(2n)), which bounds the estimate.
+    The Elo error is the delta method applied to the per-game score variance. A perfect or
+    null score has no finite Elo: it is then estimated as if one more game had been drawn,
+    (points + 1/2) / (n + 1) (the same virtual draw ``ratings`` uses), with the binomial
+    variance of that score for the error.
     """
     n = wins + draws + losses
     if n == 0:
         raise ValueError("match_stats needs at least one game")
     score = (wins + 0.5 * draws) / n
-    edge = 0.5 / n
-    clamped = min(max(score, edge), 1.0 - edge)
-    elo = elo_from_score(clamped)
-    # Per-game score variance around the mean, then the delta method for the Elo error.
-    variance = (wins * (1 - score) ** 2 + draws * (0.5 - score) ** 2 + losses * score**2) / n
-    variance = max(variance, clamped * (1 - clamped) / n) if score in (0.0, 1.0) else variance
-    slope = 400.0 / (math.log(10) * clamped * (1 - clamped))
+    if score in (0.0, 1.0):
+        estimate = (wins + 0.5 * draws + 0.5) / (n + 1)
+        variance = estimate * (1 - estimate)
+    else:
+        estimate = score
+        variance = (wins * (1 - score) ** 2 + draws * (0.5 - score) ** 2 + losses * score**2) / n
+    elo = elo_from_score(estimate)
+    slope = 400.0 / (math.log(10) * estimate * (1 - estimate))
     elo_error = Z95 * slope * math.sqrt(variance / n)
     low, high = _wilson(wins, n)
     return MatchStats(n, wins, draws, losses, score, wins / n, low, high, elo, elo_error)
@@ -79,7 +82,7 @@ def ratings(players: Sequence[str], results: Sequence[tuple[str, str, float]], a
     Scores are 1, 0.5 or 0 per game. ``anchor`` (default: the first player) is rated 0.
     Minorisation-maximisation updates of Bradley-Terry strengths. A player with no points
     at all (or every point) has no finite maximum-likelihood rating: it gets one virtual
-    draw against the anchor, which holds it half a game from the edge as ``match_stats`` does.
+    draw against the anchor, as in ``match_stats``.
     """
     index = {p: i for i, p in enumerate(players)}
     anchor = anchor if anchor is not None else players[0]

@@ -40,6 +40,8 @@ def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declar
     """Play ``games`` games of ``a`` against ``b``; ``a`` has Black in the even-numbered games."""
     if games < 1:
         raise ValueError(f"games must be >= 1, got {games}")
+    if not 0 <= opening_plies < max_plies:
+        raise ValueError(f"opening_plies must be >= 0 and below max_plies ({max_plies}), got {opening_plies}")
     rng = np.random.default_rng(seed)
     matches: list[MatchGame] = []
     for k in range(games):
@@ -64,7 +66,8 @@ def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declar
 
 
 def _random_opening(rng: np.random.Generator, plies: int, max_plies: int, declaration: bool) -> list[str]:
-    while True:
+    """``plies`` random legal moves that do not end the game (redrawn when one does)."""
+    for _ in range(1000):
         game = Game(max_plies=max_plies, declaration=declaration)
         for _ in range(plies):
             legal = game.legal_moves()
@@ -73,6 +76,7 @@ def _random_opening(rng: np.random.Generator, plies: int, max_plies: int, declar
                 break
         else:
             return game.moves
+    raise RuntimeError(f"no random opening of {plies} plies that leaves the game running in 1000 tries")
 
 
 def _referee(m: MatchGame, choice: str | Termination) -> None:

@@ -1,0 +1,191 @@
+"""Elo: the logistic model, one match's figures (match_stats) and the fitted table (ratings)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from keisei.elo import elo_from_score, expected_score, match_stats, ratings
+
+Z = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """Wilson score interval, written out from its textbook form."""
+    p = successes / n
+    centre = (p + Z * Z / (2 * n)) / (1 + Z * Z / n)
+    half = Z / (1 + Z * Z / n) * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def delta_method_error(scores: list[float]) -> float:
+    """Half-width of the 95 % interval of the Elo of the mean score: the standard error of the mean
+    (population variance of the per-game scores) times the slope of the Elo curve, by finite difference."""
+    mean = statistics.fmean(scores)
+    standard_error = math.sqrt(statistics.pvariance(scores) / len(scores))
+    h = 1e-6
+    slope = (elo_from_score(mean + h) - elo_from_score(mean - h)) / (2 * h)
+    return Z * slope * standard_error
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+
+def test_elo_from_score_by_hand():
+    assert elo_from_score(0.5) == pytest.approx(0.0, abs=1e-12)
+    assert elo_from_score(0.75) == pytest.approx(400 * math.log10(3))  # odds 3:1
+    assert elo_from_score(10 / 11) == pytest.approx(400.0)  # odds 10:1 is 400 points
+    assert elo_from_score(0.25) == pytest.approx(-400 * math.log10(3))
+
+
+@pytest.mark.parametrize("score", [0.01, 0.2, 0.5, 0.64, 0.9, 0.999])
+def test_expected_score_inverts_elo_from_score(score):
+    assert expected_score(elo_from_score(score)) == pytest.approx(score, rel=1e-12)
+
+
+def test_expected_score_by_hand():
+    assert expected_score(0.0) == 0.5
+    assert expected_score(400.0) == pytest.approx(10 / 11)
+    assert expected_score(-400.0) == pytest.approx(1 / 11)
+    assert expected_score(200.0) + expected_score(-200.0) == pytest.approx(1.0)
+
+
+# --- match_stats -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wins", "draws", "losses"), [(6, 2, 2), (3, 0, 1), (1, 5, 4), (40, 25, 35), (1, 0, 1)])
+def test_match_stats_by_hand(wins, draws, losses):
+    n = wins + draws + losses
+    stats = match_stats(wins, draws, losses)
+    assert (stats.games, stats.wins, stats.draws, stats.losses) == (n, wins, draws, losses)
+    score = (wins + draws / 2) / n
+    assert stats.score == pytest.approx(score)
+    assert stats.win_rate == pytest.approx(wins / n)
+    assert stats.elo == pytest.approx(-400 * math.log10(1 / score - 1), abs=1e-9)
+    low, high = wilson(wins, n)
+    assert (stats.win_rate_low, stats.win_rate_high) == (pytest.approx(low), pytest.approx(high))
+    scores = [1.0] * wins + [0.5] * draws + [0.0] * losses
+    assert stats.elo_error == pytest.approx(delta_method_error(scores), rel=1e-5)
+    assert stats.to_dict()["elo"] == stats.elo
+
+
+def test_match_stats_worked_example():
+    # 6 wins, 2 draws, 2 losses: score 0.7, odds 7:3.
+    stats = match_stats(6, 2, 2)
+    assert stats.score == pytest.approx(0.7)
+    assert stats.elo == pytest.approx(400 * math.log10(7 / 3))  # about 147.2
+    # Wilson interval of 6/10 (a textbook value): about (0.313, 0.832).
+    assert stats.win_rate_low == pytest.approx(0.3127, abs=1e-3)
+    assert stats.win_rate_high == pytest.approx(0.8318, abs=1e-3)
+    # Per-game scores 1 x6, 0.5 x2, 0 x2 around 0.7: variance (6*0.09 + 2*0.04 + 2*0.49) / 10 = 0.16;
+    # Elo slope at 0.7: 400 / (ln 10 * 0.21).
+    expected = Z * 400 / (math.log(10) * 0.21) * math.sqrt(0.16 / 10)
+    assert stats.elo_error == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("wins", "draws", "losses"), [(6, 2, 2), (0, 3, 7), (10, 0, 0), (5, 5, 5), (1, 0, 9)])
+def test_match_stats_is_symmetric(wins, draws, losses):
+    mine, theirs = match_stats(wins, draws, losses), match_stats(losses, draws, wins)
+    assert mine.elo == pytest.approx(-theirs.elo, abs=1e-9)
+    assert mine.elo_error == pytest.approx(theirs.elo_error)
+    assert mine.score + theirs.score == pytest.approx(1.0)
+
+
+def test_perfect_and_null_scores_give_finite_bounded_elo():
+    perfect, null = match_stats(10, 0, 0), match_stats(0, 0, 10)
+    assert (perfect.score, null.score) == (1.0, 0.0)
+    # As if one more game were drawn: 10.5 / 11, odds 21:1.
+    assert perfect.elo == pytest.approx(400 * math.log10(21))
+    assert null.elo == pytest.approx(-400 * math.log10(21))
+    for stats in (perfect, null):
+        assert math.isfinite(stats.elo) and math.isfinite(stats.elo_error) and stats.elo_error > 0
+    # More games, a higher bound; and a perfect score beats any score with a loss in it.
+    assert match_stats(10, 0, 0).elo < match_stats(100, 0, 0).elo == pytest.approx(400 * math.log10(201))
+    assert perfect.elo > match_stats(9, 0, 1).elo
+    # Wilson for 10/10 by hand: high 1, low 1 / (1 + z^2 / n).
+    assert perfect.win_rate_high == pytest.approx(1.0)
+    assert perfect.win_rate_low == pytest.approx(1 / (1 + Z * Z / 10))
+    assert null.win_rate_low == pytest.approx(0.0, abs=1e-12)
+    assert null.win_rate_high == pytest.approx(1 - 1 / (1 + Z * Z / 10))
+
+
+def test_perfect_score_error_uses_the_binomial_variance_of_the_clamped_score():
+    n = 10
+    c = (n + 0.5) / (n + 1)  # the perfect score with one virtual draw
+    slope = 400 / (math.log(10) * c * (1 - c))
+    assert match_stats(n, 0, 0).elo_error == pytest.approx(Z * slope * math.sqrt(c * (1 - c) / n))
+    assert match_stats(n, 0, 0).elo_error >= match_stats(n - 1, 1, 0).elo_error
+
+
+def test_match_stats_needs_games():
+    with pytest.raises(ValueError):
+        match_stats(0, 0, 0)
+
+
+def test_all_draws():
+    stats = match_stats(0, 8, 0)
+    assert stats.score == 0.5 and stats.elo == pytest.approx(0.0, abs=1e-12)
+    assert stats.win_rate == 0.0 and stats.win_rate_low == 0.0
+    assert stats.elo_error == 0.0  # no spread in the per-game scores
+
+
+# --- ratings ---------------------------------------------------------------------------------------
+
+
+def games_between(a: str, b: str, wins: int, draws: int, losses: int) -> list[tuple[str, str, float]]:
+    return [(a, b, 1.0)] * wins + [(a, b, 0.5)] * draws + [(a, b, 0.0)] * losses
+
+
+@pytest.mark.parametrize(("wins", "draws", "losses"), [(6, 2, 2), (3, 4, 9), (1, 0, 1)])
+def test_two_players_reproduce_the_head_to_head_elo(wins, draws, losses):
+    table = ratings(["A", "B"], games_between("A", "B", wins, draws, losses))
+    assert table["A"] == pytest.approx(0.0, abs=1e-9)  # the first player is the default anchor
+    assert table["A"] - table["B"] == pytest.approx(match_stats(wins, draws, losses).elo, abs=1e-3)
+    # Listing the games from B's side changes nothing.
+    flipped = [(b, a, 1.0 - s) for a, b, s in games_between("A", "B", wins, draws, losses)]
+    assert ratings(["A", "B"], flipped) == pytest.approx(table, abs=1e-3)
+
+
+def test_consistent_chain_of_three():
+    # A scores 75 % against B, B 75 % against C; A against C exactly what the model then expects:
+    # 2 * elo(0.75) points, i.e. odds 9:1 (90 %). The maximum-likelihood table is then exact.
+    step = elo_from_score(0.75)
+    assert expected_score(2 * step) == pytest.approx(0.9)
+    results = (games_between("A", "B", 15, 0, 5) + games_between("B", "C", 15, 0, 5)
+               + games_between("A", "C", 9, 0, 1))
+    table = ratings(["A", "B", "C"], results)
+    assert table["A"] == pytest.approx(0.0, abs=1e-9)
+    assert table["A"] - table["B"] == pytest.approx(step, abs=0.5)
+    assert table["B"] - table["C"] == pytest.approx(step, abs=0.5)
+    # Another anchor shifts the table, differences stay.
+    anchored = ratings(["A", "B", "C"], results, anchor="B")
+    assert anchored["B"] == pytest.approx(0.0, abs=1e-9)
+    assert anchored["A"] - anchored["C"] == pytest.approx(table["A"] - table["C"], abs=1e-3)
+
+
+def test_draws_count_half():
+    # Two draws are worth one win and one loss.
+    drawn = ratings(["A", "B", "C"], games_between("A", "B", 0, 2, 0) + games_between("B", "C", 3, 0, 1))
+    split = ratings(["A", "B", "C"], games_between("A", "B", 1, 0, 1) + games_between("B", "C", 3, 0, 1))
+    assert drawn == pytest.approx(split, abs=1e-3)
+    assert drawn["B"] == pytest.approx(0.0, abs=1e-3)
+    assert drawn["C"] == pytest.approx(-elo_from_score(0.75), abs=0.5)
+
+
+def test_player_who_lost_every_game_gets_a_finite_lowest_rating():
+    results = (games_between("A", "B", 6, 0, 4) + games_between("A", "D", 5, 0, 0)
+               + games_between("B", "D", 5, 0, 0))
+    table = ratings(["A", "B", "D"], results)
+    assert all(math.isfinite(r) for r in table.values())
+    assert table["D"] < table["B"] < table["A"] == pytest.approx(0.0, abs=1e-9)
+    # And one who won every game is finite and on top.
+    table = ratings(["A", "B", "D"], [(a, b, 1.0 - s) for a, b, s in results])
+    assert all(math.isfinite(r) for r in table.values())
+    assert table["D"] > table["B"] > table["A"]
+
+
+def test_two_players_with_a_perfect_score_agree_with_match_stats():
+    table = ratings(["A", "B"], games_between("A", "B", 10, 0, 0))
+    assert table["A"] - table["B"] == pytest.approx(match_stats(10, 0, 0).elo, abs=1e-3)
