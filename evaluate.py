@@ -29,7 +29,7 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 def opponent_preset(name: str, cfg: EvaluateConfig):
     """The opponent config of preset ``conf/opponent/<name>.yaml`` (composed by Hydra)."""
-    composed = compose(config_name="evaluate", overrides=[f"opponent={name}", f"checkpoint={cfg.checkpoint}"])
+    composed = compose(config_name="evaluate", overrides=[f"opponent={name}", "checkpoint=preset"])
     return validate_evaluate(composed).opponent
 
 

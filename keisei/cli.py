@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf.errors import MissingMandatoryValue
 
 from keisei.checkpoint import CheckpointError
 from keisei.config import ConfigError
@@ -27,10 +28,15 @@ def fail_cleanly() -> Iterator[None]:
     other jobs go on (the sweep summary lists it)."""
     try:
         yield
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, MissingMandatoryValue) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
-        print(f"Error: {exc}", file=sys.stderr)
+        if isinstance(exc, MissingMandatoryValue):
+            key = exc.full_key or "a key"
+            message = f"{key} is required: set it on the command line, e.g. {key}=..."
+        else:
+            message = str(exc)
+        print(f"Error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

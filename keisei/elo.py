@@ -17,7 +17,7 @@ Z95 = 1.959963984540054
 
 def elo_from_score(score: float) -> float:
     """Elo difference that makes ``score`` (0 < score < 1) the expected score."""
-    return -400.0 * math.log10(1.0 / score - 1.0)
+    return -400.0 * math.log10(1.0 / score - 1.0) + 0.0  # + 0.0: an even score is 0, not -0
 
 
 def expected_score(diff: float) -> float:
@@ -47,7 +47,10 @@ def _wilson(successes: int, n: int) -> tuple[float, float]:
     denom = 1 + Z95**2 / n
     centre = (p + Z95**2 / (2 * n)) / denom
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Exact at the edges (rounding would leave 0 wins with a lower bound of 1e-17).
+    low = 0.0 if successes == 0 else min(p, centre - half)
+    high = 1.0 if successes == n else max(p, centre + half)
+    return low, high
 
 
 def match_stats(wins: int, draws: int, losses: int) -> MatchStats:

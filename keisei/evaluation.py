@@ -52,6 +52,7 @@ def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_d
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.save_records:
+            (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
             save_records(games, agent.name, opponent.name, out_dir / "games")
         (out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
@@ -65,6 +66,7 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
     if len(set(names)) != len(names):
         raise ValueError(f"round robin players need distinct names, got {names}")
     start = 0
+    (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
     for k, (a, b) in enumerate(itertools.combinations(players, 2)):
         games = play_match(a, b, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
                            opening_plies=cfg.opening_plies, seed=seed + k, progress=progress)
