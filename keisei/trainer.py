@@ -74,6 +74,9 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        # Early in training Adam's moments and gradients are tiny: denormal floats made CPU updates
+        # up to 5x slower (benchmarks/train_throughput.py). Flushing them to zero costs no accuracy here.
+        torch.set_flush_denormal(True)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
 
         t = cfg.training
