@@ -111,7 +111,7 @@ class VecEnv:
     def reset(self, seed: int | None = None) -> StepResult:
         """Start every game afresh. ``seed`` fixes the random opening moves."""
         self._rng = np.random.default_rng(seed)
-        self.games = [self._template] * self.num_envs
+        self.games = [self._template] * self.num_envs  # placeholders, each replaced just below
         for i in range(self.num_envs):
             self._set_game(i, self._new_game())
         for array in (self._reward, self._terminated, self._truncated, self._termination):
@@ -165,7 +165,7 @@ class VecEnv:
         games = state["games"]
         if len(games) != self.num_envs:
             raise ValueError(f"state holds {len(games)} games, this VecEnv has {self.num_envs}")
-        self.games = [self._template] * self.num_envs
+        self.games = [self._template] * self.num_envs  # placeholders, each replaced just below
         for i, (start, moves) in enumerate(games):
             game = Game(start, max_plies=self.max_plies, declaration=self.declaration)
             for move in moves:

@@ -130,10 +130,11 @@ class Trainer:
             "games_total": self.games_total,
         }
 
-    def save(self, name: str) -> Path:
-        path = self.run_dir / "checkpoints" / name
-        save_checkpoint(self._state(), path)
-        return path
+    def save(self, *names: str) -> None:
+        """Write the current state to ``checkpoints/<name>`` for each name (state built once)."""
+        state = self._state()
+        for name in names:
+            save_checkpoint(state, self.run_dir / "checkpoints" / name)
 
     def _restore(self, path: Path) -> StepResult:
         data = load_checkpoint(path, map_location=self.device)
@@ -274,8 +275,7 @@ class Trainer:
                     if stop.signum is not None:  # preempted: the update is done and saved
                         break
                 else:
-                    self.save("last.pt")
-                    self.save("final.pt")
+                    self.save("last.pt", "final.pt")
             finally:
                 bar.close()
                 logger.close()
