@@ -1,0 +1,164 @@
+"""Preemption end to end: a real ``python train.py`` process gets SIGUSR2 / SIGTERM mid-run, writes
+``checkpoints/last.pt`` after the update in progress and exits 128 + signum; the same command
+resumes and ends bit-identical to an uninterrupted run (constant LR). Through submitit_local,
+submitit's own handler requeues the job and the multirun finishes.
+
+Tiny runs: mlp, 8 envs x 16 steps = 128 steps per update, 10 updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
+        "logging.progress_bar=false"]
+TOTAL = 1280
+LONG = [*TINY, f"training.total_timesteps={TOTAL}", "training.checkpoint_interval=100000",
+        "training.lr_schedule=constant"]
+ALL_STEPS = list(range(128, TOTAL + 1, 128))
+
+
+def clean_env() -> dict[str, str]:
+    drop = ("HYDRA_FULL_ERROR", "WANDB_MODE")
+    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("SLURM_", "SUBMITIT_"))}
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=clean_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args} did not finish in {timeout}s\nstdout:\n{out}\nstderr:\n{err}") from None
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=clean_env(), text=True,
+                          capture_output=True, timeout=240)
+    assert proc.returncode == 0, f"{proc.args}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["global_step"] for line in lines if line.strip()]
+
+
+def wait_for_updates(metrics: Path, proc: subprocess.Popen[str], n: int = 2, timeout: float = 120) -> None:
+    """Until ``metrics`` has ``n`` complete lines (the training loop is running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and metrics.read_text(encoding="utf-8").count("\n") >= n:
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited with {proc.returncode} before {n} updates\nstdout:\n{out}\nstderr:\n{err}")
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"no {n} updates in {metrics} after {timeout}s")
+
+
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same command, never interrupted."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run(*LONG, f"hydra.run.dir={run_dir}")
+    assert steps(run_dir) == ALL_STEPS
+    return run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM], ids=["SIGUSR2", "SIGTERM"])
+def test_stop_signal_checkpoints_and_the_same_command_resumes(tmp_path: Path, reference: Path, sig: signal.Signals):
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}"]
+    proc = start(*args)
+    wait_for_updates(run_dir / "metrics.jsonl", proc)
+    proc.send_signal(sig)
+    out, err = finish(proc)
+    assert proc.returncode == 128 + sig, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+
+    done = steps(run_dir)
+    assert done == ALL_STEPS[:len(done)]
+    assert 2 <= len(done) < len(ALL_STEPS), "the signal arrived after the run had ended"
+    last = checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["global_step"] == done[-1]
+    assert last["update"] == len(done)
+    assert f"stopped by signal {int(sig)} at global_step {done[-1]}" in err
+    assert f"{run_dir}/checkpoints/last.pt written" in err
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+
+    again = run(*args)  # the same command: resumes from last.pt
+    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at global_step {done[-1]}" in again.stderr + \
+        (run_dir / "train.log").read_text(encoding="utf-8")
+    resumed = steps(run_dir)[len(done):]
+    assert resumed[0] == done[-1] + 128  # the first new line continues the sequence
+    assert steps(run_dir) == ALL_STEPS  # every step once
+    final = checkpoint(run_dir / "checkpoints" / "final.pt")
+    assert final["global_step"] == TOTAL
+    assert_same_weights(final["model"], checkpoint(reference / "checkpoints" / "final.pt")["model"])
+
+
+def submitit_task_pids(sweep: Path) -> list[int]:
+    """Processes running ``python -m submitit.core._submit <sweep>/.submitit/...``: the jobs' tasks."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if "submitit.core._submit" in args and any(a.startswith(f"{sweep}/.submitit") for a in args):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_submitit_local_requeues_on_sigusr2_and_the_job_resumes(tmp_path: Path, reference: Path):
+    sweep = tmp_path / "sweep"
+    proc = start("-m", "hydra/launcher=submitit_local", *LONG, f"hydra.sweep.dir={sweep}")
+    job_dir = sweep / "0"
+    wait_for_updates(job_dir / "metrics.jsonl", proc)
+    pids = submitit_task_pids(sweep)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGUSR2)
+    out, err = finish(proc)
+    assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+
+    assert steps(job_dir) == ALL_STEPS  # every step exactly once across the requeue
+    logs = "".join(p.read_text(encoding="utf-8") for p in sorted((sweep / ".submitit").glob("*/*_log.*")))
+    assert "Caught signal SIGUSR2" in logs
+    assert "Requeued job" in logs
+    assert "stopped by signal 12" in logs
+    assert logs.count("Starting with JobEnvironment") == 2  # the first run and the requeued one
+    assert f"resumed from {job_dir / 'checkpoints' / 'last.pt'}" in logs
+    final = checkpoint(job_dir / "checkpoints" / "final.pt")
+    assert final["global_step"] == TOTAL
+    assert_same_weights(final["model"], checkpoint(reference / "checkpoints" / "final.pt")["model"])
+    summary = json.loads((job_dir / "job_result.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "completed"
+    assert "| 0 | completed |" in (sweep / "summary.md").read_text(encoding="utf-8")
