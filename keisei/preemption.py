@@ -4,9 +4,9 @@ Slurm (through submitit) warns a job with SIGUSR2 before its time limit or a pre
 schedulers and users stop jobs with SIGTERM. While ``StopSignals`` is active, either signal
 only records a request: the trainer finishes the update in progress, writes
 ``checkpoints/last.pt`` and then calls ``forward()``, which hands the signal to the handler
-that was installed before (submitit's: checkpoint the job and requeue it) or, when there
-was none, exits with status 128 + signal number. The requeued job starts in the same run
-dir and resumes from ``last.pt``.
+that was installed before (submitit's: on SIGUSR2 checkpoint the job and requeue it; SIGTERM
+it ignores, and training goes on) or, when there was none, exits with status 128 + signal
+number. The requeued job starts in the same run dir and resumes from ``last.pt``.
 """
 
 from __future__ import annotations
@@ -48,9 +48,16 @@ class StopSignals:
         self.signum = signum
 
     def forward(self) -> None:
-        """After the checkpoint: requeue via the previous handler (submitit), else exit 128 + signum."""
+        """After the checkpoint, let the signal have its effect: the previous handler's (submitit
+        requeues the job on SIGUSR2 and exits; it ignores SIGTERM, so training goes on), else exit
+        with status 128 + signum. Returns (request cleared) only when the signal is to be ignored."""
         assert self.signum is not None
-        previous = self._previous.get(self.signum)
+        signum, previous = self.signum, self._previous.get(self.signum)
+        self.signum = None
         if callable(previous):
-            previous(self.signum, None)  # submitit requeues the job and exits
-        sys.exit(128 + self.signum)
+            previous(signum, None)  # may exit (submitit's requeue); returning means "ignore it"
+            log.warning("%s handled by the previous handler: training goes on", signal.Signals(signum).name)
+            return
+        if previous == signal.SIG_IGN:
+            return
+        sys.exit(128 + signum)

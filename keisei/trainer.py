@@ -273,9 +273,11 @@ class Trainer:
                     if self.global_step // t.checkpoint_interval > last_interval or stop.signum is not None:
                         self.save("last.pt")
                     if stop.signum is not None:  # preempted: the update is done and saved
-                        break
-                else:
-                    self.save("last.pt", "final.pt")
+                        print(f"stopped by signal {stop.signum} at global_step {self.global_step}: "
+                              f"{self.run_dir}/checkpoints/last.pt written; the same command (or the requeued "
+                              "job) resumes from it", file=sys.stderr, flush=True)
+                        stop.forward()  # exits (submitit: requeues, then exits), unless the signal is ignored
+                self.save("last.pt", "final.pt")
             finally:
                 bar.close()
                 logger.close()
@@ -283,10 +285,6 @@ class Trainer:
                     self.eval_opponent.close()
                 if self.eval_pending is not None:  # interrupted: do not leave a worker behind
                     self.eval_pending[0].kill()
-        if stop.signum is not None:
-            print(f"stopped by signal {stop.signum} at global_step {self.global_step}: {self.run_dir}/checkpoints/"
-                  "last.pt written; the same command (or the requeued job) resumes from it", file=sys.stderr)
-            stop.forward()
         return objective
 
     # --- periodic evaluation ----------------------------------------------------------------

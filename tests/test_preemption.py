@@ -162,3 +162,20 @@ def test_submitit_local_requeues_on_sigusr2_and_the_job_resumes(tmp_path: Path, 
     summary = json.loads((job_dir / "job_result.json").read_text(encoding="utf-8"))
     assert summary["status"] == "completed"
     assert "| 0 | completed |" in (sweep / "summary.md").read_text(encoding="utf-8")
+
+
+def test_a_signal_the_parent_ignores_checkpoints_and_training_goes_on(tmp_path: Path, reference: Path):
+    # Inside a submitit job SIGTERM's previous handler ignores it (only SIGUSR2 requeues): the trainer
+    # must save last.pt and carry on, not end the job. An inherited SIG_IGN stands in for that handler.
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            env=clean_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    wait_for_updates(run_dir / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert "stopped by signal 15" in err  # the checkpoint was written when the signal came
+    assert steps(run_dir) == ALL_STEPS
+    assert_same_weights(checkpoint(run_dir / "checkpoints" / "final.pt")["model"],
+                        checkpoint(reference / "checkpoints" / "final.pt")["model"])
