@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from keisei.cli import fail_cleanly
 from keisei.config import (
-    EvaluateConfig,
     EvaluationMode,
+    OpponentConfig,
     WandbMode,
     register_configs,
     to_container,
@@ -27,7 +27,7 @@ register_configs()
 CONF = Path(__file__).resolve().parent / "conf"
 
 
-def opponent_preset(name: str, cfg: EvaluateConfig):
+def opponent_preset(name: str) -> OpponentConfig:
     """The opponent config of preset ``conf/opponent/<name>.yaml`` (composed by Hydra)."""
     composed = compose(config_name="evaluate", overrides=[f"opponent={name}", "checkpoint=preset"])
     return validate_evaluate(composed).opponent
@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> float:
             else:
                 for k, spec in enumerate(ev.players, start=1):
                     if (CONF / "opponent" / f"{spec}.yaml").is_file():
-                        others.append(build_opponent(opponent_preset(spec, config), device, config.seed + k))
+                        others.append(build_opponent(opponent_preset(spec), device, config.seed + k))
                     else:
                         others.append(checkpoint_player(spec, device, ev.temperature, config.seed + k))
                 results = round_robin([agent, *others], ev, out_dir, seed=config.seed, progress=progress)

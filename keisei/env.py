@@ -20,8 +20,8 @@ import numpy as np
 
 from keisei.shogi import _native
 from keisei.shogi.actions import NUM_ACTIONS, label_table
-from keisei.shogi.features import NUM_PLANES, OBSERVATION_SHAPE, encode_observations
-from keisei.shogi.game import Game, IllegalMoveError, Result, Termination
+from keisei.shogi.features import OBSERVATION_SHAPE, encode_observations
+from keisei.shogi.game import Game, IllegalMoveError, Result, Termination, random_opening
 
 
 @dataclass(frozen=True)
@@ -100,22 +100,13 @@ class VecEnv:
         self._result = StepResult(self._obs, self._mask, self._to_play.view(np.int8), self._reward,
                                   self._terminated, self._truncated, self._termination, self._final_obs)
 
-    @property
-    def num_planes(self) -> int:
-        return NUM_PLANES
-
-    @property
-    def num_actions(self) -> int:
-        return NUM_ACTIONS
-
     def reset(self, seed: int | None = None) -> StepResult:
         """Start every game afresh. ``seed`` fixes the random opening moves."""
         self._rng = np.random.default_rng(seed)
         self.games = [self._template] * self.num_envs  # placeholders, each replaced just below
         for i in range(self.num_envs):
             self._set_game(i, self._new_game())
-        for array in (self._reward, self._terminated, self._truncated, self._termination):
-            array.fill(0)
+        self._clear_step_arrays()
         self._encode_batch()
         return self._result
 
@@ -137,10 +128,7 @@ class VecEnv:
             raise IllegalMoveError(f"env {i}: action {int(actions[i])} is not a legal move "
                                    f"in position {self.games[i].sfen()}")
 
-        self._reward.fill(0)
-        self._terminated.fill(False)
-        self._truncated.fill(False)
-        self._termination.fill(0)
+        self._clear_step_arrays()
         sfens, legal, ended = self._sfens, self._legal, []
         moves = self._index[self._rows, actions].tolist()
         for i, game in enumerate(self.games):
@@ -173,6 +161,7 @@ class VecEnv:
             self._set_game(i, game)
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
+        self._clear_step_arrays()
         self._encode_batch()
         return self._result
 
@@ -198,14 +187,11 @@ class VecEnv:
             self._set_game(i, self._new_game())
 
     def _new_game(self) -> Game:
-        while True:
-            game = self._template.copy()
-            for _ in range(self.opening_plies):
-                game._push_legal(game._legal[self._rng.integers(len(game._legal))])
-                if game._result is not None:
-                    break
-            else:
-                return game
+        return random_opening(self._template, self.opening_plies, self._rng)
+
+    def _clear_step_arrays(self) -> None:
+        for array in (self._reward, self._terminated, self._truncated, self._termination):
+            array.fill(0)
 
     def _set_game(self, i: int, game: Game) -> None:
         self.games[i] = game

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from keisei.checkpoint import load_model
-from keisei.config import EvaluationConfig, OpponentConfig, OpponentKind
+from keisei.config import ConfigError, EvaluationConfig, OpponentConfig, OpponentKind
 from keisei.elo import ratings
 from keisei.match import match_results, play_match, save_records
 from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer, UsiPlayer
@@ -64,7 +65,7 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
     pairings, results = [], []
     names = [p.name for p in players]
     if len(set(names)) != len(names):
-        raise ValueError(f"round robin players need distinct names, got {names}")
+        raise ConfigError(f"evaluation.players: round robin players need distinct names, got {names}")
     start = 0
     (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
     for k, (a, b) in enumerate(itertools.combinations(players, 2)):
@@ -117,6 +118,7 @@ def _worker(argv: list[str] | None = None) -> None:
         OmegaConf.merge(OmegaConf.structured(OpponentConfig), spec["opponent"]))
     device = torch.device(spec["device"])
     torch.set_num_threads(1)  # leave the cores to training
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engine below
     agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent")
     opponent = build_opponent(op, device, spec["seed"])
     try:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from keisei.elo import match_stats
 from keisei.players import Player
-from keisei.shogi import Color, Game, IllegalMoveError, Termination
+from keisei.shogi import Color, Game, IllegalMoveError, Termination, random_opening
 
 
 @dataclass
@@ -45,12 +45,9 @@ def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declar
     rng = np.random.default_rng(seed)
     matches: list[MatchGame] = []
     for k in range(games):
-        if k % 2 == 0:
-            opening = _random_opening(rng, opening_plies, max_plies, declaration)
-        game = Game(max_plies=max_plies, declaration=declaration)
-        for move in opening:
-            game.push(move)
-        matches.append(MatchGame(game, Color.BLACK if k % 2 == 0 else Color.WHITE))
+        if k % 2 == 0:  # each opening is played twice, once with each colour
+            opening = random_opening(Game(max_plies=max_plies, declaration=declaration), opening_plies, rng)
+        matches.append(MatchGame(opening.copy(), Color.BLACK if k % 2 == 0 else Color.WHITE))
     with tqdm(total=games, desc=f"{a.name} vs {b.name}", unit="game", disable=not progress) as bar:
         active = list(matches)
         while active:
@@ -63,20 +60,6 @@ def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declar
             bar.update(len(active) - len(still))
             active = still
     return matches
-
-
-def _random_opening(rng: np.random.Generator, plies: int, max_plies: int, declaration: bool) -> list[str]:
-    """``plies`` random legal moves that do not end the game (redrawn when one does)."""
-    for _ in range(1000):
-        game = Game(max_plies=max_plies, declaration=declaration)
-        for _ in range(plies):
-            legal = game.legal_moves()
-            game.push(legal[int(rng.integers(len(legal)))])
-            if game.is_over:
-                break
-        else:
-            return game.moves
-    raise RuntimeError(f"no random opening of {plies} plies that leaves the game running in 1000 tries")
 
 
 def _referee(m: MatchGame, choice: str | Termination) -> None:

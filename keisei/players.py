@@ -24,8 +24,8 @@ from rsshogi.types import PieceType
 from torch import nn
 
 from keisei.model import masked_logits
-from keisei.shogi import NUM_ACTIONS, Game, Termination, encode_observations
-from keisei.shogi.actions import legal_mask_and_index
+from keisei.shogi import NUM_ACTIONS, Game, Termination, _native, encode_observations
+from keisei.shogi.actions import label_table
 
 Choice = str | Termination
 
@@ -119,26 +119,32 @@ class AgentPlayer(Player):
         self.model = model
         self.temperature = temperature
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # sampling happens on the CPU
+
+    def choose(self, games: Sequence[Game]) -> list[Choice]:
+        return self.act(games)[0]
 
     @torch.no_grad()
-    def choose(self, games: Sequence[Game]) -> list[Choice]:
+    def act(self, games: Sequence[Game]) -> tuple[list[str], list[float]]:
+        """The move for each game (which must have legal moves) and the value of its position."""
         if not games:
-            return []
+            return [], []
+        n = len(games)
         obs = torch.from_numpy(encode_observations([g.sfen() for g in games])).to(self.device)
-        masks = np.zeros((len(games), NUM_ACTIONS), dtype=np.bool_)
-        index = np.zeros((len(games), NUM_ACTIONS), dtype=np.int16)
-        for i, game in enumerate(games):
-            masks[i], index[i] = legal_mask_and_index(game)
+        masks = np.zeros((n, NUM_ACTIONS), dtype=np.bool_)
+        index = np.zeros((n, NUM_ACTIONS), dtype=np.int16)
+        turns = np.array([0 if g.turn == "b" else 1 for g in games], dtype=np.uint8)
+        _native.fill_masks([g._legal for g in games], turns, label_table(), masks, index)
         self.model.eval()
-        logits, _ = self.model(obs)
+        logits, values = self.model(obs)
         logits = masked_logits(logits, torch.from_numpy(masks).to(self.device))
         if self.temperature > 0:
             probs = torch.softmax(logits / self.temperature, dim=1)
-            actions = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            actions = torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(1)
         else:
             actions = logits.argmax(dim=1)
-        return [game._legal[index[i, a]].to_usi() for i, (game, a) in enumerate(zip(games, actions.tolist()))]
+        moves = [game._legal[index[i, a]].to_usi() for i, (game, a) in enumerate(zip(games, actions.tolist()))]
+        return moves, values.float().tolist()
 
 
 class EngineError(RuntimeError):

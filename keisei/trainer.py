@@ -56,11 +56,12 @@ def resolve_device(device: Device) -> torch.device:
 
 
 def find_resume_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    """``cfg.resume`` if set; else the run dir's own ``checkpoints/last.pt`` if it exists."""
-    if cfg.resume:
-        return Path(cfg.resume)
+    """The run dir's own ``checkpoints/last.pt`` if it exists (a requeued job runs the same command
+    line again, ``resume=`` included, and must go on from its own progress); else ``cfg.resume``."""
     own = run_dir / "checkpoints" / "last.pt"
-    return own if own.is_file() else None
+    if own.is_file():
+        return own
+    return Path(cfg.resume) if cfg.resume else None
 
 
 class Trainer:
@@ -106,7 +107,9 @@ class Trainer:
         metrics = run_dir / "metrics.jsonl"
         if resume is not None:
             self.out = self._restore(resume)
-            source = resolve_checkpoint(resume).parent.parent / "metrics.jsonl"
+            ckpt = resolve_checkpoint(resume)
+            source_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+            source = source_dir / "metrics.jsonl"
             if not metrics.exists() and source.is_file():  # resuming another run dir: carry its history
                 shutil.copyfile(source, metrics)
         else:
@@ -138,9 +141,13 @@ class Trainer:
 
     def _restore(self, path: Path) -> StepResult:
         data = load_checkpoint(path, map_location=self.device)
-        saved = data["config"]
+        missing = [k for k in ("optimizer", "global_step", "update", "rng", "env") if k not in data]
+        if missing:
+            raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); "
+                                  "resume from a run's checkpoints/last.pt")
+        saved, current = data["config"], to_container(self.cfg)
         for key in ("model", "env"):
-            if saved[key] != to_container(self.cfg)[key]:
+            if saved[key] != current[key]:
                 raise CheckpointError(f"{path}: its {key} config {saved[key]} differs from this run's; "
                                       f"resume with the same {key} settings")
         load_model_state(self.model, data["model"])
@@ -191,6 +198,7 @@ class Trainer:
             load_model_state(self.opponent, self.pool[pick])
             pool_envs = round(cfg.training.opponent_pool.fraction * n)
         learner_colour = torch.arange(n, device=dev) % 2
+        self_play_env = torch.arange(n, device=dev) >= pool_envs
 
         self.model.eval()  # no BatchNorm statistics from rollout batches
         timing = Counter()
@@ -199,15 +207,17 @@ class Trainer:
             obs[t] = torch.from_numpy(self.out.obs).to(dev)
             masks[t] = torch.from_numpy(self.out.legal_mask).to(dev)
             if pool_envs:
-                to_play = torch.from_numpy(self.out.to_play.astype(np.int64)).to(dev)
-                learner[t] = (torch.arange(n, device=dev) >= pool_envs) | (to_play == learner_colour)
-            action, logprob, value = self._policy_step(self.forward, obs[t], masks[t])
+                to_play = torch.from_numpy(self.out.to_play).to(dev)
+                learner[t] = self_play_env | (to_play == learner_colour)
             if pool_envs and not bool(learner[t].all()):
-                rows = ~learner[t]
-                action[rows] = self._policy_step(self.opponent, obs[t][rows], masks[t][rows])[0]
-            actions[t], logprobs[t], values[t] = action, logprob, value
+                mine, theirs = learner[t], ~learner[t]  # only the learner's moves are trained on
+                actions[t, mine], logprobs[t, mine], values[t, mine] = self._policy_step(
+                    self.forward, obs[t][mine], masks[t][mine])
+                actions[t, theirs] = self._policy_step(self.opponent, obs[t][theirs], masks[t][theirs])[0]
+            else:
+                actions[t], logprobs[t], values[t] = self._policy_step(self.forward, obs[t], masks[t])
             t1 = time.perf_counter()
-            self.out = self.env.step(action.cpu().numpy())
+            self.out = self.env.step(actions[t].cpu().numpy())
             t2 = time.perf_counter()
             rewards[t] = torch.from_numpy(self.out.reward).to(dev)
             done = self.out.terminated | self.out.truncated
@@ -283,8 +293,8 @@ class Trainer:
                 logger.close()
                 if self.eval_opponent is not None:
                     self.eval_opponent.close()
-                if self.eval_pending is not None:  # interrupted: do not leave a worker behind
-                    self.eval_pending[0].kill()
+                if self.eval_pending is not None:  # interrupted: stop the worker (it closes its engine)
+                    _stop_process(self.eval_pending[0])
         return objective
 
     # --- periodic evaluation ----------------------------------------------------------------
@@ -326,11 +336,11 @@ class Trainer:
         return eval_metrics(results, self.global_step)
 
     def _launch_background(self) -> None:
-        cfg, out_dir = self.cfg, self._eval_dir()
+        cfg, out_dir, container = self.cfg, self._eval_dir(), to_container(self.cfg)
         snapshot = out_dir / "agent.pt"
-        save_checkpoint({"config": to_container(cfg), "model": model_state(self.model),
-                         "global_step": self.global_step}, snapshot)
-        spec = {"evaluation": to_container(cfg)["evaluation"], "opponent": to_container(cfg)["opponent"],
+        save_checkpoint({"config": container, "model": model_state(self.model), "global_step": self.global_step},
+                        snapshot)
+        spec = {"evaluation": container["evaluation"], "opponent": container["opponent"],
                 "seed": cfg.seed + self.update, "device": str(self.device)}
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
             proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation", str(snapshot), str(out_dir),
@@ -388,6 +398,16 @@ class Trainer:
             + ("latest evaluation win rate)" if self.eval_win_rate is not None
                else "explained variance of the value head in the last update)"),
         ])
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (the evaluation worker then closes its engines), SIGKILL if it lingers; always reaped."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def train(cfg: TrainConfig, run_dir: Path) -> float:

@@ -19,9 +19,8 @@ import torch
 
 from keisei import __version__
 from keisei.checkpoint import load_model
-from keisei.model import masked_logits
-from keisei.shogi import Game, Termination, encode_observation
-from keisei.shogi.actions import legal_mask_and_index
+from keisei.players import AgentPlayer
+from keisei.shogi import Game, declaration_points
 
 OPTIONS = {  # name: (USI option declaration, default)
     "Checkpoint": ("type string default {}", ""),
@@ -43,11 +42,10 @@ class UsiEngine:
         self.out = out
         self.options = {name: default for name, (_, default) in OPTIONS.items()}
         self.options.update(options or {})
-        self.model: torch.nn.Module | None = None
-        self.loaded: tuple[str, str] | None = None  # (checkpoint, device) of self.model
+        self.player: AgentPlayer | None = None
+        self.loaded: tuple[str, str] | None = None  # (checkpoint, device) of self.player
         self.game: Game | None = None
         self.pending: str | None = None  # bestmove held back during go infinite / go ponder
-        self.generator = torch.Generator().manual_seed(0)
         self.commands: dict[str, Callable[[list[str]], bool]] = {
             "usi": self.cmd_usi, "isready": self.cmd_isready, "setoption": self.cmd_setoption,
             "usinewgame": lambda args: True, "position": self.cmd_position, "go": self.cmd_go,
@@ -112,7 +110,9 @@ class UsiEngine:
 
     def cmd_position(self, args: list[str]) -> bool:
         try:
-            self.game = Game.from_usi_position(" ".join(args), max_plies=10**9)
+            # The GUI referees its game: replay without declarations or a ply limit ending it early;
+            # whether the side to move may declare now is asked of the final position only.
+            self.game = Game.from_usi_position(" ".join(args), max_plies=10**9, declaration=False)
         except ValueError as exc:
             self.game = None
             self.send(f"info string bad position: {exc}")
@@ -144,7 +144,8 @@ class UsiEngine:
         if self.loaded != (checkpoint, device):
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.model, _ = load_model(checkpoint, device)
+            model, _ = load_model(checkpoint, device)
+            self.player = AgentPlayer(model, device=device)
             self.loaded = (checkpoint, self.options["Device"])
 
     def _bestmove(self) -> str:
@@ -152,28 +153,16 @@ class UsiEngine:
         if game is None:
             self.send("info string no valid position: resigning")
             return "resign"
-        if game.termination is Termination.DECLARATION:
+        if declaration_points(game._board) is not None:
             return "win"
         if not game.legal_moves():
             return "resign"
         self._load()
-        assert self.model is not None
-        device = next(self.model.parameters()).device
-        obs = torch.from_numpy(encode_observation(game.sfen())).unsqueeze(0).to(device)
-        mask, index = legal_mask_and_index(game)
-        with torch.no_grad():
-            logits, value = self.model(obs)
-        logits = masked_logits(logits, torch.from_numpy(mask).unsqueeze(0).to(device))[0]
-        temperature = float(self.options["Temperature"])
-        if temperature > 0:
-            probs = torch.softmax(logits.cpu() / temperature, dim=0)
-            action = int(torch.multinomial(probs, 1, generator=self.generator))
-        else:
-            action = int(logits.argmax())
-        move = game._legal[index[action]].to_usi()
-        v = float(value[0])
-        self.send(f"info depth 1 score cp {value_to_cp(v)} pv {move}")
-        if v < int(self.options["ResignValue"]) / 100:
+        assert self.player is not None
+        self.player.temperature = float(self.options["Temperature"])
+        (move,), (value,) = self.player.act([game])
+        self.send(f"info depth 1 score cp {value_to_cp(value)} pv {move}")
+        if value < int(self.options["ResignValue"]) / 100:
             return "resign"
         return move
 

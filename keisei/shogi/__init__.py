@@ -18,6 +18,7 @@ from keisei.shogi.game import (
     Termination,
     declaration_points,
     parse_sfen,
+    random_opening,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "legal_mask",
     "move_to_action",
     "parse_sfen",
+    "random_opening",
 ]

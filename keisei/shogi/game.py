@@ -126,6 +126,20 @@ def declaration_points(board: Board) -> tuple[int, int] | None:
     return None
 
 
+def random_opening(start: Game, plies: int, rng: np.random.Generator, tries: int = 1000) -> Game:
+    """A copy of ``start`` after ``plies`` uniformly random legal moves that leave it running
+    (drawn again when one ends the game; ``RuntimeError`` after ``tries`` draws)."""
+    for _ in range(tries):
+        game = start.copy()
+        for _ in range(plies):
+            game._push_legal(game._legal[int(rng.integers(len(game._legal)))])
+            if game._result is not None:
+                break
+        else:
+            return game
+    raise RuntimeError(f"no opening of {plies} random plies left the game running in {tries} tries")
+
+
 class Game:
     """One game: ``push`` USI moves, read ``result`` and ``termination``, export records.
 
@@ -281,7 +295,6 @@ class Game:
         board = self._board
         repetition = _REPETITION.get(board.repetition_state())
         if repetition is not None:
-            self._legal = []
             if repetition == "draw":
                 self._finish(Result.DRAW, Termination.SENNICHITE)
             else:  # rsshogi reports perpetual check from the side to move's view
