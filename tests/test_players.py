@@ -150,7 +150,7 @@ def test_engine_without_handshake_raises_in_bounded_time(tmp_path):
     with pytest.raises(EngineError, match="handshake"):
         fake_engine("nohandshake.py", log, timeout_s=0.2)
     elapsed = time.monotonic() - start
-    assert elapsed < 15  # the handshake waits timeout_s + 5 s
+    assert elapsed < 60  # a hang guard: the handshake gives up after timeout_s + 5 s
     pids, commands = logged(log)
     assert commands[:1] == ["usi"] and "isready" not in commands
     assert len(pids) == 1 and not alive(pids[0])

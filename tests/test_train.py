@@ -239,6 +239,21 @@ def test_explicit_resume_from_other_run_dir(tmp_path: Path, half: Path,
     assert checkpoint(source, "last.pt")["global_step"] == 256
 
 
+def test_requeued_job_with_resume_goes_on_from_its_own_last_pt(tmp_path: Path, half: Path,
+                                                                straight: tuple[Path, subprocess.CompletedProcess[str]]
+                                                                ) -> None:
+    # A requeued Slurm job runs its command line again, resume= included: the second run must go on
+    # from the run dir's own last.pt (step 384), not go back to the source checkpoint (step 256).
+    source = tmp_path / "source"
+    shutil.copytree(half, source)
+    run_dir = tmp_path / "job"
+    train(run_dir, "training.total_timesteps=384", CONSTANT, f"resume={source}")
+    assert checkpoint(run_dir, "last.pt")["global_step"] == 384
+    train(run_dir, "training.total_timesteps=512", CONSTANT, f"resume={source}")
+    assert [r["update"] for r in metrics(run_dir)] == [1, 2, 3, 4]
+    assert_same_weights(checkpoint(run_dir)["model"], checkpoint(straight[0])["model"])
+
+
 def test_automatic_resume_in_same_run_dir(tmp_path: Path, half: Path,
                                           straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     run_dir = tmp_path / "run"

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from keisei.checkpoint import model_state, save_checkpoint
+from keisei.checkpoint import load_model, model_state, save_checkpoint
 from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
 from keisei.match import match_results, play_match
 from keisei.model import build_model
@@ -74,11 +75,16 @@ def test_infinite_search_waits_for_stop(checkpoint: Path) -> None:
 def test_win_and_resign(checkpoint: Path) -> None:
     assert Game(DECLARABLE).termination is Termination.DECLARATION
     out = talk(checkpoint, "usi", "isready", f"position sfen {DECLARABLE}", "go", f"position sfen {MATED}", "go",
-               "setoption name ResignValue value 0", "position startpos", "go")
-    # The untrained net's value is not above 0 in every position; the resign threshold 0 resigns when below.
-    first, second, third = bestmoves(out)
+               "setoption name ResignValue value 0", "position startpos", "go",
+               "setoption name ResignValue value -100", "position startpos", "go")
+    first, second, third, fourth = bestmoves(out)
     assert (first, second) == ("win", "resign")
-    assert third == "resign" or third in Game().legal_moves()
+    # With the threshold at 0 it resigns exactly when its value of the position is below 0.
+    model, _ = load_model(checkpoint)
+    with torch.no_grad():
+        value = float(model(torch.from_numpy(Game().observation()).unsqueeze(0))[1][0])
+    assert third == ("resign" if value < 0 else fourth)
+    assert fourth in Game().legal_moves()  # -100: never resigns
 
 
 def test_bad_input_keeps_it_alive(checkpoint: Path) -> None:
