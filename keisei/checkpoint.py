@@ -55,6 +55,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run dir a resolved checkpoint file belongs to (the layouts ``resolve_checkpoint`` accepts)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint (file or run dir)."""
     p = resolve_checkpoint(path)

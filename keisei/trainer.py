@@ -32,6 +32,7 @@ from keisei.checkpoint import (
     load_model_state,
     model_state,
     resolve_checkpoint,
+    run_dir_of,
     save_checkpoint,
 )
 from keisei.config import ConfigError, Device, PeriodicMode, Precision, TrainConfig, to_container
@@ -107,9 +108,7 @@ class Trainer:
         metrics = run_dir / "metrics.jsonl"
         if resume is not None:
             self.out = self._restore(resume)
-            ckpt = resolve_checkpoint(resume)
-            source_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-            source = source_dir / "metrics.jsonl"
+            source = run_dir_of(resolve_checkpoint(resume)) / "metrics.jsonl"
             if not metrics.exists() and source.is_file():  # resuming another run dir: carry its history
                 shutil.copyfile(source, metrics)
         else:
