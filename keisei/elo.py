@@ -1,9 +1,9 @@
 """The one Elo implementation: the logistic model P(A beats B) = 1 / (1 + 10^((R_B - R_A) / 400)).
 
 ``match_stats`` gives the head-to-head figures of one match (score, win rate with a 95 %
-interval, Elo difference with its error); ``ratings`` fits ratings for many players from all
-their pairings (maximum likelihood, draws counted as half a win for each side), which for
-two players reduces to the same Elo difference.
+interval, Elo difference with its error, taken from the score's 95 % interval); ``ratings``
+fits ratings for many players from all their pairings (maximum likelihood, draws counted as
+half a win for each side), which for two players reduces to the same Elo difference.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ class MatchStats:
     win_rate_low: float  # 95 % Wilson interval
     win_rate_high: float
     elo: float  # Elo difference of the player over its opponent
-    elo_error: float  # half-width of its 95 % interval
+    elo_error: float  # the larger side of its 95 % interval (from the score's Wilson interval)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
-def _wilson(successes: int, n: int) -> tuple[float, float]:
+def _wilson(successes: float, n: float) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (``successes`` may be fractional: a draw is half a win)."""
     p = successes / n
     denom = 1 + Z95**2 / n
     centre = (p + Z95**2 / (2 * n)) / denom
@@ -56,24 +57,26 @@ def _wilson(successes: int, n: int) -> tuple[float, float]:
 def match_stats(wins: int, draws: int, losses: int) -> MatchStats:
     """Head-to-head figures from one player's wins, draws and losses.
 
-    The Elo error is the delta method applied to the per-game score variance. A perfect or
-    null score has no finite Elo: it is then estimated as if one more game had been drawn,
-    (points + 1/2) / (n + 1) (the same virtual draw ``ratings`` uses), with the binomial
-    variance of that score for the error.
+    The Elo error comes from the same Wilson interval as the win rate, applied to the score (a
+    draw counted as half a win): the Elo difference's 95 % interval is the Elo of the score's
+    interval ends, and ``elo_error`` is the larger of its two sides, so ``elo ± elo_error`` covers
+    it. Without draws this is exactly the win rate's interval; with draws it is conservative (the
+    binomial variance is the largest a score with that mean can have). It is never zero: two drawn
+    games say little, and 2 out of 2 no more. A perfect or null score has no finite Elo: it is then
+    estimated, interval included, as if one more game had been drawn, (points + 1/2) / (n + 1)
+    (the same virtual draw ``ratings`` uses).
     """
     n = wins + draws + losses
     if n == 0:
         raise ValueError("match_stats needs at least one game")
-    score = (wins + 0.5 * draws) / n
+    points = wins + 0.5 * draws
+    score = points / n
+    games = n
     if score in (0.0, 1.0):
-        estimate = (wins + 0.5 * draws + 0.5) / (n + 1)
-        variance = estimate * (1 - estimate)
-    else:
-        estimate = score
-        variance = (wins * (1 - score) ** 2 + draws * (0.5 - score) ** 2 + losses * score**2) / n
-    elo = elo_from_score(estimate)
-    slope = 400.0 / (math.log(10) * estimate * (1 - estimate))
-    elo_error = Z95 * slope * math.sqrt(variance / n)
+        points, games = points + 0.5, n + 1
+    elo = elo_from_score(points / games)
+    score_low, score_high = _wilson(points, games)
+    elo_error = max(elo_from_score(score_high) - elo, elo - elo_from_score(score_low))
     low, high = _wilson(wins, n)
     return MatchStats(n, wins, draws, losses, score, wins / n, low, high, elo, elo_error)
 

@@ -2,7 +2,11 @@
 
     python -m keisei.plot RUN_DIR [--out FILE.png]    # the run's metrics.jsonl as a PNG (default RUN_DIR/metrics.png)
     python -m keisei.plot RECORD [--out FILE.svg]     # a game record's final position (KIF, CSA, or a
-                                                     # games.jsonl line number as games.jsonl:N)
+                                                     # games.jsonl line as games.jsonl:N)
+
+N in games.jsonl:N is a line number, counted from 1 (line 1 is the file's first game, 0000.kif
+in an evaluation's games/ dir). Bad input (a missing file, a line number outside the file, a file
+that is not what its name says) gives one line ``Error: ...`` naming the file, and exit status 2.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,14 +33,38 @@ EVAL_PANEL = ("periodic evaluation", [("eval/win_rate", "win rate"), ("eval/scor
                                       ("eval/draw_rate", "draw rate")])
 
 
+class PlotError(ValueError):
+    """Input that cannot be drawn; the message is one line naming the file (and the line, where one is at fault)."""
+
+
+def _read_text(path: Path, encodings: tuple[str, ...] = ("utf-8",)) -> str:
+    """The text of ``path`` in the first of ``encodings`` that decodes it."""
+    data = path.read_bytes()
+    if b"\x00" not in data:  # no text file holds NUL bytes, though Shift-JIS would decode them
+        for encoding in encodings:
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                pass
+    names = {"utf-8": "UTF-8", "shift_jis": "Shift-JIS"}
+    raise PlotError(f"{path}: not a text file (not {' or '.join(names.get(e, e) for e in encodings)})")
+
+
 def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training records, evaluation records) of a run dir's metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run dir?)")
     train, evals = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PlotError(f"{path}:{number}: not a JSON line ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise PlotError(f"{path}:{number}: not a JSON object")
         (train if "global_step" in record else evals).append(record)
     return train, evals
 
@@ -78,41 +107,94 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
+def _jsonl_game(path: Path, number: str) -> tuple[Any, list[str]]:
+    """(start board, USI moves) of line ``number`` (from 1) of a games.jsonl file."""
+    from rsshogi.core import Board
+
+    if not path.is_file():
+        raise PlotError(f"{path}: {'is a directory' if path.is_dir() else 'does not exist'}")
+    lines = _read_text(path).splitlines()
+    if not lines:
+        raise PlotError(f"{path}: empty, no games in it")
+    valid = f"its lines are numbered 1..{len(lines)}"
+    try:
+        n = int(number)
+    except ValueError:
+        raise PlotError(f"{path}:{number}: not a line number ({valid})") from None
+    if not 1 <= n <= len(lines):
+        raise PlotError(f"{path}:{number}: no such line ({valid})")
+    try:
+        entry = json.loads(lines[n - 1])
+    except json.JSONDecodeError as exc:
+        raise PlotError(f"{path}:{n}: not a JSON line ({exc.msg} at column {exc.colno})") from None
+    position = entry.get("usi") if isinstance(entry, dict) else None
+    if not isinstance(position, str):
+        raise PlotError(f"{path}:{n}: no 'usi' position in this line")
+    start, _, moves = position.removeprefix("position ").partition(" moves ")
+    try:
+        board = Board() if start == "startpos" else Board(start.removeprefix("sfen "))
+    except ValueError as exc:
+        raise PlotError(f"{path}:{n}: bad start position {start!r} ({exc})") from None
+    return board, moves.split()
+
+
+def _parse_error(file: Path, kind: str, text: str, exc: Exception) -> PlotError:
+    """The parser's complaint, with the line it names located in the file (or the move it counts from 0)."""
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+    where = str(file)
+    bad_line = re.search(r"line: (.+)$", detail)
+    if bad_line:
+        numbers = [k for k, line in enumerate(text.splitlines(), start=1) if line.strip() == bad_line[1].strip()]
+        if numbers:
+            where = f"{file}:{numbers[0]}"
+    detail = re.sub(r"at index (\d+)", lambda m: f"at move {int(m[1]) + 1}", detail)
+    return PlotError(f"{where}: not a valid {kind} record ({detail})")
+
+
 def final_position_svg(record: str) -> str:
-    """SVG of the last position of a game record: ``x.kif``, ``x.csa`` or ``games.jsonl:N`` (line N, from 1)."""
+    """SVG of the last position of a game record: ``x.kif``, ``x.csa`` or ``games.jsonl:N`` (line N, from 1).
+
+    Raises ``PlotError`` (or ``OSError``) with a one-line message naming the file for bad input."""
     from rsshogi.core import Board
     from rsshogi.record import Record
 
-    path, _, line = record.partition(".jsonl:")
-    if line:
-        lines = Path(path + ".jsonl").read_text(encoding="utf-8").splitlines()
-        position = json.loads(lines[int(line) - 1])["usi"]
-        start, _, moves = position.partition(" moves ")
-        board = Board() if start == "startpos" else Board(start.removeprefix("sfen "))
-        usi_moves = moves.split()
+    path, jsonl, number = record.rpartition(".jsonl:")
+    if jsonl:
+        where = f"{path}.jsonl:{number}"
+        board, usi_moves = _jsonl_game(Path(path + ".jsonl"), number)
     else:
-        file = Path(record)
-        parse = {".kif": Record.from_kif_str, ".csa": Record.from_csa_str}.get(file.suffix.lower())
-        if parse is None:
-            raise ValueError(f"{record}: expected a .kif or .csa file, or games.jsonl:N")
-        data = file.read_bytes()
+        file, where = Path(record), record
+        if not file.exists():
+            raise PlotError(f"{record}: does not exist")
+        kind = {".kif": "KIF", ".csa": "CSA"}.get(file.suffix.lower())
+        if kind is None:
+            if file.suffix.lower() == ".jsonl":
+                raise PlotError(f"{record}: say which game, by line number from 1: {record}:N")
+            raise PlotError(f"{record}: expected a run dir, a .kif or .csa file, or games.jsonl:N")
+        # Keisei writes UTF-8; Shift-JIS is the traditional encoding of .kif files.
+        text = _read_text(file, ("utf-8", "shift_jis"))
         try:
-            text = data.decode("utf-8")  # Keisei writes UTF-8
-        except UnicodeDecodeError:
-            text = data.decode("shift_jis")  # the traditional encoding of .kif files
-        rec = parse(text)
+            rec = Record.from_kif_str(text) if kind == "KIF" else Record.from_csa_str(text)
+        except ValueError as exc:
+            raise _parse_error(file, kind, text, exc) from None
+        # The parsers skip lines they do not know, so any text parses: one with nothing in it is no record.
+        if not rec.moves and rec.main_terminal is None and rec.init_position_sfen == Board().to_sfen():
+            raise PlotError(f"{record}: no moves or position found: not a {kind} record")
         board = Board(rec.init_position_sfen)
         usi_moves = [entry.move.to_usi() for entry in rec.moves]
     last = None
-    for usi in usi_moves:
-        last = board.push_usi(usi)  # the Move32 (with its piece) marks the last move in the picture
+    for ply, usi in enumerate(usi_moves, start=1):
+        try:
+            last = board.push_usi(usi)  # the Move32 (with its piece) marks the last move in the picture
+        except ValueError as exc:
+            raise PlotError(f"{where}: move {ply} ({usi}) cannot be played ({exc})") from None
     return str(board.to_svg(last_move=last, scale=2.0))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m keisei.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="a run dir, or a game record (.kif, .csa, games.jsonl:N)")
+    parser.add_argument("target", help="a run dir, or a game record (.kif, .csa, games.jsonl:N with N from 1)")
     parser.add_argument("--out", type=Path, help="output file (PNG for a run dir, SVG for a record)")
     args = parser.parse_args(argv)
     try:

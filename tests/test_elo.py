@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
-import statistics
 
 import pytest
 
 from keisei.elo import elo_from_score, expected_score, match_stats, ratings
+from keisei.evaluation import format_match
+from keisei.match import match_results, play_match
+from keisei.players import RandomPlayer
 
 Z = 1.959963984540054  # two-sided 95 % normal quantile
 
 
-def wilson(successes: int, n: int) -> tuple[float, float]:
+def wilson(successes: float, n: float) -> tuple[float, float]:
     """Wilson score interval, written out from its textbook form."""
     p = successes / n
     centre = (p + Z * Z / (2 * n)) / (1 + Z * Z / n)
@@ -20,14 +22,11 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def delta_method_error(scores: list[float]) -> float:
-    """Half-width of the 95 % interval of the Elo of the mean score: the standard error of the mean
-    (population variance of the per-game scores) times the slope of the Elo curve, by finite difference."""
-    mean = statistics.fmean(scores)
-    standard_error = math.sqrt(statistics.pvariance(scores) / len(scores))
-    h = 1e-6
-    slope = (elo_from_score(mean + h) - elo_from_score(mean - h)) / (2 * h)
-    return Z * slope * standard_error
+def wilson_elo_error(points: float, n: float) -> float:
+    """The larger side of the Elo image of the Wilson interval of the score ``points / n``."""
+    low, high = wilson(points, n)
+    elo = elo_from_score(points / n)
+    return max(elo_from_score(high) - elo, elo - elo_from_score(low))
 
 
 # --- the model -------------------------------------------------------------------------------------
@@ -66,8 +65,7 @@ def test_match_stats_by_hand(wins, draws, losses):
     assert stats.elo == pytest.approx(-400 * math.log10(1 / score - 1), abs=1e-9)
     low, high = wilson(wins, n)
     assert (stats.win_rate_low, stats.win_rate_high) == (pytest.approx(low), pytest.approx(high))
-    scores = [1.0] * wins + [0.5] * draws + [0.0] * losses
-    assert stats.elo_error == pytest.approx(delta_method_error(scores), rel=1e-5)
+    assert stats.elo_error == pytest.approx(wilson_elo_error(wins + draws / 2, n))
     assert stats.to_dict()["elo"] == stats.elo
 
 
@@ -79,10 +77,12 @@ def test_match_stats_worked_example():
     # Wilson interval of 6/10 (a textbook value): about (0.313, 0.832).
     assert stats.win_rate_low == pytest.approx(0.3127, abs=1e-3)
     assert stats.win_rate_high == pytest.approx(0.8318, abs=1e-3)
-    # Per-game scores 1 x6, 0.5 x2, 0 x2 around 0.7: variance (6*0.09 + 2*0.04 + 2*0.49) / 10 = 0.16;
-    # Elo slope at 0.7: 400 / (ln 10 * 0.21).
-    expected = Z * 400 / (math.log(10) * 0.21) * math.sqrt(0.16 / 10)
-    assert stats.elo_error == pytest.approx(expected)
+    # The score's interval is Wilson's for 7/10 (a textbook value): about (0.3968, 0.8922), i.e.
+    # Elo -72.8 to +367.2 around +147.2: about 220 on either side.
+    low, high = 0.3968, 0.8922
+    assert stats.elo - stats.elo_error == pytest.approx(elo_from_score(low), abs=0.5)
+    assert stats.elo + stats.elo_error == pytest.approx(elo_from_score(high), abs=0.5)
+    assert stats.elo_error == pytest.approx(220.0, abs=0.5)
 
 
 @pytest.mark.parametrize(("wins", "draws", "losses"), [(6, 2, 2), (0, 3, 7), (10, 0, 0), (5, 5, 5), (1, 0, 9)])
@@ -111,12 +111,13 @@ def test_perfect_and_null_scores_give_finite_bounded_elo():
     assert null.win_rate_high == pytest.approx(1 - 1 / (1 + Z * Z / 10))
 
 
-def test_perfect_score_error_uses_the_binomial_variance_of_the_clamped_score():
+def test_perfect_score_interval_is_the_wilson_interval_with_the_virtual_draw():
     n = 10
-    c = (n + 0.5) / (n + 1)  # the perfect score with one virtual draw
-    slope = 400 / (math.log(10) * c * (1 - c))
-    assert match_stats(n, 0, 0).elo_error == pytest.approx(Z * slope * math.sqrt(c * (1 - c) / n))
-    assert match_stats(n, 0, 0).elo_error >= match_stats(n - 1, 1, 0).elo_error
+    assert match_stats(n, 0, 0).elo_error == pytest.approx(wilson_elo_error(n + 0.5, n + 1))
+    assert match_stats(0, 0, n).elo_error == pytest.approx(wilson_elo_error(0.5, n + 1))
+    # Its lower end is below the Elo of the lower end of the plain 10/10 Wilson interval (honest, not tighter).
+    stats = match_stats(n, 0, 0)
+    assert stats.elo - stats.elo_error <= elo_from_score(wilson(n, n)[0])
 
 
 def test_match_stats_needs_games():
@@ -124,11 +125,43 @@ def test_match_stats_needs_games():
         match_stats(0, 0, 0)
 
 
-def test_all_draws():
+def test_all_draws_have_an_honest_interval():
     stats = match_stats(0, 8, 0)
     assert stats.score == 0.5 and stats.elo == pytest.approx(0.0, abs=1e-12)
     assert stats.win_rate == 0.0 and stats.win_rate_low == 0.0
-    assert stats.elo_error == 0.0  # no spread in the per-game scores
+    # Not 0: 8 drawn games do not pin the Elo difference down. A draw counts half a win, so the
+    # interval is Wilson's for 4/8 (about 0.215 to 0.785), the same as for 4 wins and 4 losses.
+    assert stats.elo_error == pytest.approx(wilson_elo_error(4, 8))
+    assert stats.elo_error == pytest.approx(match_stats(4, 0, 4).elo_error)
+    assert 200 < stats.elo_error < 250
+
+
+@pytest.mark.parametrize(("wins", "draws", "losses"), [(0, 2, 0), (1, 0, 1), (2, 0, 0), (0, 0, 2), (0, 1, 0),
+                                                       (1, 1, 0)])
+def test_a_couple_of_games_never_claim_precision(wins, draws, losses):
+    stats = match_stats(wins, draws, losses)
+    assert math.isfinite(stats.elo_error) and stats.elo_error > 350  # hundreds of points either way
+    if draws == 2:  # two draws: the score's interval is Wilson's for 1/2, about 0.095 to 0.905
+        assert stats.elo_error == pytest.approx(elo_from_score(wilson(1, 2)[1]))
+        assert stats.elo_error == pytest.approx(392.5, abs=0.5)
+
+
+@pytest.mark.parametrize(("wins", "losses"), [(6, 4), (30, 10), (3, 17), (99, 1), (1, 1)])
+def test_without_draws_the_elo_interval_is_the_win_rate_interval(wins, losses):
+    stats = match_stats(wins, 0, losses)
+    elo_low, elo_high = elo_from_score(stats.win_rate_low), elo_from_score(stats.win_rate_high)
+    assert stats.elo - stats.elo_error <= elo_low + 1e-9 and stats.elo + stats.elo_error >= elo_high - 1e-9
+    assert stats.elo_error == pytest.approx(max(elo_high - stats.elo, stats.elo - elo_low))
+
+
+def test_two_drawn_games_are_not_reported_as_elo_plus_minus_zero():
+    """The real path: two games played to the ply limit (draws), their results and the summary line."""
+    games = play_match(RandomPlayer(seed=1), RandomPlayer(seed=2), 2, max_plies=2, seed=0)
+    results = match_results(games, "a", "b")
+    assert (results["wins"], results["draws"], results["losses"]) == (0, 2, 0)
+    assert {"elo", "elo_error", "win_rate_low", "win_rate_high"} <= results.keys()
+    line = format_match(results)
+    assert "Elo +0 ± 393" in line, line
 
 
 # --- ratings ---------------------------------------------------------------------------------------

@@ -73,3 +73,117 @@ def test_shift_jis_kif_from_other_tools(tmp_path: Path) -> None:
     sjis.write_bytes(game.to_kif().encode("shift_jis"))
     utf8.write_text(game.to_kif(), encoding="utf-8")
     assert final_position_svg(str(sjis)) == final_position_svg(str(utf8))
+
+
+# --- bad input: one line "Error: ..." on stderr naming the file, exit 2, no traceback, no picture ----------
+
+
+def plot(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keisei.plot", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def error_line(done: subprocess.CompletedProcess[str], *expected: str) -> str:
+    """The one error line, checked: exit 2, nothing on stdout, no traceback, and each ``expected`` in it."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def two_games(tmp_path: Path) -> Path:
+    games = play_match(RandomPlayer(seed=1), RandomPlayer(seed=2), 2, max_plies=20, seed=3)
+    save_records(games, "a", "b", tmp_path / "games")
+    return tmp_path / "games"
+
+
+@pytest.mark.parametrize("index", ["0", "-1", "3", "99", "x", "1.5", ""])
+def test_jsonl_line_number_outside_the_file(two_games: Path, tmp_path: Path, index: str) -> None:
+    """Line numbers count from 1 (line 1 is game 0000); 0 used to draw the last game, 3 said only
+    'list index out of range'."""
+    jsonl = two_games / "games.jsonl"
+    line = error_line(plot(f"{jsonl}:{index}", "--out", tmp_path / "o.svg"), str(jsonl), "1..2")
+    if index:
+        assert f":{index}" in line or f"'{index}'" in line
+    assert not (tmp_path / "o.svg").exists()
+
+
+def test_jsonl_without_a_line_number(two_games: Path) -> None:
+    error_line(plot(two_games / "games.jsonl"), str(two_games / "games.jsonl"), "games.jsonl:N")
+
+
+def test_jsonl_first_and_last_lines_still_work(two_games: Path, tmp_path: Path) -> None:
+    for n in (1, 2):
+        done = plot(f"{two_games / 'games.jsonl'}:{n}", "--out", tmp_path / f"{n}.svg")
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / f"{n}.svg").read_text(encoding="utf-8") == final_position_svg(f"{two_games}/{n - 1:04d}.kif")
+
+
+def test_corrupt_jsonl_line(two_games: Path, tmp_path: Path) -> None:
+    jsonl = two_games / "games.jsonl"
+    lines = jsonl.read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2] + "\n"
+                   + json.dumps({"game": "0002"}) + "\n"
+                   + json.dumps({"usi": "startpos moves 7g7f 7g7f"}) + "\n", encoding="utf-8")
+    error_line(plot(f"{bad}:2"), f"{bad}:2")  # truncated JSON
+    error_line(plot(f"{bad}:3"), f"{bad}:3", "usi")  # no moves
+    error_line(plot(f"{bad}:4"), f"{bad}:4", "7g7f")  # an illegal move
+
+
+@pytest.mark.parametrize("name", ["garbage.kif", "garbage.csa"])
+def test_text_that_is_no_game_record(tmp_path: Path, name: str) -> None:
+    """The parsers skip lines they do not know: garbage used to give the start position and exit 0."""
+    path = tmp_path / name
+    path.write_text("hello\nthis is not a game record\n", encoding="utf-8")
+    error_line(plot(path, "--out", tmp_path / "o.svg"), str(path), "no moves")
+    assert not (tmp_path / "o.svg").exists()
+
+
+def test_record_with_a_bad_line(two_games: Path, tmp_path: Path) -> None:
+    kif, csa = tmp_path / "bad.kif", tmp_path / "bad.csa"
+    lines = (two_games / "0000.kif").read_text(encoding="utf-8").splitlines()
+    kif.write_text("\n".join([*lines[:8], "nonsense here", *lines[8:]]) + "\n", encoding="utf-8")  # among the moves
+    csa.write_text((two_games / "0000.csa").read_text(encoding="utf-8").replace("+7978GI", "+7978GI\n+5958OU"),
+                   encoding="utf-8")
+    kif_lines = kif.read_text(encoding="utf-8").splitlines()
+    error_line(plot(kif), f"{kif}:{kif_lines.index('nonsense here') + 1}:", "nonsense here")
+    error_line(plot(csa), str(csa), "+5958OU")
+
+
+@pytest.mark.parametrize("name", ["noise.csa", "noise.kif"])
+def test_binary_record(tmp_path: Path, name: str) -> None:
+    """Used to print a bare codec error naming no file."""
+    path = tmp_path / name
+    path.write_bytes(bytes(range(256)) * 4)
+    error_line(plot(path), str(path), "not a text file")
+
+
+@pytest.mark.parametrize("name", ["no_such_run", "no_such.kif", "no_such.csa", "no_such.jsonl:1"])
+def test_missing_path(tmp_path: Path, name: str) -> None:
+    """A missing run dir used to be reported as a wrong extension."""
+    line = error_line(plot(tmp_path / name), str(tmp_path / name.removesuffix(":1")), "does not exist")
+    assert "expected" not in line
+
+
+def test_wrong_extension_of_an_existing_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hi\n", encoding="utf-8")
+    error_line(plot(tmp_path / "notes.txt"), str(tmp_path / "notes.txt"), ".kif")
+
+
+def test_corrupt_metrics(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_metrics(run, with_eval=False)
+    path = run / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([*lines[:2], lines[2][:40], *lines[3:]]) + "\n", encoding="utf-8")
+    error_line(plot(run, "--out", tmp_path / "m.png"), f"{path}:3")
+    path.write_text("\n".join([*lines[:2], "[1, 2]", *lines[3:]]) + "\n", encoding="utf-8")
+    error_line(plot(run, "--out", tmp_path / "m.png"), f"{path}:3", "object")
+    path.write_bytes(bytes(range(256)) * 4)
+    error_line(plot(run, "--out", tmp_path / "m.png"), str(path), "not a text file")
+    assert not (tmp_path / "m.png").exists()
