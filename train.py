@@ -9,10 +9,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from keisei.cli import fail_cleanly
-from keisei.config import register_configs, to_container, validate
+from keisei.config import register_configs, validate
 
 register_configs()
 
@@ -22,10 +22,7 @@ def main(cfg: DictConfig) -> float:
     with fail_cleanly():
         from keisei.trainer import train
 
-        config = validate(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_container(config)), encoding="utf-8")
-        return train(config, run_dir)
+        return train(validate(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 
 from keisei.config import register_configs, validate
 from keisei.ppo import learning_rate, ppo_update
-from keisei.trainer import Trainer
+from keisei.rollout import collect
+from keisei.trainer import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -39,25 +40,25 @@ def main() -> None:
           f"num_steps={t.num_steps} minibatch={t.minibatch_size} epochs={t.update_epochs} "
           f"device={cfg.device.value}")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp))
+        state = start_run(cfg, Path(tmp))
+        batch_size = e.num_envs * t.num_steps
         totals = {"env": 0.0, "inference": 0.0, "update": 0.0, "wall": 0.0}
         steps = 0
         print(f"{'update':>6} {'steps/s':>9} {'env':>6} {'infer':>6} {'update':>7} {'glue':>6}")
         for u in range(args.updates + 1):
             start = time.perf_counter()
-            for group in trainer.optimizer.param_groups:
+            for group in state.optimizer.param_groups:
                 group["lr"] = learning_rate(t, u, args.updates + 1)
-            batch, timing = trainer.rollout()
+            batch, timing = collect(state.policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
             t0 = time.perf_counter()
-            ppo_update(trainer.forward, trainer.optimizer, batch, t, trainer.shuffle, trainer.autocast,
-                       trainer.scaler)
+            ppo_update(state.policy, state.optimizer, batch, t, state.shuffle, state.scaler)
             timing["update"] = time.perf_counter() - t0
             wall = time.perf_counter() - start
             glue = wall - timing["env"] - timing["inference"] - timing["update"]
-            print(f"{u if u else 'warmup':>6} {trainer.batch_size / wall:>9.0f} {timing['env'] / wall:>6.1%} "
+            print(f"{u if u else 'warmup':>6} {batch_size / wall:>9.0f} {timing['env'] / wall:>6.1%} "
                   f"{timing['inference'] / wall:>6.1%} {timing['update'] / wall:>7.1%} {glue / wall:>6.1%}")
             if u:
-                steps += trainer.batch_size
+                steps += batch_size
                 totals["wall"] += wall
                 for key in ("env", "inference", "update"):
                     totals[key] += timing[key]

@@ -11,17 +11,22 @@ shuffling generator states), ``env`` (games in progress, opening generator),
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from keisei.config import TrainConfig, from_container
+from keisei.config import TrainConfig, from_container, to_container
 from keisei.model import build_model
 from keisei.shogi import ENCODING_VERSION
 
-FORMAT = "keisei-checkpoint-v1"
+FORMAT = "keisei-checkpoint-v2"
+#: Older formats that are still read: v1 named ``model.hidden`` and ``training.checkpoint_interval``
+#: (v2: ``model.value_hidden`` / ``model.mlp_hidden`` and ``training.checkpoint_interval_timesteps``).
+_V1 = "keisei-checkpoint-v1"
 
 
 class CheckpointError(ValueError):
@@ -60,20 +65,57 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+_TORCH_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the pre-1.6 format: a pickled magic number
+
+
+def _unreadable(p: Path, exc: Exception) -> str:
+    """What a file that ``torch.load`` refused is not, in one short line naming it.
+
+    Decided from the file's first bytes, not from PyTorch's message, which can run to a dozen
+    lines and advises retrying with ``weights_only=False``: unsafe for a file of unknown origin."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(_TORCH_LEGACY_MAGIC))
+    except OSError as err:  # permissions, I/O error (torch also raises OSError for a truncated zip)
+        return f"{p}: cannot be read ({err.strerror or type(err).__name__})"
+    if not head:
+        return f"{p}: not a readable checkpoint (empty file)"
+    if head.startswith(_TORCH_ZIP_MAGIC) or head == _TORCH_LEGACY_MAGIC:
+        if isinstance(exc, pickle.UnpicklingError):  # a weights-only load met something other than tensors and data
+            return f"{p}: not a Keisei checkpoint (a torch file holding other Python objects, or corrupt)"
+        return f"{p}: not a readable checkpoint (truncated or corrupt torch file)"
+    return f"{p}: not a readable checkpoint (not a torch file)"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint (file or run dir)."""
     p = resolve_checkpoint(path)
     try:
-        data = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol is reported as an error below, not a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, corrupt or not a torch file at all
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(_unreadable(p, exc)) from None
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, _V1):
         raise CheckpointError(f"{p}: not a Keisei checkpoint (expected format {FORMAT!r})")
     if data.get("encoding_version") != ENCODING_VERSION:
         raise CheckpointError(f"{p}: written for encoding {data.get('encoding_version')!r}, "
                               f"this Keisei uses {ENCODING_VERSION!r}")
+    if data["format"] == _V1:
+        data["config"] = _upgrade_v1_config(data["config"])
+        data["format"] = FORMAT
     return data
+
+
+def _upgrade_v1_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A v1 checkpoint's config with v2's key names (and every other key at its schema default)."""
+    model, training = dict(config["model"]), dict(config["training"])
+    if "hidden" in model:
+        model["value_hidden" if model.get("name") == "resnet" else "mlp_hidden"] = model.pop("hidden")
+    if "checkpoint_interval" in training:
+        training["checkpoint_interval_timesteps"] = training.pop("checkpoint_interval")
+    return to_container(from_container({**config, "model": model, "training": training}))
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,8 +13,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from keisei.checkpoint import CheckpointError
 from keisei.config import ConfigError
-from keisei.players import EngineError
 from keisei.shogi import IllegalMoveError
+from keisei.usi_client import EngineError
 
 #: Errors whose message says what to fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, FileNotFoundError)

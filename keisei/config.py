@@ -65,7 +65,8 @@ class ModelConfig:
     channels: int = 64  # resnet: channels of the tower
     squeeze_excitation: bool = False  # resnet: SE layer in each block
     se_reduction: int = 4  # resnet: SE bottleneck = channels / se_reduction
-    hidden: int = 256  # mlp: hidden units (two layers); resnet: value head hidden units
+    value_hidden: int = 128  # resnet: hidden units of the value head
+    mlp_hidden: int = 64  # mlp: hidden units of each of its two layers
 
 
 @dataclass
@@ -108,7 +109,7 @@ class TrainingConfig:
     max_grad_norm: float = 0.5
     norm_adv: bool = True
     target_kl: float | None = None  # stop the epochs of an update early above this KL
-    checkpoint_interval: Any = 50_000  # env steps between checkpoints/last.pt
+    checkpoint_interval_timesteps: Any = 50_000  # env steps between checkpoints/last.pt
     precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
     compile: bool = False  # torch.compile the network
     opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
@@ -218,7 +219,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
-_STEP_KEYS = ("total_timesteps", "checkpoint_interval")
+_STEP_KEYS = ("total_timesteps", "checkpoint_interval_timesteps")
 
 
 def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
@@ -293,7 +294,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     for key in _STEP_KEYS:
         setattr(t, key, _as_count(f"training.{key}", getattr(t, key)))
     _check(t.total_timesteps > 0, "training.total_timesteps", t.total_timesteps, "must be > 0")
-    _check(t.checkpoint_interval > 0, "training.checkpoint_interval", t.checkpoint_interval, "must be > 0")
+    _check(t.checkpoint_interval_timesteps > 0, "training.checkpoint_interval_timesteps",
+           t.checkpoint_interval_timesteps, "must be > 0")
     _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
     _check(0 < t.gamma <= 1, "training.gamma", t.gamma, "must be in (0, 1]")
     _check(0 <= t.gae_lambda <= 1, "training.gae_lambda", t.gae_lambda, "must be in [0, 1]")
@@ -319,7 +321,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
            "must be >= 0 and below env.max_plies")
     _check(m.blocks >= 1, "model.blocks", m.blocks, "must be >= 1")
     _check(m.channels >= 1, "model.channels", m.channels, "must be >= 1")
-    _check(m.hidden >= 1, "model.hidden", m.hidden, "must be >= 1")
+    _check(m.value_hidden >= 1, "model.value_hidden", m.value_hidden, "must be >= 1")
+    _check(m.mlp_hidden >= 1, "model.mlp_hidden", m.mlp_hidden, "must be >= 1")
     _check(m.se_reduction >= 1 and m.channels // m.se_reduction >= 1, "model.se_reduction", m.se_reduction,
            "must be >= 1 and at most model.channels")
     _check(t.precision is not Precision.fp16 or cfg.device is not Device.cpu, "training.precision",

@@ -18,10 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keisei.shogi import _native
-from keisei.shogi.actions import NUM_ACTIONS, label_table
-from keisei.shogi.features import OBSERVATION_SHAPE, encode_observations
-from keisei.shogi.game import Game, IllegalMoveError, Result, Termination, random_opening
+from keisei.shogi import (
+    NUM_ACTIONS,
+    OBSERVATION_SHAPE,
+    Encoder,
+    Game,
+    IllegalMoveError,
+    Result,
+    Termination,
+    encode_observations,
+    random_opening,
+)
 
 
 @dataclass(frozen=True)
@@ -84,30 +91,24 @@ class VecEnv:
         self.games: list[Game] = []
 
         n = num_envs
-        self._obs = np.zeros((n, *OBSERVATION_SHAPE), dtype=np.uint8)
+        self._encoder = Encoder(n)
+        self._mask = self._encoder.mask
         self._final_obs = np.zeros((n, *OBSERVATION_SHAPE), dtype=np.uint8)
-        self._mask = np.zeros((n, NUM_ACTIONS), dtype=np.bool_)
-        self._index = np.zeros((n, NUM_ACTIONS), dtype=np.int16)
-        self._to_play = np.zeros(n, dtype=np.uint8)
         self._reward = np.zeros(n, dtype=np.float32)
         self._terminated = np.zeros(n, dtype=np.bool_)
         self._truncated = np.zeros(n, dtype=np.bool_)
         self._termination = np.zeros(n, dtype=np.int8)
         self._rows = np.arange(n)
-        self._table = label_table()
-        self._sfens: list[str] = [""] * n
-        self._legal: list[list] = [[] for _ in range(n)]
-        self._result = StepResult(self._obs, self._mask, self._to_play.view(np.int8), self._reward,
-                                  self._terminated, self._truncated, self._termination, self._final_obs)
+        self._result = StepResult(self._encoder.obs, self._mask, self._encoder.to_play.view(np.int8),
+                                  self._reward, self._terminated, self._truncated, self._termination,
+                                  self._final_obs)
 
     def reset(self, seed: int | None = None) -> StepResult:
         """Start every game afresh. ``seed`` fixes the random opening moves."""
         self._rng = np.random.default_rng(seed)
-        self.games = [self._template] * self.num_envs  # placeholders, each replaced just below
-        for i in range(self.num_envs):
-            self._set_game(i, self._new_game())
+        self.games = [self._new_game() for _ in range(self.num_envs)]
         self._clear_step_arrays()
-        self._encode_batch()
+        self._encoder.encode(self.games)
         return self._result
 
     def step(self, actions: np.ndarray | list[int]) -> StepResult:
@@ -129,18 +130,20 @@ class VecEnv:
                                    f"in position {self.games[i].sfen()}")
 
         self._clear_step_arrays()
-        sfens, legal, ended = self._sfens, self._legal, []
-        moves = self._index[self._rows, actions].tolist()
+        ended = []
+        moves = self._encoder.index[self._rows, actions].tolist()
         for i, game in enumerate(self.games):
-            game._push_legal(game._legal[moves[i]])
-            if game._result is None:
-                sfens[i] = game._board.to_sfen()
-                legal[i] = game._legal
-            else:
+            game.play(game.legal[moves[i]])
+            if game.is_over:
                 ended.append(i)
         if ended:
             self._finish_games(ended)
-        self._encode_batch()
+        self._encoder.encode(self.games)
+        return self._result
+
+    @property
+    def current(self) -> StepResult:
+        """What the last ``reset``, ``step`` or ``load_state_dict`` returned (the current positions)."""
         return self._result
 
     def state_dict(self) -> dict:
@@ -153,16 +156,16 @@ class VecEnv:
         games = state["games"]
         if len(games) != self.num_envs:
             raise ValueError(f"state holds {len(games)} games, this VecEnv has {self.num_envs}")
-        self.games = [self._template] * self.num_envs  # placeholders, each replaced just below
-        for i, (start, moves) in enumerate(games):
+        self.games = []
+        for start, moves in games:
             game = Game(start, max_plies=self.max_plies, declaration=self.declaration)
             for move in moves:
                 game.push(move)
-            self._set_game(i, game)
+            self.games.append(game)
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
         self._clear_step_arrays()
-        self._encode_batch()
+        self._encoder.encode(self.games)
         return self._result
 
     def pop_finished(self) -> list[Game]:
@@ -184,7 +187,7 @@ class VecEnv:
                 self._terminated[i] = True
             self._termination[i] = int(game.termination)
             self._finished.append(game)
-            self._set_game(i, self._new_game())
+            self.games[i] = self._new_game()
 
     def _new_game(self) -> Game:
         return random_opening(self._template, self.opening_plies, self._rng)
@@ -192,13 +195,3 @@ class VecEnv:
     def _clear_step_arrays(self) -> None:
         for array in (self._reward, self._terminated, self._truncated, self._termination):
             array.fill(0)
-
-    def _set_game(self, i: int, game: Game) -> None:
-        self.games[i] = game
-        self._sfens[i] = game._board.to_sfen()
-        self._legal[i] = game._legal
-
-    def _encode_batch(self) -> None:
-        """Planes and masks of every game from ``_sfens`` and ``_legal`` (kept in step with ``games``)."""
-        _native.encode_planes(self._sfens, self._obs, self._to_play)
-        _native.fill_masks(self._legal, self._to_play, self._table, self._mask, self._index)

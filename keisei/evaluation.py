@@ -1,8 +1,9 @@
 """Evaluations: build the players a config names, play the matches, write the results.
 
-Used by ``evaluate.py`` (single opponent or round robin), by periodic evaluation inside
-training (inline), and as a worker process for background evaluation
-(``python -m keisei.evaluation SNAPSHOT OUT_DIR CONFIG_JSON``).
+``evaluate(cfg, out_dir)`` is what ``evaluate.py`` runs (single opponent or round robin);
+``evaluate_agent`` plays one match, also for periodic evaluation during training
+(``keisei.periodic_evaluation``), whose background worker is this module's
+``python -m keisei.evaluation SNAPSHOT OUT_DIR CONFIG_JSON``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ import torch
 from omegaconf import OmegaConf
 
 from keisei.checkpoint import load_model
-from keisei.config import ConfigError, EvaluationConfig, OpponentConfig, OpponentKind
+from keisei.config import (
+    ConfigError,
+    EvaluateConfig,
+    EvaluationConfig,
+    EvaluationMode,
+    OpponentConfig,
+    OpponentKind,
+    WandbMode,
+    to_container,
+    validate_evaluate,
+)
 from keisei.elo import ratings
 from keisei.match import match_results, play_match, save_records
-from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer, UsiPlayer
+from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
+from keisei.usi_client import UsiPlayer
 
 
 def build_opponent(cfg: OpponentConfig, device: torch.device, seed: int) -> Player:
@@ -102,6 +114,61 @@ def eval_metrics(results: dict[str, Any], global_step: int) -> dict[str, float]:
             "eval/draw_rate": results["draws"] / results["games"], "eval/elo": results["elo"],
             "eval/elo_error": results["elo_error"], "eval/games": results["games"],
             "eval/game_length": results["game_length"]["mean"]}
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def opponent_preset(name: str) -> OpponentConfig:
+    """The opponent config of preset ``conf/opponent/<name>.yaml`` (composed by Hydra, which must be
+    initialised, as it is inside ``evaluate.py``)."""
+    from hydra import compose
+
+    composed = compose(config_name="evaluate", overrides=[f"opponent={name}", "checkpoint=preset"])
+    return validate_evaluate(composed).opponent
+
+
+def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
+    """What ``evaluate.py`` does: the checkpoint against one opponent or in a round robin; prints
+    the results, writes them to ``out_dir`` (and W&B if enabled). Returns the agent's win rate
+    (single opponent) or Elo (round robin)."""
+    from keisei.runtime import resolve_device
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ev, progress = cfg.evaluation, cfg.logging.progress_bar
+    agent = checkpoint_player(cfg.checkpoint, device, ev.temperature, cfg.seed)
+    others: list[Player] = []
+    try:
+        if ev.mode is EvaluationMode.single_opponent:
+            others.append(build_opponent(cfg.opponent, device, cfg.seed + 1))
+            results = evaluate_agent(agent, others[0], ev, out_dir, seed=cfg.seed, progress=progress)
+            print(format_match(results))
+            objective = results["win_rate"]
+        else:
+            for k, spec in enumerate(ev.players, start=1):
+                if (CONF / "opponent" / f"{spec}.yaml").is_file():
+                    others.append(build_opponent(opponent_preset(spec), device, cfg.seed + k))
+                else:
+                    others.append(checkpoint_player(spec, device, ev.temperature, cfg.seed + k))
+            results = round_robin([agent, *others], ev, out_dir, seed=cfg.seed, progress=progress)
+            for pairing in results["pairings"]:
+                print(format_match(pairing))
+            print("Elo (first player at 0): " + ", ".join(f"{k} {v:+.0f}" for k, v in results["elo"].items()))
+            objective = results["elo"][agent.name]
+    finally:
+        for player in others:
+            player.close()
+    print(f"results: {out_dir / 'results.json'}" + (f", records: {out_dir / 'games'}" if ev.save_records else ""))
+    if cfg.wandb.mode is not WandbMode.disabled:
+        import wandb
+
+        run = wandb.init(mode=cfg.wandb.mode.value, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                         name=cfg.wandb.name, group=cfg.wandb.group, tags=list(cfg.wandb.tags),
+                         config=to_container(cfg), dir=str(out_dir), job_type="evaluation")
+        run.summary.update(json.loads((out_dir / "results.json").read_text()))
+        run.finish()
+    return objective
 
 
 def _worker(argv: list[str] | None = None) -> None:

@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from keisei.config import TrainConfig, WandbMode, to_container
+from keisei.shogi import Game, Result, Termination
+
+
+def games_record(games: Sequence[Game], games_total: int) -> dict[str, Any]:
+    """The ``games/...`` metrics of the games that finished during an update."""
+    n = len(games)
+    results = Counter(g.result for g in games)
+    reasons = Counter(g.termination for g in games)
+    record: dict[str, Any] = {"games/finished": n, "games/finished_total": games_total,
+                              "games/length_mean": sum(g.ply for g in games) / n if n else float("nan")}
+    for result, key in ((Result.BLACK_WIN, "black_win"), (Result.WHITE_WIN, "white_win"), (Result.DRAW, "draw")):
+        record[f"games/{key}"] = results[result] / n if n else float("nan")
+    for reason in Termination:
+        if reason is not Termination.NONE:
+            record[f"games/termination_{reason.name.lower()}"] = reasons[reason]
+    return record
 
 
 def truncate_metrics(path: Path, last_update: int) -> None:

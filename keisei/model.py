@@ -51,8 +51,8 @@ class ResNet(nn.Module):
         self.policy = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
                                     nn.Conv2d(c, NUM_DIRECTIONS, 1))
         self.value = nn.Sequential(nn.Conv2d(c, 1, 1, bias=False), nn.BatchNorm2d(1), nn.ReLU(inplace=True),
-                                   nn.Flatten(), nn.Linear(81, cfg.hidden), nn.ReLU(inplace=True),
-                                   nn.Linear(cfg.hidden, 1), nn.Tanh())
+                                   nn.Flatten(), nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
+                                   nn.Linear(cfg.value_hidden, 1), nn.Tanh())
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.tower(self.stem(obs.float()))
@@ -62,7 +62,7 @@ class ResNet(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        h = cfg.hidden
+        h = cfg.mlp_hidden
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(NUM_PLANES * 81, h), nn.ReLU(inplace=True),
                                   nn.Linear(h, h), nn.ReLU(inplace=True))
         self.policy = nn.Linear(h, NUM_ACTIONS)
@@ -77,9 +77,3 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """The network described by ``cfg``: ``forward(obs (B, 119, 9, 9)) -> (logits (B, 2187), value (B,))``."""
     return {ModelName.resnet: ResNet, ModelName.mlp: MLP}[cfg.name](cfg)
 
-
-def masked_logits(logits: torch.Tensor, legal_mask: torch.Tensor) -> torch.Tensor:
-    """Float32 logits with illegal actions at the most negative finite value (zero probability,
-    finite entropy terms)."""
-    logits = logits.float()
-    return logits.masked_fill(~legal_mask, torch.finfo(logits.dtype).min)

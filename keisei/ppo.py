@@ -19,15 +19,13 @@ player's transitions form their own trajectory (its moves are 2 plies apart):
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributions import Categorical
 
 from keisei.config import Schedule, TrainingConfig
-from keisei.model import masked_logits
+from keisei.policy import Policy
 
 
 def two_player_gae(rewards: torch.Tensor, ended: torch.Tensor, truncated: torch.Tensor,
@@ -95,10 +93,10 @@ class Batch:
     returns: torch.Tensor  # (B,)
 
 
-def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainingConfig,
-               generator: torch.Generator, autocast: torch.autocast | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainingConfig,
+               generator: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """``cfg.update_epochs`` epochs of clipped PPO over shuffled minibatches; returns loss metrics."""
+    model = policy.model
     model.train()
     size = batch.actions.shape[0]
     minibatch = min(cfg.minibatch_size, size)
@@ -109,12 +107,9 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
         approx_kl = torch.zeros(())
         for start in range(0, size, minibatch):
             idx = order[start:start + minibatch]
-            with autocast if autocast is not None else nullcontext():
-                logits, new_values = model(batch.obs[idx])
-            dist = Categorical(logits=masked_logits(logits, batch.legal_mask[idx]))
-            new_logprob = dist.log_prob(batch.actions[idx])
-            entropy = dist.entropy().mean()
-            new_values = new_values.float()
+            new_logprob, entropy, new_values = policy.evaluate(batch.obs[idx], batch.legal_mask[idx],
+                                                               batch.actions[idx])
+            entropy = entropy.mean()
             logratio = new_logprob - batch.logprobs[idx]
             ratio = logratio.exp()
             with torch.no_grad():

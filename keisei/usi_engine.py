@@ -1,4 +1,4 @@
-"""A trained network as a USI engine: ``python -m keisei.usi checkpoint=PATH`` (or ``keisei-usi``).
+"""A trained network as a USI engine: ``python -m keisei.usi_engine checkpoint=PATH`` (or ``keisei-usi``).
 
 Speaks USI on stdin/stdout so that Shogi GUIs and match runners can play the model. It
 plays the policy head's move (greedy, or sampled with ``Temperature``) and reports the
@@ -153,7 +153,7 @@ class UsiEngine:
         if game is None:
             self.send("info string no valid position: resigning")
             return "resign"
-        if declaration_points(game._board) is not None:
+        if declaration_points(game.board) is not None:
             return "win"
         if not game.legal_moves():
             return "resign"
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     for arg in sys.argv[1:] if argv is None else argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in names:
-            print(f"usage: python -m keisei.usi checkpoint=PATH [{' '.join(k + '=...' for k in names)}]; "
+            print(f"usage: python -m keisei.usi_engine checkpoint=PATH [{' '.join(k + '=...' for k in names)}]; "
                   f"got {arg!r}", file=sys.stderr)
             sys.exit(2)
         options[names[key]] = value

@@ -38,7 +38,7 @@ def test_labels_are_rsshogi_move_labels(random_positions: list[Game]) -> None:
     for game in random_positions[::7]:
         colour = RsColor.BLACK if game.turn == "b" else RsColor.WHITE
         expected = {move_label(usi, colour) for usi in game.legal_moves()}
-        assert set(np.flatnonzero(game.legal_mask()).tolist()) == expected
+        assert set(np.flatnonzero(legal_mask(game)).tolist()) == expected
 
 
 def test_colour_flipped_move_has_the_same_label() -> None:

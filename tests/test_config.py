@@ -76,7 +76,8 @@ def test_defaults_compose_and_validate() -> None:
     assert cfg.wandb.mode is WandbMode.disabled
     assert cfg.resume is None
     assert cfg.training.total_timesteps == 1_000_000 and type(cfg.training.total_timesteps) is int
-    assert cfg.training.checkpoint_interval == 50_000 and type(cfg.training.checkpoint_interval) is int
+    interval = cfg.training.checkpoint_interval_timesteps
+    assert interval == 50_000 and type(interval) is int
     assert (cfg.env.num_envs * cfg.training.num_steps) % cfg.training.minibatch_size == 0
 
 
@@ -90,12 +91,18 @@ def test_model_group_picks_its_file(name: str) -> None:
         assert OmegaConf.to_container(OmegaConf.structured(cfg.model), enum_to_str=True)[key] == value, key
 
 
-def test_model_files_differ_from_schema_defaults() -> None:
-    """The files' values win over the dataclass defaults (mlp.hidden 64, resnet.hidden 128; schema 256)."""
-    schema_hidden = TrainConfig().model.hidden
-    assert schema_hidden == 256
-    assert validate(compose_cfg("model=mlp")).model.hidden == 64
-    assert validate(compose_cfg("model=resnet")).model.hidden == 128
+def test_defaults_have_one_source_the_schema() -> None:
+    """conf/ files name their preset and repeat no schema default: composing with no overrides gives
+    the dataclass defaults (the opponent preset aside), and the mlp preset differs only in its name."""
+    composed, schema = validate(compose_cfg()), validate(TrainConfig())
+    assert dataclasses.replace(composed, opponent=schema.opponent) == schema
+    assert validate(compose_cfg("model=mlp")).model == dataclasses.replace(TrainConfig().model, name=ModelName.mlp)
+    defaults = to_container(TrainConfig())
+    for group in ("model", "training", "evaluation"):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            repeated = {k: v for k, v in yaml_values(path).items() if k not in ("name", "mode")
+                        and defaults[group].get(k) == v}
+            assert not repeated, f"{path} repeats schema defaults: {repeated}"
 
 
 def test_training_smoke_picks_its_values_and_keeps_ppo_defaults() -> None:
@@ -106,7 +113,8 @@ def test_training_smoke_picks_its_values_and_keeps_ppo_defaults() -> None:
     assert smoke, "smoke.yaml overrides something"
     for key, value in smoke.items():
         assert composed[key] == value, key
-    kept = {k: v for k, v in ppo.items() if k not in smoke}
+    assert not ppo, "ppo.yaml holds no values: the schema does"
+    kept = {k: v for k, v in to_container(TrainConfig())["training"].items() if k not in smoke}
     assert {"gamma", "learning_rate", "lr_schedule", "clip_coef", "opponent_pool"} <= kept.keys()
     for key, value in kept.items():
         assert composed[key] == value, key
@@ -127,8 +135,9 @@ def test_total_timesteps_accepts_integral_numbers(value: str, expected: int) -> 
 
 
 def test_checkpoint_interval_accepts_scientific_notation() -> None:
-    cfg = validate(compose_cfg("training.checkpoint_interval=1e4"))
-    assert cfg.training.checkpoint_interval == 10_000 and type(cfg.training.checkpoint_interval) is int
+    cfg = validate(compose_cfg("training.checkpoint_interval_timesteps=1e4"))
+    interval = cfg.training.checkpoint_interval_timesteps
+    assert interval == 10_000 and type(interval) is int
 
 
 @pytest.mark.parametrize("value", ["1.5", "abc", "true", "inf", "nan", "0", "-1e3", "'1e6'"])
@@ -231,7 +240,7 @@ def test_command_line_wins_regardless_of_order() -> None:
 def test_override_inside_a_group_keeps_the_rest_of_the_file() -> None:
     cfg = validate(compose_cfg("model=resnet", "model.blocks=2"))
     assert cfg.model.blocks == 2
-    assert cfg.model.channels == 64 and cfg.model.hidden == 128  # resnet.yaml, not the schema's 256
+    assert cfg.model.channels == 64 and cfg.model.value_hidden == 128
 
 
 def test_top_level_override_keeps_siblings() -> None:

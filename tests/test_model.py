@@ -24,9 +24,9 @@ from keisei.config import Device, ModelConfig, ModelName, TrainConfig, to_contai
 from keisei.model import SqueezeExcitation, build_model
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, move_to_action
 
-SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, hidden=16)
-SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, hidden=16, squeeze_excitation=True)
-SMALL_MLP = ModelConfig(name=ModelName.mlp, hidden=16)
+SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
+SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, squeeze_excitation=True)
+SMALL_MLP = ModelConfig(name=ModelName.mlp, mlp_hidden=16)
 CONFIGS = {"resnet": SMALL_RESNET, "resnet_se": SMALL_RESNET_SE, "mlp": SMALL_MLP}
 
 

@@ -11,7 +11,8 @@ import torch
 from torch.distributions import Categorical
 
 from keisei.config import ModelConfig, ModelName, Schedule, TrainingConfig
-from keisei.model import build_model, masked_logits
+from keisei.model import build_model
+from keisei.policy import Policy, masked_logits
 from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, two_player_gae
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
 
@@ -361,7 +362,7 @@ METRIC_KEYS = {"losses/policy_loss", "losses/value_loss", "losses/entropy", "los
 
 def _tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelConfig(name=ModelName.mlp, hidden=16))
+    return build_model(ModelConfig(name=ModelName.mlp, mlp_hidden=16))
 
 
 def _batch(model: torch.nn.Module, size: int, legal_counts: list[int], seed: int = 0) -> Batch:
@@ -388,7 +389,7 @@ def test_ppo_update_returns_finite_metrics_and_changes_parameters() -> None:
     batch = _batch(model, size=32, legal_counts=[1, 3, 5])
     cfg = TrainingConfig(minibatch_size=8, update_epochs=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    metrics = ppo_update(model, build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
     assert set(metrics) == METRIC_KEYS
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -409,7 +410,7 @@ def test_ppo_update_first_minibatch_losses_by_hand() -> None:
     with torch.no_grad():
         logits, _ = model(batch.obs)
     cfg = TrainingConfig(minibatch_size=16, update_epochs=1, norm_adv=False, clip_vloss=False)
-    metrics = ppo_update(model, build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(1))
+    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(1))
     adv = batch.advantages.double()
     # policy loss = mean(max(-A * 1, -A * clip(1))) = -mean(A)
     assert metrics["losses/policy_loss"] == pytest.approx(-adv.mean().item(), abs=1e-6)
@@ -432,7 +433,7 @@ def test_ppo_update_normalised_advantages_give_zero_first_policy_loss() -> None:
     model = _tiny_model()
     batch = _batch(model, size=12, legal_counts=[3], seed=5)
     cfg = TrainingConfig(minibatch_size=12, update_epochs=1, norm_adv=True)
-    metrics = ppo_update(model, build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
     # ratio = 1 and the normalised advantages have mean 0: policy loss = -mean(A_norm) = 0
     assert metrics["losses/policy_loss"] == pytest.approx(0.0, abs=1e-6)
 
@@ -442,7 +443,7 @@ def test_ppo_update_with_a_single_legal_action_per_row() -> None:
     batch = _batch(model, size=16, legal_counts=[1], seed=2)
     assert torch.all(batch.logprobs == 0)  # the only legal move has probability 1
     cfg = TrainingConfig(minibatch_size=4, update_epochs=3)
-    metrics = ppo_update(model, build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     # one legal label: entropy 0, log-prob 0 -> ratio 1, KL 0, nothing clipped
     assert metrics["losses/entropy"] == pytest.approx(0.0, abs=1e-6)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
         "logging.progress_bar=false"]
 TOTAL = 1280
-LONG = [*TINY, f"training.total_timesteps={TOTAL}", "training.checkpoint_interval=100000",
+LONG = [*TINY, f"training.total_timesteps={TOTAL}", "training.checkpoint_interval_timesteps=100000",
         "training.lr_schedule=constant"]
 ALL_STEPS = list(range(128, TOTAL + 1, 128))
 

@@ -30,7 +30,7 @@ FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
 TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
         "logging.progress_bar=false"]
 TOTAL = 1280
-STEADY = [*TINY, "training.checkpoint_interval=100000", "training.lr_schedule=constant"]
+STEADY = [*TINY, "training.checkpoint_interval_timesteps=100000", "training.lr_schedule=constant"]
 LONG = [*STEADY, f"training.total_timesteps={TOTAL}"]
 ALL_STEPS = list(range(128, TOTAL + 1, 128))
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED")

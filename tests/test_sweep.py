@@ -213,10 +213,11 @@ def render_wandb_trial(spec: dict, rng: random.Random) -> tuple[dict, list[str]]
 
 
 def default_value(key: str) -> object:
-    """A key's value in the configs train.py starts from (resnet model, ppo training)."""
+    """A key's default, which the schema holds (the conf/ presets train.py starts from repeat none)."""
+    from keisei.config import TrainConfig, to_container
+
     section, name = key.split(".")
-    files = {"model": "conf/model/resnet.yaml", "training": "conf/training/ppo.yaml"}
-    return yaml.safe_load((REPO / files[section]).read_text(encoding="utf-8"))[name]
+    return to_container(TrainConfig())[section][name]
 
 
 def test_wandb_sweep_example_drives_train_py(tmp_path: Path):

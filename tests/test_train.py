@@ -327,7 +327,7 @@ def test_resume_truncated_checkpoint(tmp_path: Path, half: Path) -> None:
 
 
 def test_resume_with_other_model_config(tmp_path: Path, half: Path) -> None:
-    _, line = resume_error(tmp_path, f"resume={half}", "model.hidden=32")
+    _, line = resume_error(tmp_path, f"resume={half}", "model.value_hidden=32")
     assert "model" in line and str(half) in line
 
 

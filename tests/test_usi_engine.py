@@ -15,9 +15,9 @@ from keisei.checkpoint import load_model, model_state, save_checkpoint
 from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
 from keisei.match import match_results, play_match
 from keisei.model import build_model
-from keisei.players import UsiPlayer
-from keisei.shogi import Game, Termination
-from keisei.usi import value_to_cp
+from keisei.shogi import Game, Termination, encode
+from keisei.usi_client import UsiPlayer
+from keisei.usi_engine import value_to_cp
 
 FAIRY = "/usr/games/fairy-stockfish"
 # Black to move, king on 6b, ten pieces in the camp worth 26 points, two pawns in hand: 28 points.
@@ -27,7 +27,7 @@ MATED = "4k4/4G4/4P4/9/9/9/9/9/4K4 w - 1"  # White to move is mated
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = TrainConfig(model=ModelConfig(name=ModelName.mlp, hidden=16))
+    cfg = TrainConfig(model=ModelConfig(name=ModelName.mlp, mlp_hidden=16))
     path = tmp_path_factory.mktemp("usi") / "agent.pt"
     save_checkpoint({"config": to_container(cfg), "model": model_state(build_model(cfg.model))}, path)
     return path
@@ -35,7 +35,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def talk(checkpoint: Path, *lines: str, timeout: float = 60) -> list[str]:
     """Send the lines (then quit) to a fresh engine; its output lines."""
-    proc = subprocess.run([sys.executable, "-m", "keisei.usi", f"checkpoint={checkpoint}"],
+    proc = subprocess.run([sys.executable, "-m", "keisei.usi_engine", f"checkpoint={checkpoint}"],
                           input="\n".join([*lines, "quit"]) + "\n", capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr
@@ -82,7 +82,7 @@ def test_win_and_resign(checkpoint: Path) -> None:
     # With the threshold at 0 it resigns exactly when its value of the position is below 0.
     model, _ = load_model(checkpoint)
     with torch.no_grad():
-        value = float(model(torch.from_numpy(Game().observation()).unsqueeze(0))[1][0])
+        value = float(model(torch.from_numpy(encode([Game()])[0]))[1][0])
     assert third == ("resign" if value < 0 else fourth)
     assert fourth in Game().legal_moves()  # -100: never resigns
 
@@ -102,7 +102,7 @@ def test_bad_input_keeps_it_alive(checkpoint: Path) -> None:
 
 
 def test_missing_checkpoint_is_reported(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "keisei.usi", f"checkpoint={tmp_path / 'none.pt'}"],
+    proc = subprocess.run([sys.executable, "-m", "keisei.usi_engine", f"checkpoint={tmp_path / 'none.pt'}"],
                           input="usi\nisready\nposition startpos\ngo\nquit\n", capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0
@@ -111,7 +111,7 @@ def test_missing_checkpoint_is_reported(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_exit_with_usage() -> None:
-    proc = subprocess.run([sys.executable, "-m", "keisei.usi", "nonsense"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "keisei.usi_engine", "nonsense"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "usage" in proc.stderr
 
@@ -127,7 +127,7 @@ def test_engine_against_fairy_stockfish(checkpoint: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{FAIRY} missing: .ci/run must apt-get install fairy-stockfish")
         pytest.skip("apt-get install fairy-stockfish")
-    ours = UsiPlayer(sys.executable, args=["-m", "keisei.usi", f"checkpoint={checkpoint}"], movetime_ms=100,
+    ours = UsiPlayer(sys.executable, args=["-m", "keisei.usi_engine", f"checkpoint={checkpoint}"], movetime_ms=100,
                      name="keisei")
     theirs = UsiPlayer(FAIRY, options={"Skill Level": -20, "Threads": 1}, depth=1, name="fairy")
     try:

@@ -1,6 +1,11 @@
-"""Shogi rules (via rsshogi), action labels and observation planes."""
+"""Shogi rules (via rsshogi), action labels, observation planes and the encoder of games for the network.
 
-from keisei.shogi.actions import NUM_ACTIONS, action_to_move, legal_mask, move_to_action
+Modules, lowest first: ``actions`` (labels), ``features`` (planes of SFENs), ``game`` (rules,
+adjudication, records), ``encoding`` (games -> planes and masks; labels -> moves).
+"""
+
+from keisei.shogi.actions import NUM_ACTIONS, move_to_action
+from keisei.shogi.encoding import Encoder, action_to_move, encode, legal_mask
 from keisei.shogi.features import (
     ENCODING_VERSION,
     NUM_PLANES,
@@ -29,12 +34,14 @@ __all__ = [
     "PLANE_NAMES",
     "STARTPOS",
     "Color",
+    "Encoder",
     "Game",
     "IllegalMoveError",
     "Result",
     "Termination",
     "action_to_move",
     "declaration_points",
+    "encode",
     "encode_observation",
     "encode_observations",
     "legal_mask",

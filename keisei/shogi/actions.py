@@ -5,22 +5,18 @@ board is rotated 180 degrees): directions 0-9 are the ten ways a piece can arriv
 (up, up-left, up-right, left, right, down, down-left, down-right, and the two knight
 jumps), 10-19 the same with promotion, 20-26 drops of P, L, N, S, G, B, R.
 The labels are exactly ``rsshogi.policy.move_label``; this module only makes them
-fast to apply to whole lists of moves (one table lookup per move).
+fast to apply to whole lists of moves (one table lookup per move, in ``keisei.shogi.encoding``).
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rsshogi.policy import MOVE_LABEL_COUNT, move_label
 from rsshogi.types import Color as RsColor
 
 from keisei.shogi import _native
-
-if TYPE_CHECKING:
-    from keisei.shogi.game import Game
 
 NUM_ACTIONS = MOVE_LABEL_COUNT
 assert NUM_ACTIONS == _native.NUM_LABELS == 2187
@@ -59,29 +55,3 @@ def move_to_action(move: str, turn: str) -> int:
         return move_label(move, RsColor.BLACK if turn == "b" else RsColor.WHITE)
     except ValueError as exc:
         raise ValueError(f"malformed move {move!r}: {exc}") from None
-
-
-def action_to_move(action: int, game: Game) -> str:
-    """The legal move of ``game`` whose label is ``action`` (USI string).
-
-    Raises ``IllegalMoveError`` when no legal move has that label.
-    """
-    from keisei.shogi.game import IllegalMoveError
-
-    mask, index = legal_mask_and_index(game)
-    if not 0 <= action < NUM_ACTIONS or not mask[action]:
-        raise IllegalMoveError(f"action {action} is not a legal move in position {game.sfen()}")
-    return game._legal[index[action]].to_usi()
-
-
-def legal_mask(game: Game) -> np.ndarray:
-    """Boolean mask of shape (2187,) over the labels of ``game``'s legal moves."""
-    return legal_mask_and_index(game)[0]
-
-
-def legal_mask_and_index(game: Game) -> tuple[np.ndarray, np.ndarray]:
-    mask = np.zeros((1, NUM_ACTIONS), dtype=np.bool_)
-    index = np.zeros((1, NUM_ACTIONS), dtype=np.int16)
-    turns = np.array([0 if game.turn == "b" else 1], dtype=np.uint8)
-    _native.fill_masks([game._legal], turns, label_table(), mask, index)
-    return mask[0], index[0]

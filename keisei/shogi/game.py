@@ -132,7 +132,7 @@ def random_opening(start: Game, plies: int, rng: np.random.Generator, tries: int
     for _ in range(tries):
         game = start.copy()
         for _ in range(plies):
-            game._push_legal(game._legal[int(rng.integers(len(game._legal)))])
+            game.play(game._legal[int(rng.integers(len(game._legal)))])
             if game._result is not None:
                 break
         else:
@@ -231,6 +231,18 @@ class Game:
     def sfen(self) -> str:
         return self._board.to_sfen()
 
+    @property
+    def board(self) -> Board:
+        """The rsshogi ``Board`` of the current position: read it, never push or pop on it
+        (``play`` keeps the adjudication in step)."""
+        return self._board
+
+    @property
+    def legal(self) -> list[Move]:
+        """Legal moves of the side to move as rsshogi ``Move`` objects (empty once the game is over);
+        pass one to ``play``. The list is shared: do not modify it."""
+        return self._legal
+
     def is_in_check(self) -> bool:
         return self._board.is_in_check()
 
@@ -265,7 +277,7 @@ class Game:
             raise IllegalMoveError(f"malformed move {usi!r} in position {self.sfen()}")
         if move not in self._legal:
             raise IllegalMoveError(f"illegal move {usi!r} in position {self.sfen()}")
-        self._push_legal(move)
+        self.play(move)
 
     def resign(self) -> None:
         """The side to move resigns."""
@@ -280,8 +292,9 @@ class Game:
             raise IllegalMoveError(f"the game is already over ({self._termination.name.lower()})")
         self._finish(Result.win_for(self.turn.opponent), termination)
 
-    def _push_legal(self, move: Move) -> None:
-        """Play a move taken from ``self._legal`` (no validation): the environment's hot path."""
+    def play(self, move: Move) -> None:
+        """Play a move taken from ``legal``, without validation: the fast path of environments,
+        players and search. Anything else is undefined; ``push`` checks a USI move."""
         self._board.push_move(move)
         self._history.append(move)
         self._adjudicate()
@@ -311,19 +324,7 @@ class Game:
         elif len(self._history) >= self.max_plies:
             self._finish(Result.DRAW, Termination.MAX_PLIES)
 
-    # --- encodings and records ---------------------------------------------------------
-    def observation(self) -> np.ndarray:
-        """The (119, 9, 9) uint8 planes of the current position (see ``keisei.shogi.features``)."""
-        from keisei.shogi.features import encode_observation
-
-        return encode_observation(self.sfen())
-
-    def legal_mask(self) -> np.ndarray:
-        """Boolean (2187,) mask over the action labels of the legal moves."""
-        from keisei.shogi.actions import legal_mask
-
-        return legal_mask(self)
-
+    # --- records -----------------------------------------------------------------------
     def to_usi_position(self) -> str:
         """``"sfen <start> moves ..."`` (or ``"startpos moves ..."``), as sent to USI engines."""
         start = "startpos" if self._start_sfen == STARTPOS else f"sfen {self._start_sfen}"

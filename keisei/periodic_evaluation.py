@@ -1,0 +1,134 @@
+"""Periodic evaluation during training: every ``evaluation.interval_timesteps`` env steps the
+network plays a match against the configured opponent, and the result joins the metrics.
+
+Two ways to run it behind one interface (``start`` a match, ``result`` when it is done):
+``Inline`` plays the match at once in the training process (training waits);
+``Background`` plays it in a worker process (``python -m keisei.evaluation``) from a snapshot
+of the network, while training goes on; its result arrives one or more updates later.
+``PeriodicEvaluation`` decides when to start one and turns results into metrics records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from keisei.checkpoint import model_state, save_checkpoint
+from keisei.config import PeriodicMode, TrainConfig, to_container
+from keisei.evaluation import build_opponent, eval_metrics, evaluate_agent
+from keisei.players import AgentPlayer, Player
+
+log = logging.getLogger(__name__)
+
+
+class Inline:
+    """The match is played inside ``start``; ``result`` returns its metrics once."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.opponent: Player | None = None  # built at the first evaluation, kept for the next
+        self.finished: dict[str, Any] | None = None
+
+    def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
+        cfg = self.cfg
+        if self.opponent is None:
+            self.opponent = build_opponent(cfg.opponent, self.device, cfg.seed + 1)
+        agent = AgentPlayer(model, temperature=cfg.evaluation.temperature, device=self.device, seed=seed)
+        results = evaluate_agent(agent, self.opponent, cfg.evaluation, out_dir, seed=seed)
+        self.finished = eval_metrics(results, step)
+
+    def result(self, wait: bool) -> dict[str, Any] | None:
+        finished, self.finished = self.finished, None
+        return finished
+
+    def close(self) -> None:
+        if self.opponent is not None:
+            self.opponent.close()
+
+
+class Background:
+    """The match is played by a worker process from a snapshot; at most one in flight."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.pending: tuple[subprocess.Popen, int, Path] | None = None  # (process, step, out dir)
+
+    def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
+        container = to_container(self.cfg)
+        snapshot = out_dir / "agent.pt"
+        save_checkpoint({"config": container, "model": model_state(model), "global_step": step}, snapshot)
+        spec = {"evaluation": container["evaluation"], "opponent": container["opponent"],
+                "seed": seed, "device": str(self.device)}
+        with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
+            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation", str(snapshot), str(out_dir),
+                                     json.dumps(spec)], stdout=logfile, stderr=subprocess.STDOUT)
+        self.pending = (proc, step, out_dir)
+
+    def result(self, wait: bool) -> dict[str, Any] | None:
+        """Metrics of the evaluation in flight once it has finished (``wait``: block until then)."""
+        if self.pending is None:
+            return None
+        proc, step, out_dir = self.pending
+        if proc.poll() is None and not wait:
+            return None
+        proc.wait()
+        self.pending = None
+        results = out_dir / "results.json"
+        if proc.returncode != 0 or not results.is_file():
+            log.warning("background evaluation of step %d failed (exit %s): see %s", step, proc.returncode,
+                        out_dir / "worker.log")
+            return None
+        return eval_metrics(json.loads(results.read_text(encoding="utf-8")), step)
+
+    def close(self) -> None:
+        """Stop a worker still running (interrupted run): SIGTERM (it then closes its engines),
+        SIGKILL if it lingers; always reaped."""
+        if self.pending is None:
+            return
+        proc = self.pending[0]
+        self.pending = None
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class PeriodicEvaluation:
+    """Starts an evaluation when an update crosses ``evaluation.interval_timesteps`` and returns the
+    metrics records of the evaluations that finished, each tagged with ``eval/global_step``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.runner = (Inline if cfg.evaluation.periodic is PeriodicMode.inline else Background)(cfg, device)
+        self.win_rate: float | None = None  # of the latest finished evaluation
+
+    def after_update(self, model: nn.Module, global_step: int, batch_size: int, update: int, last: bool
+                     ) -> list[dict[str, Any]]:
+        interval = self.cfg.evaluation.interval_timesteps
+        if not interval:
+            return []
+        finished = [self.runner.result(wait=False)]  # at most one evaluation in flight
+        if global_step // interval > (global_step - batch_size) // interval:
+            finished.append(self.runner.result(wait=True))
+            out_dir = self.run_dir / "eval" / f"step_{global_step:09d}"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.runner.start(model, global_step, self.cfg.seed + update, out_dir)
+            finished.append(self.runner.result(wait=False))
+        if last:
+            finished.append(self.runner.result(wait=True))
+        records = [{"update": update, **metrics} for metrics in finished if metrics]
+        if records:
+            self.win_rate = records[-1]["eval/win_rate"]
+        return records
+
+    def close(self) -> None:
+        self.runner.close()

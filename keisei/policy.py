@@ -1,0 +1,86 @@
+"""The one masked policy: a network's logits restricted to the legal moves, and its value.
+
+Everything that plays or trains a network goes through ``Policy``: the rollout (``act``),
+the PPO update (``evaluate``, as CleanRL's ``get_action_and_value`` with the action given),
+``AgentPlayer`` in matches and the USI engine (``act`` with a temperature), and bootstrap
+values (``value``). Illegal actions get the most negative finite logit: zero probability,
+finite entropy terms.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+
+def masked_logits(logits: torch.Tensor, legal_mask: torch.Tensor) -> torch.Tensor:
+    """Float32 logits with illegal actions at the most negative finite value."""
+    logits = logits.float()
+    return logits.masked_fill(~legal_mask, torch.finfo(logits.dtype).min)
+
+
+class Policy:
+    """A network ``forward(obs) -> (logits, value)`` seen as a masked policy and a value.
+
+    Args:
+        model: the network (its parameters are what optimizers and checkpoints see).
+        forward: what to call instead of ``model`` (e.g. ``torch.compile(model)``); default ``model``.
+        autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` to run the forward pass under autocast.
+    """
+
+    def __init__(self, model: nn.Module, *, forward: nn.Module | None = None,
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.forward = forward if forward is not None else model
+        self.autocast_dtype = autocast_dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def logits_and_value(self, obs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked float32 logits (B, 2187) and float32 values (B,) for uint8 planes and bool masks."""
+        with self._autocast():
+            logits, value = self.forward(obs)
+        return masked_logits(logits, mask), value.float()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions (B,), their log-probabilities (B,) and values (B,) of the positions.
+
+        ``temperature`` 1 samples from the policy (training), 0 plays the most likely legal move,
+        other values sample from the policy softened by it. The log-probability is that of the
+        distribution sampled from (the plain policy at temperature 0 and 1). ``generator``
+        draws the samples (on its own device); default: torch's global generator.
+        """
+        logits, value = self.logits_and_value(obs, mask)
+        if temperature == 0:
+            action = logits.argmax(dim=1)
+            logprob = torch.log_softmax(logits, dim=1).gather(1, action[:, None]).squeeze(1)
+            return action, logprob, value
+        logp = torch.log_softmax(logits / temperature, dim=1)
+        device = generator.device if generator is not None else logp.device
+        action = torch.multinomial(logp.exp().to(device), 1, generator=generator).squeeze(1).to(logp.device)
+        return action, logp.gather(1, action[:, None]).squeeze(1), value
+
+    def evaluate(self, obs: torch.Tensor, mask: torch.Tensor, action: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probabilities (B,) of the given actions, entropies (B,) and values (B,), with gradients."""
+        logits, value = self.logits_and_value(obs, mask)
+        logp = torch.log_softmax(logits, dim=1)
+        entropy = -(logp.exp() * logp).sum(dim=1)
+        return logp.gather(1, action[:, None]).squeeze(1), entropy, value
+
+    @torch.no_grad()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """Values (B,), float32, side to move's view."""
+        with self._autocast():
+            return self.forward(obs)[1].float()

@@ -1,0 +1,108 @@
+"""What a training checkpoint holds, and putting it back: the state of a run between two updates.
+
+``TrainState`` gathers the objects that change during training (network, optimizer, gradient
+scaler, shuffling generator, the env's games in progress, the opponent pool) and the run's
+counters. ``save`` writes it through the one checkpoint format (``keisei.checkpoint``); ``load``
+restores it exactly, so a resumed run continues bit for bit where the saved one was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from keisei.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
+from keisei.config import Precision, TrainConfig, to_container
+from keisei.env import VecEnv
+from keisei.model import build_model
+from keisei.policy import Policy
+from keisei.ppo import build_optimizer
+from keisei.rollout import OpponentPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    cfg: TrainConfig
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    shuffle: torch.Generator  # minibatch order and opponent draws
+    env: VecEnv
+    pool: OpponentPool
+    global_step: int = 0
+    update: int = 0
+    games_total: int = 0
+    wandb_run_id: str | None = None
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, device: torch.device) -> TrainState:
+        """A fresh run's state (call after seeding): a new network, optimizer and env (not reset yet)."""
+        t = cfg.training
+        model = build_model(cfg.model).to(device)
+        amp_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(t.precision)
+        policy = Policy(model, forward=torch.compile(model) if t.compile else None, autocast_dtype=amp_dtype)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        opponent = Policy(build_model(cfg.model).to(device).eval()) if t.opponent_pool.size else None
+        return cls(
+            cfg=cfg, policy=policy, optimizer=build_optimizer(model, t),
+            scaler=torch.amp.GradScaler(device.type) if t.precision is Precision.fp16 else None,
+            shuffle=shuffle,
+            env=VecEnv(cfg.env.num_envs, max_plies=cfg.env.max_plies, declaration=cfg.env.declaration,
+                       opening_plies=cfg.env.opening_plies),
+            pool=OpponentPool(t.opponent_pool, opponent, shuffle),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": to_container(self.cfg),
+            "model": model_state(self.policy.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "global_step": self.global_step,
+            "update": self.update,
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "env": self.env.state_dict(),
+            "opponent_pool": self.pool.snapshots,
+            "wandb_run_id": self.wandb_run_id,
+            "games_total": self.games_total,
+        }
+
+    def save(self, run_dir: Path, *names: str) -> None:
+        """Write the state to ``run_dir/checkpoints/<name>`` for each name (state built once)."""
+        state = self.state_dict()
+        for name in names:
+            save_checkpoint(state, run_dir / "checkpoints" / name)
+
+    def load(self, path: Path) -> None:
+        """Restore a training checkpoint written with the same model and env settings."""
+        data = load_checkpoint(path, map_location=self.policy.device)
+        missing = [k for k in ("optimizer", "global_step", "update", "rng", "env") if k not in data]
+        if missing:
+            raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); "
+                                  "resume from a run's checkpoints/last.pt")
+        saved, current = data["config"], to_container(self.cfg)
+        for key in ("model", "env"):
+            if saved[key] != current[key]:
+                raise CheckpointError(f"{path}: its {key} config {saved[key]} differs from this run's; "
+                                      f"resume with the same {key} settings")
+        load_model_state(self.policy.model, data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        if self.scaler is not None and data.get("scaler"):
+            self.scaler.load_state_dict(data["scaler"])
+        self.global_step, self.update = data["global_step"], data["update"]
+        torch.set_rng_state(data["rng"]["torch"])
+        self.shuffle.set_state(data["rng"]["shuffle"])
+        if torch.cuda.is_available() and data["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(data["rng"]["cuda"])
+        self.pool.snapshots = list(data["opponent_pool"])
+        self.wandb_run_id = data["wandb_run_id"]
+        self.games_total = data["games_total"]
+        self.env.load_state_dict(data["env"])
+        log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)
