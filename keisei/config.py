@@ -115,6 +115,22 @@ class TrainingConfig:
     opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
 
 
+@dataclass
+class SearchConfig:
+    """Search at play time (``keisei.search``): MCTS guided by the policy and value heads, with a
+    short mate search. ``simulations`` 0 plays the raw policy (no search)."""
+
+    simulations: int = 0  # network evaluations per move (0: no search, the policy's move)
+    batch_size: int = 16  # leaves evaluated together in one forward pass
+    c_puct: float = 1.5  # exploration constant
+    temperature: float = 0.0  # move choice from visit counts: 0 the most visited; > 0 samples
+    temperature_moves: int = 0  # plies of the game played at ``temperature``; later moves greedy
+    dirichlet_alpha: float = 0.3  # root noise (self-play only)
+    dirichlet_fraction: float = 0.0  # share of the root prior replaced by noise (0: off, as for evaluation)
+    mate_plies: int = 3  # mate search depth in plies (odd; 1: mate in one only; 0: off)
+    reuse_tree: bool = True  # keep the subtree of the move played
+
+
 class OpponentKind(str, Enum):
     random = "random"
     heuristic = "heuristic"
@@ -137,6 +153,7 @@ class OpponentConfig:
     byoyomi_ms: int | None = None  # kind=usi: instead, go btime 0 wtime 0 byoyomi N
     depth: int | None = None  # kind=usi: instead, go depth N
     timeout_s: float = 5.0  # kind=usi: silence beyond the move time forfeits the game
+    search: SearchConfig = field(default_factory=SearchConfig)  # kind=checkpoint: search at play time
 
 
 class EvaluationMode(str, Enum):
@@ -159,6 +176,7 @@ class EvaluationConfig:
     max_plies: int = 320
     declaration: bool = True
     temperature: float = 0.0  # the agent's: 0 plays greedily
+    search: SearchConfig = field(default_factory=SearchConfig)  # the agent's search (simulations 0: none)
     players: list[str] = field(default_factory=list)  # round_robin: checkpoints/run dirs or opponent presets
     save_records: bool = True  # every game as KIF, CSA and USI moves
     interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
@@ -232,6 +250,8 @@ def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
            "must be >= 0 and below evaluation.max_plies")
     _check(ev.temperature >= 0, "evaluation.temperature", ev.temperature, "must be >= 0")
     _check(op.temperature >= 0, "opponent.temperature", op.temperature, "must be >= 0")
+    validate_search(ev.search, "evaluation.search")
+    validate_search(op.search, "opponent.search")
     if op.kind is OpponentKind.checkpoint:
         _check(bool(op.checkpoint), "opponent.checkpoint", op.checkpoint,
                "opponent=checkpoint needs opponent.checkpoint=PATH")
@@ -241,6 +261,19 @@ def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
         for key in ("movetime_ms", "byoyomi_ms", "depth"):
             value = getattr(op, key)
             _check(value is None or value >= 1, f"opponent.{key}", value, "must be >= 1 or null")
+
+
+def validate_search(s: SearchConfig, prefix: str) -> None:
+    _check(s.simulations >= 0, f"{prefix}.simulations", s.simulations, "must be >= 0")
+    _check(s.batch_size >= 1, f"{prefix}.batch_size", s.batch_size, "must be >= 1")
+    _check(s.c_puct > 0, f"{prefix}.c_puct", s.c_puct, "must be > 0")
+    _check(s.temperature >= 0, f"{prefix}.temperature", s.temperature, "must be >= 0")
+    _check(s.temperature_moves >= 0, f"{prefix}.temperature_moves", s.temperature_moves, "must be >= 0")
+    _check(s.dirichlet_alpha > 0, f"{prefix}.dirichlet_alpha", s.dirichlet_alpha, "must be > 0")
+    _check(0 <= s.dirichlet_fraction <= 1, f"{prefix}.dirichlet_fraction", s.dirichlet_fraction,
+           "must be in [0, 1]")
+    _check(s.mate_plies >= 0 and (s.mate_plies == 0 or s.mate_plies % 2 == 1), f"{prefix}.mate_plies",
+           s.mate_plies, "must be 0 (off) or odd (1: mate in one, 3: mate in three, ...)")
 
 
 def validate_evaluate(cfg: DictConfig | EvaluateConfig) -> EvaluateConfig:
