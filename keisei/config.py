@@ -77,6 +77,7 @@ class EnvConfig:
     max_plies: int = 320
     declaration: bool = True
     opening_plies: int = 0  # random legal moves at the start of each game
+    workers: int = 1  # processes stepping the games (1: in the training process)
 
 
 @dataclass
@@ -349,6 +350,7 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
            "must be >= 1")
     _check(0 <= pool.fraction <= 1, "training.opponent_pool.fraction", pool.fraction, "must be in [0, 1]")
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "must be >= 1")
+    _check(1 <= e.workers <= e.num_envs, "env.workers", e.workers, "must be >= 1 and at most env.num_envs")
     _check(e.max_plies >= 1, "env.max_plies", e.max_plies, "must be >= 1")
     _check(0 <= e.opening_plies < e.max_plies, "env.opening_plies", e.opening_plies,
            "must be >= 0 and below env.max_plies")
