@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -22,15 +24,24 @@ USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, File
 
 @contextmanager
 def fail_cleanly() -> Iterator[None]:
-    """Print ``Error: <message>`` and exit 2 on a user error (``HYDRA_FULL_ERROR=1``: re-raise).
+    """Print ``Error: <message>`` and exit 2 on a user error (``HYDRA_FULL_ERROR=1``: re-raise);
+    exit 130 without a traceback on Ctrl-C. A run dir the failed launch left with nothing in it
+    but Hydra's own record is removed.
 
     In a multirun the error is raised instead, so that Hydra marks that job failed and the
     other jobs go on (the sweep summary lists it)."""
     try:
         yield
+    except KeyboardInterrupt:
+        if _in_multirun():
+            raise
+        _remove_if_empty()
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)
     except (*USER_ERRORS, MissingMandatoryValue) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
+        _remove_if_empty()
         if isinstance(exc, MissingMandatoryValue):
             key = exc.full_key or "a key"
             message = f"{key} is required: set it on the command line, e.g. {key}=..."
@@ -38,6 +49,22 @@ def fail_cleanly() -> Iterator[None]:
             message = str(exc)
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+#: What Hydra itself writes into a run dir before the app runs.
+_HYDRA_ONLY = {".hydra", "train.log", "evaluate.log"}
+
+
+def _remove_if_empty() -> None:
+    """Remove this launch's output dir when it holds nothing but Hydra's record (a failed launch
+    would otherwise leave an empty timestamped dir in outputs/ each time)."""
+    if not HydraConfig.initialized():
+        return
+    out = Path(HydraConfig.get().runtime.output_dir).resolve()
+    if out == Path.cwd() or out in Path.cwd().parents:
+        return
+    if out.is_dir() and {p.name for p in out.iterdir()} <= _HYDRA_ONLY:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _in_multirun() -> bool:

@@ -111,6 +111,7 @@ class TrainingConfig:
     norm_adv: bool = True
     target_kl: float | None = None  # stop the epochs of an update early above this KL
     checkpoint_interval_timesteps: Any = 50_000  # env steps between checkpoints/last.pt
+    checkpoint_interval_minutes: float = 10.0  # also write last.pt this often, whichever comes first (0: off)
     precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
     compile: bool = False  # torch.compile the network
     opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
@@ -330,6 +331,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _check(t.total_timesteps > 0, "training.total_timesteps", t.total_timesteps, "must be > 0")
     _check(t.checkpoint_interval_timesteps > 0, "training.checkpoint_interval_timesteps",
            t.checkpoint_interval_timesteps, "must be > 0")
+    _check(t.checkpoint_interval_minutes >= 0, "training.checkpoint_interval_minutes",
+           t.checkpoint_interval_minutes, "must be >= 0 (0: by steps only)")
     _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
     _check(0 < t.gamma <= 1, "training.gamma", t.gamma, "must be in (0, 1]")
     _check(0 <= t.gae_lambda <= 1, "training.gae_lambda", t.gae_lambda, "must be in [0, 1]")

@@ -32,7 +32,7 @@ from keisei.config import (
     validate_evaluate,
 )
 from keisei.elo import ratings
-from keisei.match import match_results, play_match, save_records
+from keisei.match import MatchInterrupted, match_results, play_match, save_records
 from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
 from keisei.usi_client import UsiPlayer
 
@@ -58,16 +58,31 @@ def checkpoint_player(path: str, device: torch.device, temperature: float, seed:
 
 def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,
                    seed: int, progress: bool = False) -> dict[str, Any]:
-    """One match; writes ``results.json`` and the game records into ``out_dir`` (if given)."""
-    games = play_match(agent, opponent, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
-                       opening_plies=cfg.opening_plies, seed=seed, progress=progress)
+    """One match; writes ``results.json`` and the game records into ``out_dir`` (if given).
+
+    Interrupted (Ctrl-C), it writes the games that had finished and ``results.json`` with
+    ``"partial": true`` and ``"games_planned"``, then raises ``MatchInterrupted`` again."""
+    interrupted = None
+    try:
+        games = play_match(agent, opponent, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
+                           opening_plies=cfg.opening_plies, seed=seed, progress=progress)
+    except MatchInterrupted as exc:
+        interrupted, games = exc, exc.games
+        if not games:
+            raise
     results = match_results(games, agent.name, opponent.name)
+    if interrupted is not None:
+        results.update(partial=True, games_planned=interrupted.planned)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.save_records:
             (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
             save_records(games, agent.name, opponent.name, out_dir / "games")
         (out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if interrupted is not None:
+        print(f"interrupted: {len(games)} of {interrupted.planned} games played; partial results kept"
+              + (f" in {out_dir / 'results.json'}" if out_dir is not None else ""), file=sys.stderr)
+        raise interrupted
     return results
 
 
@@ -80,9 +95,15 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
         raise ConfigError(f"evaluation.players: round robin players need distinct names, got {names}")
     start = 0
     (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
+    interrupted = None
     for k, (a, b) in enumerate(itertools.combinations(players, 2)):
-        games = play_match(a, b, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
-                           opening_plies=cfg.opening_plies, seed=seed + k, progress=progress)
+        try:
+            games = play_match(a, b, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
+                               opening_plies=cfg.opening_plies, seed=seed + k, progress=progress)
+        except MatchInterrupted as exc:  # keep what was played: the pairings so far and this one's games
+            interrupted, games = exc, exc.games
+            if not games:
+                break
         pairings.append(match_results(games, a.name, b.name))
         for m in games:
             winner = m.game.winner
@@ -90,11 +111,21 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
         if cfg.save_records:
             save_records(games, a.name, b.name, out_dir / "games", start=start)
         start += len(games)
+        if interrupted is not None:
+            break
+    if interrupted is not None and not results:
+        raise interrupted
     table = ratings(names, results)
     summary = {"players": names, "pairings": pairings,
                "elo": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
+    if interrupted is not None:
+        summary["partial"] = True
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if interrupted is not None:
+        print(f"interrupted: partial results of {len(pairings)} pairing(s) kept in {out_dir / 'results.json'}",
+              file=sys.stderr)
+        raise interrupted
     return summary
 
 

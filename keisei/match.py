@@ -35,9 +35,18 @@ class MatchGame:
         return (a, b) if self.a_colour is Color.BLACK else (b, a)
 
 
+class MatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a match: ``games`` holds the games that had finished (in game order)."""
+
+    def __init__(self, games: list[MatchGame], planned: int) -> None:
+        super().__init__(f"{len(games)} of {planned} games finished")
+        self.games, self.planned = games, planned
+
+
 def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declaration: bool = True,
                opening_plies: int = 0, seed: int = 0, progress: bool = False) -> list[MatchGame]:
-    """Play ``games`` games of ``a`` against ``b``; ``a`` has Black in the even-numbered games."""
+    """Play ``games`` games of ``a`` against ``b``; ``a`` has Black in the even-numbered games.
+    Ctrl-C raises ``MatchInterrupted`` with the games finished so far."""
     if games < 1:
         raise ValueError(f"games must be >= 1, got {games}")
     if not 0 <= opening_plies < max_plies:
@@ -50,15 +59,18 @@ def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declar
         matches.append(MatchGame(opening.copy(), Color.BLACK if k % 2 == 0 else Color.WHITE))
     with tqdm(total=games, desc=f"{a.name} vs {b.name}", unit="game", disable=not progress) as bar:
         active = list(matches)
-        while active:
-            for player, plays_a in ((a, True), (b, False)):
-                turn = [m for m in active if not m.game.is_over and (m.game.turn is m.a_colour) == plays_a]
-                if turn:
-                    for m, choice in zip(turn, player.choose([m.game for m in turn])):
-                        _referee(m, choice)
-            still = [m for m in active if not m.game.is_over]
-            bar.update(len(active) - len(still))
-            active = still
+        try:
+            while active:
+                for player, plays_a in ((a, True), (b, False)):
+                    turn = [m for m in active if not m.game.is_over and (m.game.turn is m.a_colour) == plays_a]
+                    if turn:
+                        for m, choice in zip(turn, player.choose([m.game for m in turn])):
+                            _referee(m, choice)
+                still = [m for m in active if not m.game.is_over]
+                bar.update(len(active) - len(still))
+                active = still
+        except KeyboardInterrupt:
+            raise MatchInterrupted([m for m in matches if m.game.is_over], games) from None
     return matches
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keisei.config import TrainConfig, WandbMode, to_container
+from keisei.config import ConfigError, TrainConfig, WandbMode, to_container
 from keisei.shogi import Game, Result, Termination
 
 
@@ -51,6 +51,22 @@ def truncate_metrics(path: Path, last_update: int) -> None:
     tmp.replace(path)
 
 
+def check_sinks(cfg: TrainConfig) -> None:
+    """The optional packages the enabled sinks need are installed (checked before a run starts)."""
+    if cfg.logging.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard), "
+                              "or set logging.tensorboard=false") from None
+    if cfg.wandb.mode is not WandbMode.disabled:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"wandb.mode={cfg.wandb.mode.value} needs the wandb package (pip install wandb), "
+                              "or set wandb.mode=disabled") from None
+
+
 class MetricsLogger:
     """Writes one record per update to every enabled sink."""
 
@@ -60,11 +76,9 @@ class MetricsLogger:
         self._tb = None
         self._wandb = None
         if cfg.logging.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise RuntimeError("logging.tensorboard=true needs the tensorboard package: "
-                                   "pip install tensorboard") from None
+            check_sinks(cfg)
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if cfg.wandb.mode is not WandbMode.disabled:
             import wandb

@@ -36,10 +36,15 @@ class Inline:
         self.opponent: Player | None = None  # built at the first evaluation, kept for the next
         self.finished: dict[str, Any] | None = None
 
+    def check(self) -> None:
+        """Build the opponent now (an engine that cannot start fails before training, not at the first
+        evaluation) and keep it for the evaluations."""
+        self.opponent = build_opponent(self.cfg.opponent, self.device, self.cfg.seed + 1)
+
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         cfg = self.cfg
         if self.opponent is None:
-            self.opponent = build_opponent(cfg.opponent, self.device, cfg.seed + 1)
+            self.check()
         agent = AgentPlayer(model, temperature=cfg.evaluation.temperature, device=self.device, seed=seed)
         results = evaluate_agent(agent, self.opponent, cfg.evaluation, out_dir, seed=seed)
         self.finished = eval_metrics(results, step)
@@ -59,6 +64,11 @@ class Background:
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.pending: tuple[subprocess.Popen, int, Path] | None = None  # (process, step, out dir)
+
+    def check(self) -> None:
+        """The worker will build the same opponent: build it once now (an engine that cannot start or a
+        checkpoint that cannot be read fails before training) and close it."""
+        build_opponent(self.cfg.opponent, self.device, self.cfg.seed + 1).close()
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         container = to_container(self.cfg)
@@ -106,10 +116,13 @@ class PeriodicEvaluation:
     """Starts an evaluation when an update crosses ``evaluation.interval_timesteps`` and returns the
     metrics records of the evaluations that finished, each tagged with ``eval/global_step``."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device, win_rate: float | None = None
+                 ) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         self.runner = (Inline if cfg.evaluation.periodic is PeriodicMode.inline else Background)(cfg, device)
-        self.win_rate: float | None = None  # of the latest finished evaluation
+        self.win_rate = win_rate  # of the latest finished evaluation (a resumed run's, at first)
+        if cfg.evaluation.interval_timesteps:
+            self.runner.check()
 
     def after_update(self, model: nn.Module, global_step: int, batch_size: int, update: int, last: bool
                      ) -> list[dict[str, Any]]:

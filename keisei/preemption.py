@@ -1,12 +1,15 @@
-"""Preemption: turn Slurm's stop signals into a request the training loop honours safely.
+"""Stopping safely: turn stop signals into a request the training loop honours between updates.
 
-Slurm (through submitit) warns a job with SIGUSR2 before its time limit or a preemption;
-schedulers and users stop jobs with SIGTERM. While ``StopSignals`` is active, either signal
-only records a request: the trainer finishes the update in progress, writes
-``checkpoints/last.pt`` and then calls ``forward()``, which hands the signal to the handler
-that was installed before (submitit's: on SIGUSR2 checkpoint the job and requeue it; SIGTERM
-it ignores, and training goes on) or, when there was none, exits with status 128 + signal
-number. The requeued job starts in the same run dir and resumes from ``last.pt``.
+Slurm warns a job with a signal before its time limit (``--signal``: SIGUSR2 as submitit asks)
+and on preemption (SIGTERM, or the ``--signal`` one with ``preempt_send_user_signal``);
+schedulers and users stop jobs with SIGTERM, and people at a terminal press Ctrl-C (SIGINT).
+While ``StopSignals`` is active, any of them only records a request: the trainer finishes the
+update in progress, writes ``checkpoints/last.pt`` and then calls ``forward()``, which hands
+the signal to the handler that was installed before (submitit's: on SIGUSR2 checkpoint the job
+and requeue it; SIGTERM it ignores, and training goes on) or, when there was none, exits with
+status 128 + signal number. The requeued job starts in the same run dir and resumes from
+``last.pt``. A second Ctrl-C stops at once (``KeyboardInterrupt``); checkpoints are written
+atomically, so the last one written stays intact.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
-    """Context manager recording SIGUSR2 / SIGTERM in ``signum`` instead of dying at once."""
+    """Context manager recording SIGUSR2 / SIGTERM / SIGINT in ``signum`` instead of dying at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -35,6 +38,8 @@ class StopSignals:
             log.warning("not in the main thread: stop signals are not caught (no safe checkpoint on preemption)")
             return self
         for sig in STOP_SIGNALS:
+            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # a background job (nohup, &): Ctrl-C is not meant for it
             self._previous[sig] = signal.signal(sig, self._record)
         return self
 
@@ -43,17 +48,26 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
+        if signum == signal.SIGINT:
+            if self.signum == signal.SIGINT:  # the second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            print("\nCtrl-C: stopping after the current update and writing checkpoints/last.pt "
+                  "(Ctrl-C again to stop at once; the last checkpoint written stays)", file=sys.stderr, flush=True)
+        elif self.signum is None:
             log.warning("received %s: stopping after the current update", signal.Signals(signum).name)
         self.signum = signum
 
     def forward(self) -> None:
         """After the checkpoint, let the signal have its effect: the previous handler's (submitit
         requeues the job on SIGUSR2 and exits; it ignores SIGTERM, so training goes on), else exit
-        with status 128 + signum. Returns (request cleared) only when the signal is to be ignored."""
+        with status 128 + signum (Ctrl-C: 130, no traceback). Returns (request cleared) only when
+        the signal is to be ignored."""
         assert self.signum is not None
         signum, previous = self.signum, self._previous.get(self.signum)
         self.signum = None
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # already stopping: a late Ctrl-C must not cut the exit
+            sys.exit(128 + signum)
         if callable(previous):
             previous(signum, None)  # may exit (submitit's requeue); returning means "ignore it"
             log.warning("%s handled by the previous handler: training goes on", signal.Signals(signum).name)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import torch
 
-from keisei.config import ConfigError, Device
+from keisei.config import ConfigError, Device, TrainConfig
+from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -27,3 +29,20 @@ def seed_everything(seed: int) -> None:
     # Early in training Adam's moments and gradients are tiny: denormal floats made CPU updates
     # up to 5x slower (benchmarks/train_throughput.py). Flushing them to zero costs no accuracy here.
     torch.set_flush_denormal(True)
+
+
+def check_memory(cfg: TrainConfig) -> None:
+    """Refuse, naming the keys, a run whose env and rollout buffers cannot fit in this machine's memory
+    (instead of a bare allocation error, or swapping, once they are allocated)."""
+    position = int(np.prod(OBSERVATION_SHAPE)) + NUM_ACTIONS  # uint8 planes + bool mask
+    per_env = 2 * position + 2 * NUM_ACTIONS  # the env's planes, final planes, masks and label index
+    per_env += 2 * cfg.training.num_steps * (position + 40)  # rollout buffers and the batch taken from them
+    need = cfg.env.num_envs * per_env
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return  # no way to know here: let the allocation decide
+    if need > 0.8 * have:
+        raise ConfigError(f"env.num_envs={cfg.env.num_envs}: with training.num_steps={cfg.training.num_steps} the "
+                          f"env and rollout buffers need about {need / 2**30:,.1f} GiB, and this machine has "
+                          f"{have / 2**30:,.1f} GiB: lower env.num_envs or training.num_steps")

@@ -38,7 +38,9 @@ class SweepSummary(Callback):
         write_summary(Path(hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        write_summary(sweep_dir)
+        print(f"sweep summary: {sweep_dir / 'summary.md'} (and summary.csv)", flush=True)
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -39,6 +39,10 @@ class TrainState:
     update: int = 0
     games_total: int = 0
     wandb_run_id: str | None = None
+    #: What the run returns to a sweeper (see keisei.trainer), kept so that a run resumed with nothing
+    #: left to train still reports it; ``eval_win_rate`` the latest periodic evaluation's, if any.
+    objective: float = float("nan")
+    eval_win_rate: float | None = None
 
     @classmethod
     def create(cls, cfg: TrainConfig, device: torch.device) -> TrainState:
@@ -72,6 +76,8 @@ class TrainState:
             "opponent_pool": self.pool.snapshots,
             "wandb_run_id": self.wandb_run_id,
             "games_total": self.games_total,
+            "objective": self.objective,
+            "eval_win_rate": self.eval_win_rate,
         }
 
     def save(self, run_dir: Path, *names: str) -> None:
@@ -88,10 +94,13 @@ class TrainState:
             raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); "
                                   "resume from a run's checkpoints/last.pt")
         saved, current = data["config"], to_container(self.cfg)
+        saved["env"].pop("workers", None), current["env"].pop("workers", None)  # any worker count resumes
         for key in ("model", "env"):
-            if saved[key] != current[key]:
-                raise CheckpointError(f"{path}: its {key} config {saved[key]} differs from this run's; "
-                                      f"resume with the same {key} settings")
+            differ = [f"{key}.{k}={current[key].get(k)!r} (checkpoint: {v!r})" for k, v in saved[key].items()
+                      if current[key].get(k) != v]
+            if differ:
+                raise CheckpointError(f"{path}: this run's {key} config differs from the checkpoint's: "
+                                      f"{', '.join(differ)}; resume with the same {key} settings")
         load_model_state(self.policy.model, data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
         if self.scaler is not None and data.get("scaler"):
@@ -104,5 +113,7 @@ class TrainState:
         self.pool.snapshots = list(data["opponent_pool"])
         self.wandb_run_id = data["wandb_run_id"]
         self.games_total = data["games_total"]
+        self.objective = data.get("objective", float("nan"))  # absent before format v2
+        self.eval_win_rate = data.get("eval_win_rate")
         self.env.load_state_dict(data["env"])
         log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)

@@ -14,20 +14,22 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from keisei.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.config import ConfigError, Precision, TrainConfig, to_container
-from keisei.metrics import MetricsLogger, games_record, truncate_metrics
+from keisei.metrics import MetricsLogger, check_sinks, games_record, truncate_metrics
 from keisei.periodic_evaluation import PeriodicEvaluation
 from keisei.ppo import learning_rate, ppo_update
 from keisei.preemption import StopSignals
 from keisei.rollout import collect
-from keisei.runtime import resolve_device, seed_everything
+from keisei.runtime import check_memory, resolve_device, seed_everything
 from keisei.train_state import TrainState
 
 
@@ -41,42 +43,76 @@ def find_resume_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path | None:
 
 
 def start_run(cfg: TrainConfig, run_dir: Path) -> TrainState:
-    """A new run's state, or the state of the checkpoint it resumes from."""
+    """A new run's state, or the state of the checkpoint it resumes from, after every check that can
+    be made before the first step. Writes nothing into ``run_dir``."""
     device = resolve_device(cfg.device)
     if cfg.training.precision is Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"training.precision=fp16: needs a CUDA device, and device={cfg.device.value} "
                           f"resolved to {device.type} (use bf16 on the CPU)")
+    check_memory(cfg)
+    check_sinks(cfg)
+    _check_writable(run_dir)
     seed_everything(cfg.seed)
     state = TrainState.create(cfg, device)
     resume = find_resume_checkpoint(cfg, run_dir)
-    metrics = run_dir / "metrics.jsonl"
     if resume is None:
         state.env.reset(seed=cfg.seed)
     else:
         state.load(resume)
+    return state
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{run_dir}: the run dir is not writable ({exc.strerror or exc})") from None
+
+
+def write_record(cfg: TrainConfig, run_dir: Path, state: TrainState) -> None:
+    """The run's record, once every check has passed: ``config.yaml``, Hydra's ``.hydra/`` (config,
+    hydra config, overrides) and ``metrics.jsonl`` cut back to the checkpoint resumed from (or carried
+    over from the run dir it came from)."""
+    container = to_container(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(container), encoding="utf-8")
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        record = run_dir / ".hydra"
+        record.mkdir(exist_ok=True)
+        OmegaConf.save(OmegaConf.create(container), record / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra)}), record / "hydra.yaml")
+        OmegaConf.save(hydra.overrides.task, record / "overrides.yaml")
+    metrics = run_dir / "metrics.jsonl"
+    resume = find_resume_checkpoint(cfg, run_dir)
+    if resume is not None:
         source = run_dir_of(resolve_checkpoint(resume)) / "metrics.jsonl"
         if not metrics.exists() and source.is_file():  # resuming another run dir: carry its history
             shutil.copyfile(source, metrics)
     truncate_metrics(metrics, state.update)
-    return state
 
 
 def train(cfg: TrainConfig, run_dir: Path) -> float:
     """Train per ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` or the run dir says so);
     prints a summary and returns the objective."""
     state = start_run(cfg, run_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(to_container(cfg)), encoding="utf-8")
     t, policy = cfg.training, state.policy
+    evaluation = PeriodicEvaluation(cfg, run_dir, policy.device, state.eval_win_rate)  # opponent checked now
+    try:
+        write_record(cfg, run_dir, state)
+        logger = MetricsLogger(run_dir, cfg, state.wandb_run_id)
+    except BaseException:
+        evaluation.close()
+        raise
+    state.wandb_run_id = logger.wandb_run_id
     batch_size = cfg.env.num_envs * t.num_steps
     num_updates = math.ceil(t.total_timesteps / batch_size)  # the run ends at a whole batch past the total
-    logger = MetricsLogger(run_dir, cfg, state.wandb_run_id)
-    state.wandb_run_id = logger.wandb_run_id
-    evaluation = PeriodicEvaluation(cfg, run_dir, policy.device)
-    objective = float("nan")
     remaining = max(0, t.total_timesteps - state.global_step)
     bar = tqdm(total=state.global_step + math.ceil(remaining / batch_size) * batch_size,
                initial=state.global_step, unit="step", disable=not cfg.logging.progress_bar,
                dynamic_ncols=True, desc="train")
+    last_save = time.monotonic()
     with StopSignals() as stop:
         try:
             while state.global_step < t.total_timesteps:
@@ -105,7 +141,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
                 for evaluation_record in evaluation.after_update(policy.model, state.global_step, batch_size,
                                                                  state.update, last):
                     logger.log(evaluation_record)
-                objective = record["losses/explained_variance"] if evaluation.win_rate is None \
+                state.eval_win_rate = evaluation.win_rate
+                state.objective = record["losses/explained_variance"] if evaluation.win_rate is None \
                     else evaluation.win_rate
                 bar.update(batch_size)
                 bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}", "pi": f"{losses['losses/policy_loss']:.3f}",
@@ -114,9 +151,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
                                           f"{record['games/draw']:.2f}"})
 
                 interval = t.checkpoint_interval_timesteps
-                if state.global_step // interval > (state.global_step - batch_size) // interval \
-                        or stop.signum is not None:
+                due = state.global_step // interval > (state.global_step - batch_size) // interval
+                due |= 0 < t.checkpoint_interval_minutes * 60 <= time.monotonic() - last_save
+                if due or stop.signum is not None:
                     state.save(run_dir, "last.pt")
+                    last_save = time.monotonic()
                 if stop.signum is not None:  # preempted: the update is done and saved
                     print(f"stopped by signal {stop.signum} at global_step {state.global_step}: "
                           f"{run_dir}/checkpoints/last.pt written; the same command (or the requeued "
@@ -127,11 +166,11 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
             bar.close()
             logger.close()
             evaluation.close()
-    print(summary(state, run_dir, objective, evaluated=evaluation.win_rate is not None))
-    return objective
+    print(summary(state, run_dir))
+    return state.objective
 
 
-def summary(state: TrainState, run_dir: Path, objective: float, evaluated: bool) -> str:
+def summary(state: TrainState, run_dir: Path) -> str:
     """What the run produced, for the console."""
     return "\n".join([
         f"run dir:     {run_dir}",
@@ -139,7 +178,7 @@ def summary(state: TrainState, run_dir: Path, objective: float, evaluated: bool)
         f"{state.games_total:,} self-play games finished",
         f"checkpoints: {run_dir / 'checkpoints' / 'final.pt'} (and last.pt)",
         f"metrics:     {run_dir / 'metrics.jsonl'} (config: {run_dir / 'config.yaml'})",
-        f"objective:   {objective:.4f} ("
-        + ("latest evaluation win rate)" if evaluated
+        f"objective:   {state.objective:.4f} ("
+        + ("latest evaluation win rate)" if state.eval_win_rate is not None
            else "explained variance of the value head in the last update)"),
     ])

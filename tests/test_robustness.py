@@ -1,0 +1,280 @@
+"""Nothing lost, no tracebacks: Ctrl-C, refused relaunches, early checks and clear errors, each through
+the real entry points (``python train.py`` / ``python evaluate.py`` subprocesses, real signals, real
+engines' absence). Tiny runs: mlp, 8 envs x 16 steps = 128 steps per update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
+        "training.minibatch_size=64", "logging.progress_bar=false"]
+LONG = [*TINY, "training.total_timesteps=1e6", "training.lr_schedule=constant"]
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+
+
+def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env(),
+                          timeout=timeout)
+
+
+def start(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, script, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env())
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], *named: str) -> str:
+    """The run failed with exit 2 and one ``Error:`` line naming each of ``named``; no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, proc.stderr
+    for word in named:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["global_step"] for line in path.read_text(encoding="utf-8").splitlines()
+            if "global_step" in json.loads(line)]
+
+
+def wait_until(condition, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"exited {proc.returncode} early\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting")
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"did not exit in {timeout}s\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A finished tiny run (512 steps) and its stdout."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = run("train.py", *TINY, "training.total_timesteps=512", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir, proc.stdout
+
+
+def record_bytes(run_dir: Path) -> dict[str, bytes]:
+    files = [run_dir / "config.yaml", *sorted((run_dir / ".hydra").iterdir())]
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in files}
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+def test_ctrl_c_finishes_the_update_writes_last_pt_and_exits_without_traceback(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start("train.py", *LONG, f"hydra.run.dir={run_dir}")
+    wait_until(lambda: len(metric_steps(run_dir)) >= 2, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = finish(proc)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in err + out, err
+    assert "Ctrl-C" in err
+    done = metric_steps(run_dir)
+    last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == done[-1]  # the update in progress was finished and saved
+    assert f"{run_dir}/checkpoints/last.pt written" in err
+    # The same command resumes from it.
+    again = run("train.py", *TINY, "training.lr_schedule=constant", f"training.total_timesteps={done[-1] + 256}",
+                f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'}" in again.stdout + again.stderr
+    assert metric_steps(run_dir) == list(range(128, done[-1] + 257, 128))
+
+
+def test_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays_readable(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # Updates of 4096 steps (seconds each), a checkpoint after every one: the second Ctrl-C lands mid-update.
+    proc = start("train.py", *LONG, "training.num_steps=512", "training.minibatch_size=512",
+                 "training.checkpoint_interval_timesteps=128", f"hydra.run.dir={run_dir}")
+    wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists() and len(metric_steps(run_dir)) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = finish(proc, timeout=30)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in err + out, err
+    assert "Interrupted." in err
+    last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["global_step"] in metric_steps(run_dir)
+    assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_checkpoints_by_time_before_the_step_interval(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start("train.py", *LONG, "training.checkpoint_interval_minutes=0.005", f"hydra.run.dir={run_dir}")
+    try:
+        wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), proc)
+        assert not (run_dir / "checkpoints" / "final.pt").exists()
+        assert metric_steps(run_dir)[-1] < 50_000  # the step interval (50,000) was not reached
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_ctrl_c_during_evaluate_keeps_the_games_played(finished: tuple[Path, str], tmp_path: Path) -> None:
+    out_dir = tmp_path / "eval"
+    proc = subprocess.Popen([sys.executable, "evaluate.py", f"checkpoint={finished[0]}", "opponent=heuristic",
+                             "evaluation.games=400", f"hydra.run.dir={out_dir}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    seen: list[str] = []
+
+    def read() -> None:  # the progress bar (stderr): "k/400" once k games have finished
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(1):
+            seen.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_until(lambda: re.search(r"\b([1-9]\d*)/400\b", "".join(seen[-400:])) is not None, proc, timeout=180)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    err = "".join(seen)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in err + out, err
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    assert results["partial"] is True and results["games_planned"] == 400
+    assert 1 <= results["games"] < 400
+    records = (out_dir / "games" / "games.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(records) == results["games"]
+    assert "partial results kept" in err
+
+
+# --- refused relaunches keep the run's record ---------------------------------------------------
+
+def test_relaunch_with_another_model_is_refused_before_touching_the_record(finished: tuple[Path, str]) -> None:
+    run_dir = finished[0]
+    before = record_bytes(run_dir)
+    proc = run("train.py", *TINY, "model.mlp_hidden=32", "training.total_timesteps=1024", f"hydra.run.dir={run_dir}")
+    one_error_line(proc, "model.mlp_hidden=32", str(run_dir))
+    assert record_bytes(run_dir) == before
+
+
+def test_relaunch_onto_a_truncated_checkpoint_is_refused_before_touching_the_record(
+        finished: tuple[Path, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished[0], run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    before = record_bytes(run_dir)
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    proc = run("train.py", *TINY, "training.total_timesteps=1024", f"hydra.run.dir={run_dir}")
+    one_error_line(proc, str(last))
+    assert record_bytes(run_dir) == before
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before
+
+
+def test_a_finished_run_relaunched_reports_its_objective(finished: tuple[Path, str]) -> None:
+    run_dir, first = finished
+    again = run("train.py", *TINY, "training.total_timesteps=512", f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr
+    objective = re.search(r"objective:\s+(\S+)", first).group(1)
+    assert objective != "nan"
+    assert re.search(r"objective:\s+(\S+)", again.stdout).group(1) == objective
+
+
+# --- checks before the first step ---------------------------------------------------------------
+
+@pytest.mark.parametrize("periodic", ["inline", "background"])
+def test_missing_engine_fails_before_training(tmp_path: Path, periodic: str) -> None:
+    run_dir = tmp_path / "run"
+    proc = run("train.py", *TINY, "training.total_timesteps=1280", "evaluation.interval_timesteps=640",
+               f"evaluation.periodic={periodic}", "opponent=usi", "opponent.command=/nonexistent/engine",
+               f"hydra.run.dir={run_dir}")
+    one_error_line(proc, "/nonexistent/engine")
+    assert not run_dir.exists()  # nothing trained, nothing written: the failed launch leaves no dir
+
+
+def test_device_cuda_without_gpu(tmp_path: Path, finished: tuple[Path, str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    one_error_line(run("train.py", *TINY, "device=cuda", f"hydra.run.dir={tmp_path / 'run'}"), "device=cuda")
+    one_error_line(run("evaluate.py", f"checkpoint={finished[0]}", "device=cuda",
+                       f"hydra.run.dir={tmp_path / 'eval'}"), "device=cuda")
+
+
+def test_tensorboard_not_installed(tmp_path: Path) -> None:
+    """tensorboard is only in the test extra: a user who installed the main package lacks it."""
+    code = ("import runpy, sys; sys.modules['tensorboard'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path('train.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, "train.py", *TINY, "logging.tensorboard=true",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, env=env(),
+                          timeout=120)
+    one_error_line(proc, "logging.tensorboard", "pip install tensorboard")
+
+
+def test_too_many_envs_for_this_machine(tmp_path: Path) -> None:
+    proc = run("train.py", *TINY, "env.num_envs=100000000", "training.minibatch_size=128",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    one_error_line(proc, "env.num_envs=100000000", "GiB")
+
+
+# --- smaller -------------------------------------------------------------------------------------
+
+def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: Path,
+                                                                      finished: tuple[Path, str]) -> None:
+    run_dir = tmp_path / "run"
+    one_error_line(run("train.py", *TINY, "training.gamma=5", f"hydra.run.dir={run_dir}"), "training.gamma")
+    assert not run_dir.exists()
+    out_dir = tmp_path / "eval"
+    one_error_line(run("evaluate.py", f"checkpoint={tmp_path / 'missing.pt'}", f"hydra.run.dir={out_dir}"),
+                   "missing.pt")
+    assert not out_dir.exists()
+    assert not list(finished[0].glob("*.log"))
+
+
+def test_train_help_describes_the_app_and_its_groups() -> None:
+    proc = run("train.py", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "PPO self-play" in proc.stdout
+    assert "schema/" not in proc.stdout
+    for group in (REPO / "conf").iterdir():
+        if group.is_dir() and group.name != "hydra":
+            assert f"{group.name}:" in proc.stdout, group.name
+            for option in group.glob("*.yaml"):
+                assert option.stem in proc.stdout, option
+
+
+def test_multirun_prints_where_its_summary_is(tmp_path: Path) -> None:
+    proc = run("train.py", "-m", *TINY, "training.total_timesteps=128", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert str(tmp_path / "summary.md") in proc.stdout
