@@ -49,7 +49,8 @@ def main() -> None:
             start = time.perf_counter()
             for group in state.optimizer.param_groups:
                 group["lr"] = learning_rate(t, u, args.updates + 1)
-            batch, timing = collect(state.policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
+            batch, rollout = collect(state.policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
+            timing = rollout.timing
             t0 = time.perf_counter()
             ppo_update(state.policy, state.optimizer, batch, t, state.shuffle, state.scaler)
             timing["update"] = time.perf_counter() - t0

@@ -105,12 +105,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if data["format"] == _V1:
         data["config"] = _upgrade_v1_config(data["config"])
         data["format"] = FORMAT
+    if isinstance(data.get("config"), dict):  # written before model.norm existed: BatchNorm everywhere
+        data["config"]["model"].setdefault("norm", "batch")
     return data
 
 
 def _upgrade_v1_config(config: dict[str, Any]) -> dict[str, Any]:
     """A v1 checkpoint's config with v2's key names (and every other key at its schema default)."""
-    model, training = dict(config["model"]), dict(config["training"])
+    model, training = {"norm": "batch", **config["model"]}, dict(config["training"])
     if "hidden" in model:
         model["value_hidden" if model.get("name") == "resnet" else "mlp_hidden"] = model.pop("hidden")
     if "checkpoint_interval" in training:

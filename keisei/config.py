@@ -27,6 +27,12 @@ class ModelName(str, Enum):
     mlp = "mlp"
 
 
+class Norm(str, Enum):
+    group = "group"
+    batch = "batch"
+    none = "none"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -65,6 +71,7 @@ class ModelConfig:
     channels: int = 64  # resnet: channels of the tower
     squeeze_excitation: bool = False  # resnet: SE layer in each block
     se_reduction: int = 4  # resnet: SE bottleneck = channels / se_reduction
+    norm: Norm = Norm.group  # resnet: normalisation after each convolution (group | batch | none)
     value_hidden: int = 128  # resnet: hidden units of the value head
     mlp_hidden: int = 64  # mlp: hidden units of each of its two layers
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from keisei.config import ModelConfig, ModelName
+from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
@@ -26,14 +26,22 @@ class SqueezeExcitation(nn.Module):
         return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
 
 
+def conv_norm(cin: int, cout: int, kernel: int, norm: Norm) -> list[nn.Module]:
+    """A convolution followed by its normalisation: GroupNorm (groups of 8 channels where they divide),
+    BatchNorm, or none (then the convolution has a bias)."""
+    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=norm is Norm.none)
+    if norm is Norm.batch:
+        return [conv, nn.BatchNorm2d(cout)]
+    if norm is Norm.group:
+        return [conv, nn.GroupNorm(cout // 8 if cout % 8 == 0 else 1, cout)]
+    return [conv]
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int, se_reduction: int | None) -> None:
+    def __init__(self, channels: int, se_reduction: int | None, norm: Norm) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-        )
+        self.body = nn.Sequential(*conv_norm(channels, channels, 3, norm), nn.ReLU(inplace=True),
+                                  *conv_norm(channels, channels, 3, norm))
         self.se = SqueezeExcitation(channels, se_reduction) if se_reduction else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,14 +52,13 @@ class ResNet(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         c = cfg.channels
-        self.stem = nn.Sequential(nn.Conv2d(NUM_PLANES, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
-                                  nn.ReLU(inplace=True))
+        norm = cfg.norm
+        self.stem = nn.Sequential(*conv_norm(NUM_PLANES, c, 3, norm), nn.ReLU(inplace=True))
         se = cfg.se_reduction if cfg.squeeze_excitation else None
-        self.tower = nn.Sequential(*(ResidualBlock(c, se) for _ in range(cfg.blocks)))
-        self.policy = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                                    nn.Conv2d(c, NUM_DIRECTIONS, 1))
-        self.value = nn.Sequential(nn.Conv2d(c, 1, 1, bias=False), nn.BatchNorm2d(1), nn.ReLU(inplace=True),
-                                   nn.Flatten(), nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
+        self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
+        self.policy = nn.Sequential(*conv_norm(c, c, 1, norm), nn.ReLU(inplace=True), nn.Conv2d(c, NUM_DIRECTIONS, 1))
+        self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
+                                   nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

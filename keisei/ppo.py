@@ -97,16 +97,20 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
                generator: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """``cfg.update_epochs`` epochs of clipped PPO over shuffled minibatches; returns loss metrics."""
     model = policy.model
-    model.train()
+    # Eval mode, as in the rollout: the old and new log-probabilities come from the same function
+    # (BatchNorm normalises with its running statistics in both; refreshed after the update below).
+    model.eval()
     size = batch.actions.shape[0]
-    minibatch = min(cfg.minibatch_size, size)
+    # Minibatches of nearly equal size, about minibatch_size each: a batch of learner moves only
+    # (opponent-pool games) is ragged, and a tiny trailing minibatch would get its own noisy
+    # advantage normalisation.
+    chunks = max(1, round(size / cfg.minibatch_size))
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
                                                       "clipfrac")}
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator).to(batch.actions.device)
         approx_kl = torch.zeros(())
-        for start in range(0, size, minibatch):
-            idx = order[start:start + minibatch]
+        for idx in torch.tensor_split(order, chunks):
             new_logprob, entropy, new_values = policy.evaluate(batch.obs[idx], batch.legal_mask[idx],
                                                                batch.actions[idx])
             entropy = entropy.mean()
@@ -145,9 +149,29 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
                 stats[key].append(float(value.detach()))
         if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
             break
+    refresh_batch_norm(model, batch.obs)
     out = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()}
     var = float(batch.returns.var())
     residual = float((batch.returns - batch.values).var())
     out["losses/explained_variance"] = float("nan") if var == 0 else 1.0 - residual / var
     return out
 
+
+
+@torch.no_grad()
+def refresh_batch_norm(model: nn.Module, obs: torch.Tensor, chunk: int = 1024) -> None:
+    """Re-estimate BatchNorm's running statistics on ``obs`` with the updated weights (a no-op for
+    networks without BatchNorm). Updates run in eval mode, so this is where the statistics that the
+    next rollout and update share come from."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the chunks
+        layer.train()
+    for start in range(0, obs.shape[0], chunk):
+        model(obs[start:start + chunk])
+    for layer in layers:
+        layer.momentum = 0.1
+        layer.eval()

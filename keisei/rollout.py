@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,40 +22,102 @@ from keisei.config import OpponentPoolConfig
 from keisei.env import VecEnv
 from keisei.policy import Policy
 from keisei.ppo import Batch, two_player_gae
-from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE
+from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Game
 
 
 class OpponentPool:
-    """Past snapshots of the learner, played in a share of the games (``size`` 0: pure self-play).
+    """Past snapshots of the learner as opponents in a share of the games (``size`` 0: pure self-play).
 
-    Each rollout draws one snapshot (with ``generator``) for envs ``[0, fraction * num_envs)``;
-    in env ``i`` of those the learner plays colour ``i % 2``.
+    Every new game is assigned when it starts: with probability ``fraction`` (once the pool holds a
+    snapshot) it is played against a snapshot drawn at random, the learner taking a random colour;
+    otherwise it is a self-play game. A game keeps its opponent until it ends. Draws use
+    ``generator``; the assignments are part of the checkpoint (``state_dict``).
     """
 
-    def __init__(self, cfg: OpponentPoolConfig, opponent: Policy | None, generator: torch.Generator) -> None:
+    def __init__(self, cfg: OpponentPoolConfig, make_policy: Callable[[], Policy] | None,
+                 generator: torch.Generator) -> None:
         self.cfg = cfg
-        self.opponent = opponent  # a network of the learner's shape that holds the drawn snapshot
+        self.make_policy = make_policy  # a fresh network of the learner's shape, for one snapshot
         self.generator = generator
-        self.snapshots: list[dict[str, torch.Tensor]] = []
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}  # id -> weights (the newest ``size``)
+        self.next_id = 0
+        self.opponent = np.full(0, -1, dtype=np.int64)  # per env: snapshot id of its game, -1 self-play
+        self.learner_colour = np.zeros(0, dtype=np.int8)  # per env, for pool games: 0 Black, 1 White
+        self._policies: dict[int, Policy] = {}
 
     def add(self, policy: Policy, update: int) -> None:
         """Keep a snapshot of ``policy`` when ``update`` is a multiple of the snapshot interval."""
         if self.cfg.size and update % self.cfg.snapshot_interval == 0:
-            self.snapshots = [*self.snapshots, model_state(policy.model)][-self.cfg.size:]
+            self.snapshots[self.next_id] = model_state(policy.model)
+            self.next_id += 1
+            for old in sorted(self.snapshots)[:-self.cfg.size]:
+                del self.snapshots[old]  # games already playing it keep their opponent (see policy)
 
-    def draw(self, num_envs: int) -> int:
-        """Load a random snapshot into ``opponent``; the number of envs it plays in (0: self-play only)."""
-        if self.opponent is None or not self.snapshots:
-            return 0
-        pick = int(torch.randint(len(self.snapshots), (1,), generator=self.generator))
-        load_model_state(self.opponent.model, self.snapshots[pick])
-        return round(self.cfg.fraction * num_envs)
+    def assign(self, envs: np.ndarray | list[int], num_envs: int) -> None:
+        """Draw the opponent of the new games in ``envs``."""
+        if self.opponent.shape[0] != num_envs:
+            self.opponent = np.full(num_envs, -1, dtype=np.int64)
+            self.learner_colour = np.zeros(num_envs, dtype=np.int8)
+        ids = sorted(self.snapshots)
+        for i in envs:
+            self.opponent[i] = -1
+            if ids and self.make_policy is not None:
+                u, pick, colour = torch.rand(3, generator=self.generator).tolist()
+                if u < self.cfg.fraction:
+                    self.opponent[i] = ids[min(int(pick * len(ids)), len(ids) - 1)]
+                    self.learner_colour[i] = int(colour < 0.5)
+        self._policies = {k: v for k, v in self._policies.items() if k in set(self.opponent.tolist())}
+
+    def policy(self, snapshot: int) -> Policy:
+        """The network of snapshot ``snapshot`` (loaded once, kept while a game plays it)."""
+        if snapshot not in self._policies:
+            assert self.make_policy is not None
+            self._policies[snapshot] = self.make_policy()
+            load_model_state(self._policies[snapshot].model, self._weights(snapshot))
+        return self._policies[snapshot]
+
+    def _weights(self, snapshot: int) -> dict[str, torch.Tensor]:
+        if snapshot in self.snapshots:
+            return self.snapshots[snapshot]
+        return model_state(self._policies[snapshot].model)
+
+    def state_dict(self) -> dict:
+        """Snapshots (those still played included) and each env's assignment, for exact resume."""
+        live = {int(k) for k in self.opponent.tolist() if k >= 0}
+        return {"snapshots": {k: self._weights(k) for k in sorted(set(self.snapshots) | live)},
+                "pool": sorted(self.snapshots), "next_id": self.next_id,
+                "opponent": self.opponent.tolist(), "learner_colour": self.learner_colour.tolist()}
+
+    def load_state_dict(self, state: dict | list) -> None:
+        if isinstance(state, list):  # written before games kept their opponent: snapshots only
+            self.snapshots = dict(enumerate(state))
+            self.next_id = len(state)
+            self.opponent = np.full(0, -1, dtype=np.int64)
+            return
+        weights = {int(k): v for k, v in state["snapshots"].items()}
+        self.snapshots = {k: weights[k] for k in state["pool"]}
+        self.next_id = state["next_id"]
+        self.opponent = np.array(state["opponent"], dtype=np.int64)
+        self.learner_colour = np.array(state["learner_colour"], dtype=np.int8)
+        self._policies = {}
+        for k in {int(k) for k in self.opponent.tolist() if k >= 0}:
+            self._policies[k] = self.make_policy()  # type: ignore[misc]
+            load_model_state(self._policies[k].model, weights[k])
+
+
+@dataclass
+class RolloutStats:
+    """What a rollout reports besides the batch."""
+
+    timing: dict[str, float]  # seconds in inference and in the env
+    games: list[Game] = field(default_factory=list)  # self-play games that ended
+    pool_scores: list[float] = field(default_factory=list)  # the learner's score (1, 0.5, 0) per pool game
 
 
 def collect(policy: Policy, env: VecEnv, pool: OpponentPool, num_steps: int, gamma: float, gae_lambda: float
-            ) -> tuple[Batch, dict[str, float]]:
-    """One rollout of ``num_steps`` moves per game from ``env.current``; the learner's batch and the
-    seconds spent in inference and in the env."""
+            ) -> tuple[Batch, RolloutStats]:
+    """One rollout of ``num_steps`` moves per game from ``env.current``: the learner's batch, the games
+    that ended (self-play games apart from pool games) and the seconds spent in inference and in the env."""
     n, dev = env.num_envs, policy.device
     obs = torch.zeros((num_steps, n, *OBSERVATION_SHAPE), dtype=torch.uint8, device=dev)
     masks = torch.zeros((num_steps, n, NUM_ACTIONS), dtype=torch.bool, device=dev)
@@ -66,28 +130,40 @@ def collect(policy: Policy, env: VecEnv, pool: OpponentPool, num_steps: int, gam
     final_values = torch.zeros((num_steps, n), device=dev)
     learner = torch.ones((num_steps, n), dtype=torch.bool, device=dev)
 
-    pool_envs = pool.draw(n)
-    learner_colour = torch.arange(n, device=dev) % 2
-    self_play_env = torch.arange(n, device=dev) >= pool_envs
-
-    policy.model.eval()  # no BatchNorm statistics from rollout batches
-    timing: Counter[str] = Counter()
+    if pool.opponent.shape[0] != n:  # the first rollout: every game in progress is new to the pool
+        pool.assign(range(n), n)
+    policy.model.eval()  # the same function as the update (see ppo_update)
+    stats = RolloutStats(timing=Counter())
+    timing = stats.timing
     out = env.current
     for t in range(num_steps):
         t0 = time.perf_counter()
         obs[t] = torch.from_numpy(out.obs).to(dev)
         masks[t] = torch.from_numpy(out.legal_mask).to(dev)
-        if pool_envs:
-            learner[t] = self_play_env | (torch.from_numpy(out.to_play).to(dev) == learner_colour)
-        if pool_envs and not bool(learner[t].all()):
-            mine, theirs = learner[t], ~learner[t]  # only the learner's moves are trained on
+        opponent_rows = (pool.opponent >= 0) & (out.to_play != pool.learner_colour)
+        if opponent_rows.any():
+            learner[t] = torch.from_numpy(~opponent_rows).to(dev)  # only the learner's moves are trained on
+            mine = learner[t]
             actions[t, mine], logprobs[t, mine], values[t, mine] = policy.act(obs[t][mine], masks[t][mine])
-            actions[t, theirs] = pool.opponent.act(obs[t][theirs], masks[t][theirs])[0]
+            for snapshot in np.unique(pool.opponent[opponent_rows]).tolist():
+                rows = torch.from_numpy(opponent_rows & (pool.opponent == snapshot)).to(dev)
+                actions[t, rows] = pool.policy(snapshot).act(obs[t][rows], masks[t][rows])[0]
         else:
             actions[t], logprobs[t], values[t] = policy.act(obs[t], masks[t])
         t1 = time.perf_counter()
+        moved_learner = ~opponent_rows
         out = env.step(actions[t].cpu().numpy())
         t2 = time.perf_counter()
+        ended_envs = np.flatnonzero(out.terminated | out.truncated)
+        if ended_envs.size:
+            finished = env.pop_finished()  # this step's games, in env order
+            for i, game in zip(ended_envs.tolist(), finished):
+                if pool.opponent[i] >= 0:
+                    mover_score = (float(out.reward[i]) + 1) / 2
+                    stats.pool_scores.append(mover_score if moved_learner[i] else 1 - mover_score)
+                else:
+                    stats.games.append(game)
+            pool.assign(ended_envs, n)
         rewards[t] = torch.from_numpy(out.reward).to(dev)
         ended[t] = torch.from_numpy(out.terminated | out.truncated).to(dev)
         truncated[t] = torch.from_numpy(out.truncated).to(dev)
@@ -105,4 +181,5 @@ def collect(policy: Policy, env: VecEnv, pool: OpponentPool, num_steps: int, gam
     batch = Batch(obs.reshape(-1, *OBSERVATION_SHAPE)[keep], masks.reshape(-1, NUM_ACTIONS)[keep],
                   actions.reshape(-1)[keep], logprobs.reshape(-1)[keep], values.reshape(-1)[keep],
                   advantages.reshape(-1)[keep], returns.reshape(-1)[keep])
-    return batch, dict(timing)
+    stats.timing = dict(timing)
+    return batch, stats

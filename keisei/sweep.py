@@ -12,18 +12,31 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 COLUMNS = ("job", "status", "objective", "overrides", "dir", "error")
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse a hyperparameter search without periodic evaluation: it would optimise the fallback
+        objective (the value head's explained variance), not playing strength."""
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+        if "optuna" in sweeper.lower() and not OmegaConf.select(config, "evaluation.interval_timesteps",
+                                                                 default=0):
+            # Hydra turns a callback's exception into a warning and goes on: stop here instead.
+            print("Error: evaluation.interval_timesteps=0: a hyperparameter search optimises playing strength, "
+                  "the win rate of periodic evaluation; set evaluation.interval_timesteps (e.g. 1e5) and an "
+                  "opponent (e.g. opponent=heuristic)", file=sys.stderr)
+            sys.exit(2)
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra = config.hydra
         if hydra.mode != RunMode.MULTIRUN:

@@ -52,14 +52,17 @@ class TrainState:
         amp_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(t.precision)
         policy = Policy(model, forward=torch.compile(model) if t.compile else None, autocast_dtype=amp_dtype)
         shuffle = torch.Generator().manual_seed(cfg.seed)
-        opponent = Policy(build_model(cfg.model).to(device).eval()) if t.opponent_pool.size else None
+
+        def opponent() -> Policy:
+            return Policy(build_model(cfg.model).to(device).eval())
+
         return cls(
             cfg=cfg, policy=policy, optimizer=build_optimizer(model, t),
             scaler=torch.amp.GradScaler(device.type) if t.precision is Precision.fp16 else None,
             shuffle=shuffle,
             env=VecEnv(cfg.env.num_envs, max_plies=cfg.env.max_plies, declaration=cfg.env.declaration,
                        opening_plies=cfg.env.opening_plies),
-            pool=OpponentPool(t.opponent_pool, opponent, shuffle),
+            pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, shuffle),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -73,7 +76,7 @@ class TrainState:
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "env": self.env.state_dict(),
-            "opponent_pool": self.pool.snapshots,
+            "opponent_pool": self.pool.state_dict(),
             "wandb_run_id": self.wandb_run_id,
             "games_total": self.games_total,
             "objective": self.objective,
@@ -110,7 +113,7 @@ class TrainState:
         self.shuffle.set_state(data["rng"]["shuffle"])
         if torch.cuda.is_available() and data["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(data["rng"]["cuda"])
-        self.pool.snapshots = list(data["opponent_pool"])
+        self.pool.load_state_dict(data["opponent_pool"])
         self.wandb_run_id = data["wandb_run_id"]
         self.games_total = data["games_total"]
         self.objective = data.get("objective", float("nan"))  # absent before format v2

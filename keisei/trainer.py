@@ -121,7 +121,8 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
                 lr = learning_rate(t, state.global_step // batch_size, num_updates)
                 for group in state.optimizer.param_groups:
                     group["lr"] = lr
-                batch, timing = collect(policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
+                batch, rollout = collect(policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
+                timing = rollout.timing
                 t0 = time.perf_counter()
                 losses = ppo_update(policy, state.optimizer, batch, t, state.shuffle, state.scaler)
                 timing["update"] = time.perf_counter() - t0
@@ -130,12 +131,16 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
                 state.pool.add(policy, state.update)
 
                 wall = time.perf_counter() - start_time
-                games = state.env.pop_finished()
+                games = rollout.games
                 state.games_total += len(games)
                 record = {"global_step": state.global_step, "update": state.update, **losses,
                           "charts/learning_rate": lr, "charts/SPS": batch_size / wall,
                           **{f"time/{k}_share": timing.get(k, 0.0) / wall for k in ("env", "inference", "update")},
                           **games_record(games, state.games_total)}
+                if t.opponent_pool.size:
+                    scores = rollout.pool_scores
+                    record["pool/games"] = len(scores)
+                    record["pool/learner_score"] = sum(scores) / len(scores) if scores else float("nan")
                 logger.log(record)
                 last = state.global_step >= t.total_timesteps
                 for evaluation_record in evaluation.after_update(policy.model, state.global_step, batch_size,

@@ -20,14 +20,15 @@ from keisei.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from keisei.config import Device, ModelConfig, ModelName, TrainConfig, to_container
+from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
 from keisei.model import SqueezeExcitation, build_model
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, move_to_action
 
 SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
 SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, squeeze_excitation=True)
 SMALL_MLP = ModelConfig(name=ModelName.mlp, mlp_hidden=16)
-CONFIGS = {"resnet": SMALL_RESNET, "resnet_se": SMALL_RESNET_SE, "mlp": SMALL_MLP}
+SMALL_RESNET_BN = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, norm=Norm.batch)
+CONFIGS = {"resnet": SMALL_RESNET, "resnet_se": SMALL_RESNET_SE, "resnet_batchnorm": SMALL_RESNET_BN, "mlp": SMALL_MLP}
 
 
 def _obs(batch: int, seed: int = 0) -> torch.Tensor:
@@ -231,7 +232,7 @@ def test_load_model_rebuilds_the_network_from_the_file_alone(tmp_path: Path, nam
     want_state, got_state = original.state_dict(), model.state_dict()
     assert set(got_state) == set(want_state)
     assert all(torch.equal(got_state[k], v) for k, v in want_state.items())
-    if name != "mlp":
+    if CONFIGS[name].norm is Norm.batch and name != "mlp":
         assert not torch.all(got_state["stem.1.running_mean"] == 0)  # not the initial statistics
     assert not model.training  # eval mode
     obs = _obs(4, seed=11)

@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from keisei.config import ModelConfig, ModelName, Schedule, TrainingConfig
+from keisei.config import ModelConfig, ModelName, Norm, Schedule, TrainingConfig
+from keisei.env import VecEnv
 from keisei.model import build_model
 from keisei.policy import Policy, masked_logits
-from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, two_player_gae
+from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, refresh_batch_norm, two_player_gae
+from keisei.rollout import OpponentPool, collect
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
 
 # ---------------------------------------------------------------------------------------------
@@ -483,3 +485,57 @@ def test_masked_logits_give_illegal_actions_zero_probability() -> None:
     Categorical(logits=masked_logits(x, mask)).entropy().sum().backward()
     assert torch.isfinite(x.grad).all()
     assert torch.all(x.grad[~mask] == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rollout and the update compute the same function
+# ---------------------------------------------------------------------------------------------
+
+MODEL_CONFIGS = {
+    "resnet-default": ModelConfig(blocks=1, channels=16, value_hidden=16),
+    "resnet-batch": ModelConfig(blocks=1, channels=16, value_hidden=16, norm=Norm.batch),
+    "resnet-batch-se": ModelConfig(blocks=1, channels=16, value_hidden=16, norm=Norm.batch,
+                                   squeeze_excitation=True),
+    "resnet-group": ModelConfig(blocks=1, channels=16, value_hidden=16, norm=Norm.group),
+    "resnet-none": ModelConfig(blocks=1, channels=16, value_hidden=16, norm=Norm.none),
+    "mlp": ModelConfig(name=ModelName.mlp, mlp_hidden=16),
+}
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_first_minibatch_of_an_update_has_ratio_one(name: str) -> None:
+    """Before any optimizer step the update's log-probabilities equal the rollout's: ratio 1, approx_kl 0,
+    clipfrac 0 (BatchNorm in train mode during the update but eval mode in the rollout broke this)."""
+    torch.manual_seed(0)
+    model = build_model(MODEL_CONFIGS[name])
+    # Non-trivial normalisation statistics, as after some training (running stats away from 0 / 1).
+    refresh_batch_norm(model, torch.randint(0, 2, (256, NUM_PLANES, 9, 9), dtype=torch.uint8))
+    policy = Policy(model)
+    env = VecEnv(16, max_plies=64, opening_plies=4)
+    env.reset(seed=0)
+    cfg = TrainingConfig(num_steps=16, minibatch_size=4096, update_epochs=1)
+    pool = OpponentPool(cfg.opponent_pool, None, torch.Generator().manual_seed(0))
+    batch, _ = collect(policy, env, pool, cfg.num_steps, cfg.gamma, cfg.gae_lambda)
+    model.eval()
+    with torch.no_grad():
+        logprob, _, value = policy.evaluate(batch.obs, batch.legal_mask, batch.actions)
+    assert (logprob - batch.logprobs).abs().max() < 1e-5
+    assert (value - batch.values).abs().max() < 1e-5
+    optimizer = build_optimizer(model, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0  # the update's first (and only) minibatch, with no step taken
+    metrics = ppo_update(policy, optimizer, batch, cfg, torch.Generator().manual_seed(0))
+    assert metrics["losses/approx_kl"] < 1e-9
+    assert metrics["losses/clipfrac"] == 0.0
+
+
+def test_minibatches_of_a_ragged_batch_are_nearly_equal() -> None:
+    """1000 learner moves with minibatch_size 256: four minibatches of 250, not 3 x 256 + 232."""
+    model = _tiny_model()
+    batch = _batch(model, size=1000, legal_counts=[3])
+    sizes = []
+    handle = model.policy.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    cfg = TrainingConfig(minibatch_size=256, update_epochs=1)
+    ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    handle.remove()
+    assert sizes == [250, 250, 250, 250]

@@ -158,6 +158,17 @@ def test_failing_job_is_reported_and_the_others_complete(tmp_path: Path):
 
 # --- Optuna -------------------------------------------------------------------------------------
 
+def test_optuna_search_without_evaluation_is_refused(tmp_path: Path):
+    """Without periodic evaluation the objective would be the value head's fit, not strength."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "train.py", "hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *TINY,
+                           "training.total_timesteps=128", f"hydra.sweep.dir={sweep}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Error: evaluation.interval_timesteps=0" in proc.stderr and "Traceback" not in proc.stderr
+    assert not sweep.exists()  # no trial ran
+
+
 def test_optuna_search(tmp_path: Path):
     sweep = tmp_path / "sweep"
     run("hparams_search=ppo_optuna", "hydra.sweeper.n_trials=2", *TINY, "training.total_timesteps=128",

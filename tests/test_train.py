@@ -368,10 +368,26 @@ def test_opponent_pool_run(tmp_path: Path) -> None:
     assert [r["update"] for r in metrics(run_dir)] == [1, 2, 3, 4]
     final = checkpoint(run_dir)
     assert final["global_step"] == 512
-    pool = final["opponent_pool"]
-    assert isinstance(pool, list) and 1 <= len(pool) <= 2
-    assert len(pool) == 2  # four snapshots taken, the two newest kept
+    state = final["opponent_pool"]
+    assert state["pool"] == [2, 3]  # four snapshots taken (ids 0-3), the two newest kept
+    pool = [state["snapshots"][k] for k in state["pool"]]
     for snapshot in pool:
         assert snapshot.keys() == final["model"].keys()
     assert_same_weights(pool[-1], final["model"])  # snapshot after the last update
     assert not all(torch.equal(pool[0][k], pool[1][k]) for k in pool[0])
+
+
+def test_pool_games_keep_their_opponent_and_are_logged_apart(tmp_path: Path) -> None:
+    """A game against a snapshot keeps it until the game ends; pool games are logged under pool/, not games/."""
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=2048", "training.opponent_pool.size=2",
+          "training.opponent_pool.snapshot_interval=1", "training.opponent_pool.fraction=1.0", "env.max_plies=24")
+    records = [r for r in metrics(run_dir) if "global_step" in r]
+    assert sum(r["pool/games"] for r in records) > 0
+    assert all(0 <= r["pool/learner_score"] <= 1 for r in records if r["pool/games"])
+    # Fraction 1: once the pool has a snapshot every new game is a pool game, so self-play games are
+    # only those that had started before the first snapshot (8 envs: at most 8 of them).
+    assert records[-1]["games/finished_total"] <= 8
+    state = checkpoint(run_dir)["opponent_pool"]
+    assert all(k >= 0 for k in state["opponent"])  # every game in progress plays a snapshot
+    assert set(state["opponent"]) <= set(state["snapshots"])  # ... whose weights are kept while it plays
