@@ -113,7 +113,8 @@ def test_stop_signal_checkpoints_and_the_same_command_resumes(tmp_path: Path, re
     assert not (run_dir / "checkpoints" / "final.pt").exists()
 
     again = run(*args)  # the same command: resumes from last.pt
-    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at global_step {done[-1]}" in again.stdout + again.stderr
+    resumed_from = f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at global_step {done[-1]}"
+    assert resumed_from in again.stdout + again.stderr
     resumed = steps(run_dir)[len(done):]
     assert resumed[0] == done[-1] + 128  # the first new line continues the sequence
     assert steps(run_dir) == ALL_STEPS  # every step once
