@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from keisei import distributed
 from keisei.config import Schedule, TrainingConfig
 from keisei.policy import Policy
 
@@ -104,7 +105,8 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
     # Minibatches of nearly equal size, about minibatch_size each: a batch of learner moves only
     # (opponent-pool games) is ragged, and a tiny trailing minibatch would get its own noisy
     # advantage normalisation.
-    chunks = max(1, round(size / cfg.minibatch_size))
+    # Every rank takes the same number of optimizer steps (their gradients are averaged at each).
+    chunks = int(distributed.all_reduce(max(1, round(size / cfg.minibatch_size)), "min"))
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
                                                       "clipfrac")}
     for _ in range(cfg.update_epochs):
@@ -136,18 +138,20 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                distributed.average_gradients(model)
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
+                distributed.average_gradients(model)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
                                ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
                 stats[key].append(float(value.detach()))
-        if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
+        if cfg.target_kl is not None and distributed.all_reduce(float(approx_kl), "mean") > cfg.target_kl:
             break
     refresh_batch_norm(model, batch.obs)
     out = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()}

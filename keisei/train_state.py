@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from keisei import distributed
 from keisei.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
 from keisei.config import Precision, TrainConfig, to_container
 from keisei.env import VecEnv
@@ -65,32 +66,49 @@ class TrainState:
             pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, shuffle),
         )
 
-    def state_dict(self) -> dict[str, Any]:
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between the ranks of a distributed run: random generators, games, pool draws."""
         return {
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "env": self.env.state_dict(),
+            "opponent_pool": self.pool.state_dict(),
+        }
+
+    def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint: the shared state, this rank's (rank 0's) own, and with several ranks
+        every rank's own under ``ranks``."""
+        state = {
             "config": to_container(self.cfg),
             "model": model_state(self.policy.model),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "global_step": self.global_step,
             "update": self.update,
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "env": self.env.state_dict(),
-            "opponent_pool": self.pool.state_dict(),
+            **self.rank_state(),
             "wandb_run_id": self.wandb_run_id,
             "games_total": self.games_total,
             "objective": self.objective,
             "eval_win_rate": self.eval_win_rate,
+            "world_size": len(ranks) if ranks else 1,
         }
+        if ranks and len(ranks) > 1:
+            state["ranks"] = ranks
+        return state
 
     def save(self, run_dir: Path, *names: str) -> None:
-        """Write the state to ``run_dir/checkpoints/<name>`` for each name (state built once)."""
-        state = self.state_dict()
+        """Write the state to ``run_dir/checkpoints/<name>`` for each name (state built once). With
+        several ranks every rank calls this: rank 0 gathers the others' own state and writes."""
+        ranks = distributed.gather(self.rank_state())
+        if ranks is None:
+            return  # not rank 0
+        state = self.state_dict(ranks)
         for name in names:
             save_checkpoint(state, run_dir / "checkpoints" / name)
 
-    def load(self, path: Path) -> None:
-        """Restore a training checkpoint written with the same model and env settings."""
+    def load(self, path: Path, rank: int = 0, world: int = 1) -> None:
+        """Restore a training checkpoint written with the same model and env settings (and, for a
+        distributed run, the same number of ranks; ``rank`` takes its own part)."""
         data = load_checkpoint(path, map_location=self.policy.device)
         missing = [k for k in ("optimizer", "global_step", "update", "rng", "env") if k not in data]
         if missing:
@@ -104,19 +122,25 @@ class TrainState:
             if differ:
                 raise CheckpointError(f"{path}: this run's {key} config differs from the checkpoint's: "
                                       f"{', '.join(differ)}; resume with the same {key} settings")
+        written = data.get("world_size", 1)
+        if written != world:
+            raise CheckpointError(f"{path}: written by a run of {written} process(es), this run has {world}; "
+                                  f"resume with the same number (torchrun --nproc_per_node / "
+                                  f"hydra.launcher.tasks_per_node x nodes)")
+        own = data["ranks"][rank] if world > 1 else data
         load_model_state(self.policy.model, data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
         if self.scaler is not None and data.get("scaler"):
             self.scaler.load_state_dict(data["scaler"])
         self.global_step, self.update = data["global_step"], data["update"]
-        torch.set_rng_state(data["rng"]["torch"])
-        self.shuffle.set_state(data["rng"]["shuffle"])
-        if torch.cuda.is_available() and data["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(data["rng"]["cuda"])
-        self.pool.load_state_dict(data["opponent_pool"])
+        torch.set_rng_state(own["rng"]["torch"])
+        self.shuffle.set_state(own["rng"]["shuffle"])
+        if torch.cuda.is_available() and own["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(own["rng"]["cuda"])
+        self.pool.load_state_dict(own["opponent_pool"])
         self.wandb_run_id = data["wandb_run_id"]
         self.games_total = data["games_total"]
         self.objective = data.get("objective", float("nan"))  # absent before format v2
         self.eval_win_rate = data.get("eval_win_rate")
-        self.env.load_state_dict(data["env"])
+        self.env.load_state_dict(own["env"])
         log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)

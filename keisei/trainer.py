@@ -18,12 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from keisei import distributed
 from keisei.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.config import ConfigError, Precision, TrainConfig, to_container
+from keisei.distributed import Ranks
 from keisei.metrics import MetricsLogger, check_sinks, games_record, truncate_metrics
 from keisei.periodic_evaluation import PeriodicEvaluation
 from keisei.ppo import learning_rate, ppo_update
@@ -31,6 +34,10 @@ from keisei.preemption import StopSignals
 from keisei.rollout import collect
 from keisei.runtime import check_memory, resolve_device, seed_everything
 from keisei.train_state import TrainState
+
+#: Rank r of a distributed run seeds its games and samples with seed + r * this.
+RANK_SEED_STRIDE = 1_000_003
+ONE_PROCESS = Ranks()
 
 
 def find_resume_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path | None:
@@ -42,23 +49,30 @@ def find_resume_checkpoint(cfg: TrainConfig, run_dir: Path) -> Path | None:
     return Path(cfg.resume) if cfg.resume else None
 
 
-def start_run(cfg: TrainConfig, run_dir: Path) -> TrainState:
+def start_run(cfg: TrainConfig, run_dir: Path, ranks: Ranks = ONE_PROCESS) -> TrainState:
     """A new run's state, or the state of the checkpoint it resumes from, after every check that can
     be made before the first step. Writes nothing into ``run_dir``."""
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     if cfg.training.precision is Precision.fp16 and device.type != "cuda":
         raise ConfigError(f"training.precision=fp16: needs a CUDA device, and device={cfg.device.value} "
                           f"resolved to {device.type} (use bf16 on the CPU)")
     check_memory(cfg)
     check_sinks(cfg)
-    _check_writable(run_dir)
+    if ranks.main:
+        _check_writable(run_dir)
     seed_everything(cfg.seed)
-    state = TrainState.create(cfg, device)
+    state = TrainState.create(cfg, device)  # the same network on every rank
+    seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank  # rank 0 keeps the run's seed: its own games and samples
+    if ranks.rank:
+        seed_everything(seed)
+        state.shuffle.manual_seed(seed)
     resume = find_resume_checkpoint(cfg, run_dir)
     if resume is None:
-        state.env.reset(seed=cfg.seed)
+        state.env.reset(seed=seed)
     else:
-        state.load(resume)
+        state.load(resume, ranks.rank, ranks.world)
     return state
 
 
@@ -95,22 +109,46 @@ def write_record(cfg: TrainConfig, run_dir: Path, state: TrainState) -> None:
 
 def train(cfg: TrainConfig, run_dir: Path) -> float:
     """Train per ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` or the run dir says so);
-    prints a summary and returns the objective."""
-    state = start_run(cfg, run_dir)
-    t, policy = cfg.training, state.policy
-    evaluation = PeriodicEvaluation(cfg, run_dir, policy.device, state.eval_win_rate)  # opponent checked now
+    prints a summary and returns the objective. Launched as several processes (torchrun, Slurm
+    tasks) it trains one network on all of them (``keisei.distributed``); rank 0 writes the record."""
+    ranks = distributed.setup(use_cuda=resolve_device(cfg.device).type == "cuda")
+    own_dir, run_dir = run_dir, Path(distributed.broadcast(str(run_dir)))  # one run dir: rank 0's
+    if own_dir != run_dir and own_dir.is_dir() and not any(own_dir.iterdir()):
+        own_dir.rmdir()  # the dir Hydra made for this rank (another second's timestamp)
     try:
-        write_record(cfg, run_dir, state)
-        logger = MetricsLogger(run_dir, cfg, state.wandb_run_id)
-    except BaseException:
-        evaluation.close()
-        raise
-    state.wandb_run_id = logger.wandb_run_id
-    batch_size = cfg.env.num_envs * t.num_steps
+        return _train(cfg, run_dir, ranks)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
+    failure: BaseException | None = None
+    try:
+        state = start_run(cfg, run_dir, ranks)
+        # Rank 0 alone evaluates and writes: opponents checked now, before the first step.
+        evaluation = PeriodicEvaluation(cfg, run_dir, state.policy.device, state.eval_win_rate) if ranks.main \
+            else None
+    except Exception as exc:
+        failure = exc
+    if distributed.all_reduce(failure is not None, "max"):  # every rank stops if any check failed
+        if failure is not None:
+            raise failure
+        raise ConfigError("another process of this distributed run failed its checks (see its error)")
+    t, policy = cfg.training, state.policy
+    logger = None
+    if ranks.main:
+        try:
+            write_record(cfg, run_dir, state)
+            logger = MetricsLogger(run_dir, cfg, state.wandb_run_id)
+        except BaseException:
+            evaluation.close()
+            raise
+        state.wandb_run_id = logger.wandb_run_id
+    batch_size = cfg.env.num_envs * t.num_steps * ranks.world  # env steps of all ranks per update
     num_updates = math.ceil(t.total_timesteps / batch_size)  # the run ends at a whole batch past the total
     remaining = max(0, t.total_timesteps - state.global_step)
     bar = tqdm(total=state.global_step + math.ceil(remaining / batch_size) * batch_size,
-               initial=state.global_step, unit="step", disable=not cfg.logging.progress_bar,
+               initial=state.global_step, unit="step", disable=not (cfg.logging.progress_bar and ranks.main),
                dynamic_ncols=True, desc="train")
     last_save = time.monotonic()
     with StopSignals() as stop:
@@ -141,14 +179,15 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
                     scores = rollout.pool_scores
                     record["pool/games"] = len(scores)
                     record["pool/learner_score"] = sum(scores) / len(scores) if scores else float("nan")
-                logger.log(record)
-                last = state.global_step >= t.total_timesteps
-                for evaluation_record in evaluation.after_update(policy.model, state.global_step, batch_size,
-                                                                 state.update, last):
-                    logger.log(evaluation_record)
-                state.eval_win_rate = evaluation.win_rate
-                state.objective = record["losses/explained_variance"] if evaluation.win_rate is None \
-                    else evaluation.win_rate
+                if ranks.main:  # rank 0's own rollout stands for the run in the metrics
+                    logger.log(record)
+                    last = state.global_step >= t.total_timesteps
+                    for evaluation_record in evaluation.after_update(policy.model, state.global_step, batch_size,
+                                                                     state.update, last):
+                        logger.log(evaluation_record)
+                    state.eval_win_rate = evaluation.win_rate
+                state.objective = record["losses/explained_variance"] if state.eval_win_rate is None \
+                    else state.eval_win_rate
                 bar.update(batch_size)
                 bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}", "pi": f"{losses['losses/policy_loss']:.3f}",
                                  "v": f"{losses['losses/value_loss']:.3f}", "games": state.games_total,
@@ -158,20 +197,31 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
                 interval = t.checkpoint_interval_timesteps
                 due = state.global_step // interval > (state.global_step - batch_size) // interval
                 due |= 0 < t.checkpoint_interval_minutes * 60 <= time.monotonic() - last_save
+                # Every rank takes the same decisions: a signal that reached one rank stops them all.
+                due = bool(distributed.all_reduce(due, "max"))
+                stopping = int(distributed.all_reduce(stop.signum or 0, "max"))
+                if stopping and stop.signum is None:
+                    stop.signum = stopping
                 if due or stop.signum is not None:
                     state.save(run_dir, "last.pt")
                     last_save = time.monotonic()
                 if stop.signum is not None:  # preempted: the update is done and saved
-                    print(f"stopped by signal {stop.signum} at global_step {state.global_step}: "
-                          f"{run_dir}/checkpoints/last.pt written; the same command (or the requeued "
-                          "job) resumes from it", file=sys.stderr, flush=True)
+                    distributed.barrier()  # rank 0 has written last.pt
+                    if ranks.main:
+                        print(f"stopped by signal {stop.signum} at global_step {state.global_step}: "
+                              f"{run_dir}/checkpoints/last.pt written; the same command (or the requeued "
+                              "job) resumes from it", file=sys.stderr, flush=True)
                     stop.forward()  # exits (submitit: requeues, then exits), unless the signal is ignored
             state.save(run_dir, "last.pt", "final.pt")
         finally:
             bar.close()
-            logger.close()
-            evaluation.close()
-    print(summary(state, run_dir))
+            if logger is not None:
+                logger.close()
+            if evaluation is not None:
+                evaluation.close()
+    state.objective = distributed.broadcast(state.objective)  # every rank (Slurm task) reports rank 0's
+    if ranks.main:
+        print(summary(state, run_dir))
     return state.objective
 
 

@@ -221,3 +221,27 @@ def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Pat
     assert final["global_step"] == LONG_TOTAL
     rows = (sweep / "summary.md").read_text(encoding="utf-8").splitlines()[2:]
     assert len(rows) == 1 and "| completed |" in rows[0], rows
+
+
+# --- DD-PPO: one job of two Slurm tasks (gloo) ------------------------------------------------------
+
+def test_two_task_ddppo_job_trains_one_network_in_one_run_dir(slurm, tmp_path: Path):
+    """``tasks_per_node=2``: submitit starts two tasks, each a rank of one DD-PPO run (rendezvous from
+    submitit's TorchDistributedEnvironment); rank 0 alone writes the run dir."""
+    sweep = tmp_path / "sweep"
+    try:
+        train(*LAUNCHER, *TINY, "hydra.launcher.tasks_per_node=2", "device=cpu", "training.total_timesteps=512",
+              "seed=4", f"hydra.sweep.dir={sweep}", timeout=420)
+    except BaseException:
+        cancel(submitit_jobs(sweep))
+        raise
+    (job,) = submitit_jobs(sweep)
+    wait_finished(job)
+    run_dir = sweep / "0"
+    assert steps(run_dir) == [256, 512]  # 2 ranks x 8 envs x 16 steps per update
+    final = torch.load(run_dir / "checkpoints" / "final.pt", map_location="cpu", weights_only=True)
+    assert final["world_size"] == 2 and len(final["ranks"]) == 2
+    logs = job_logs(sweep, job)
+    assert logs.count("run dir:") == 1, logs[-3000:]  # one summary: rank 0's
+    result = json.loads((run_dir / "job_result.json").read_text(encoding="utf-8"))
+    assert result["status"] == "completed" and result["objective"] is not None

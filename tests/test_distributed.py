@@ -1,0 +1,159 @@
+"""DD-PPO over torch.distributed (gloo on this CPU box): real ``torchrun`` launches of ``train.py`` with
+2 ranks, and the gradient all-reduce against one process on the whole batch.
+
+Tiny runs: mlp, 8 envs x 16 steps per rank = 256 env steps per update with 2 ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from keisei.config import ModelConfig, ModelName, TrainingConfig
+from keisei.model import build_model
+from keisei.policy import Policy
+from keisei.ppo import Batch, build_optimizer, ppo_update
+from keisei.shogi import NUM_ACTIONS, NUM_PLANES
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
+        "logging.progress_bar=false", "training.lr_schedule=constant"]
+
+
+def torchrun(cwd: Path, *overrides: str, nproc: int = 2) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+           str(REPO / "train.py"), *TINY, *overrides]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"did not finish\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
+
+
+def ok(proc: subprocess.Popen[str]) -> str:
+    out, err = finish(proc)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+    return out
+
+
+def steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["global_step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final(run_dir: Path, name: str = "final.pt") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two ranks, 1,024 env steps in all (4 updates), launched from an empty dir with Hydra's default run dir."""
+    cwd = tmp_path_factory.mktemp("straight")
+    ok(torchrun(cwd, "training.total_timesteps=1024"))
+    (run_dir,) = [p.parent for p in cwd.glob("outputs/*/*/config.yaml")]
+    return run_dir
+
+
+def test_two_ranks_leave_one_run_dir_with_one_set_of_checkpoints(straight: Path) -> None:
+    outputs = straight.parent.parent
+    assert [p for p in outputs.glob("*/*") if p.is_dir()] == [straight]  # no per-rank dirs
+    assert steps(straight) == [256, 512, 768, 1024]  # total_timesteps counts both ranks' steps
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["final.pt", "last.pt"]
+    state = final(straight)
+    assert state["global_step"] == 1024 and state["world_size"] == 2 and len(state["ranks"]) == 2
+    # The ranks played different games (their own seeds), with one network.
+    envs = [rank["env"]["games"] for rank in state["ranks"]]
+    assert envs[0] != envs[1]
+
+
+def test_two_rank_resume_is_exact(straight: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ok(torchrun(tmp_path, "training.total_timesteps=512", f"hydra.run.dir={run_dir}"))
+    out = ok(torchrun(tmp_path, "training.total_timesteps=1024", f"hydra.run.dir={run_dir}"))
+    assert "1,024 env steps" in out
+    assert steps(run_dir) == steps(straight)
+    a, b = final(run_dir)["model"], final(straight)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_on_another_world_size_is_refused(straight: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([sys.executable, "train.py", *TINY, "training.total_timesteps=2048", f"resume={straight}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "written by a run of 2 process(es), this run has 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_with_last_pt_written_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = torchrun(tmp_path, "training.total_timesteps=1e6", f"hydra.run.dir={run_dir}")
+    deadline = time.monotonic() + 180
+    while not (run_dir / "metrics.jsonl").exists() or len(steps(run_dir)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, finish(proc)
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # the launcher passes it on to both ranks
+    _, err = finish(proc, timeout=120)
+    assert err.count("checkpoints/last.pt written") == 1, err[-3000:]  # rank 0 alone writes and says so
+    last = final(run_dir, "last.pt")
+    assert last["global_step"] == steps(run_dir)[-1] and last["world_size"] == 2
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+    assert "Traceback" not in err.split("stopped by signal")[0]  # the ranks stopped cleanly
+
+
+# --- the all-reduced gradient ------------------------------------------------------------------
+
+def _batch(size: int) -> Batch:
+    gen = torch.Generator().manual_seed(5)
+    obs = torch.randint(0, 2, (size, NUM_PLANES, 9, 9), generator=gen, dtype=torch.uint8)
+    mask = torch.rand(size, NUM_ACTIONS, generator=gen) < 0.01
+    mask[:, 0] = True
+    actions = torch.multinomial(mask.float(), 1, generator=gen).squeeze(1)
+    advantages = torch.randn(size, generator=gen)
+    return Batch(obs, mask, actions, torch.full((size,), -3.0), torch.zeros(size), advantages, advantages)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(name=ModelName.mlp, mlp_hidden=16))
+
+
+CFG = TrainingConfig(update_epochs=1, minibatch_size=32, norm_adv=False, max_grad_norm=1e9, learning_rate=1e-2)
+
+
+def _rank(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    model, whole = _model(), _batch(64)
+    half = Batch(*(getattr(whole, f)[rank * 32:(rank + 1) * 32] for f in Batch.__dataclass_fields__))
+    ppo_update(Policy(model), build_optimizer(model, CFG), half, CFG, torch.Generator().manual_seed(0))
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_on_halves_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+    out = tmp_path / "two.pt"
+    mp.spawn(_rank, args=(f"file://{tmp_path / 'store'}", str(out)), nprocs=2, join=True)
+    model = _model()
+    cfg = TrainingConfig(**{**CFG.__dict__, "minibatch_size": 64})
+    ppo_update(Policy(model), build_optimizer(model, cfg), _batch(64), cfg, torch.Generator().manual_seed(0))
+    two = torch.load(out, weights_only=True)
+    assert any(not torch.equal(two[k], _model().state_dict()[k]) for k in two)  # the step changed something
+    for key, value in model.state_dict().items():
+        assert torch.allclose(two[key], value, atol=1e-6), key
