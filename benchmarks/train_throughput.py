@@ -63,6 +63,7 @@ def main() -> None:
                 totals["wall"] += wall
                 for key in ("env", "inference", "update"):
                     totals[key] += timing[key]
+        state.env.close()
     wall = totals["wall"]
     env_glue = (wall - totals["inference"] - totals["update"]) / wall
     print(f"total: {steps / wall:.0f} env steps/s; env {totals['env'] / wall:.1%}, inference "

@@ -9,12 +9,20 @@ assigns it.
 
 The arrays in a ``StepResult`` are buffers owned by the environment and are
 overwritten by the next ``step``/``reset``: copy what you keep.
+
+Random openings are keyed by the game, not by the order of draws: the k-th game
+played in env ``i`` opens with moves drawn from a generator seeded by
+``(seed, i, k)``. So a ``VecEnv`` over a slice of the envs (``env_offset``), as the
+worker processes of ``keisei.env_workers`` run, plays exactly the games of the same
+envs of one ``VecEnv`` over all of them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,7 +34,6 @@ from keisei.shogi import (
     IllegalMoveError,
     Result,
     Termination,
-    encode_observations,
     random_opening,
 )
 
@@ -55,6 +62,48 @@ class StepResult:
     termination: np.ndarray
     final_obs: np.ndarray
 
+    @classmethod
+    def allocate(cls, n: int) -> StepResult:
+        """Zeroed arrays for ``n`` envs."""
+        return cls(**{name: np.zeros((n, *shape), dtype=dtype) for name, (shape, dtype) in STEP_FIELDS.items()})
+
+    def rows(self, start: int, stop: int) -> StepResult:
+        """Views of the rows ``start:stop`` of every array."""
+        return StepResult(**{name: getattr(self, name)[start:stop] for name in STEP_FIELDS})
+
+
+#: Shape of one env's row and dtype of each ``StepResult`` field.
+STEP_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
+    "obs": (OBSERVATION_SHAPE, np.uint8),
+    "legal_mask": ((NUM_ACTIONS,), np.bool_),
+    "to_play": ((), np.int8),
+    "reward": ((), np.float32),
+    "terminated": ((), np.bool_),
+    "truncated": ((), np.bool_),
+    "termination": ((), np.int8),
+    "final_obs": (OBSERVATION_SHAPE, np.uint8),
+}
+
+
+class Env(Protocol):
+    """What a trainer needs of an environment: ``VecEnv`` or ``keisei.env_workers.WorkerVecEnv``."""
+
+    num_envs: int
+
+    def reset(self, seed: int | None = None) -> StepResult: ...
+    def step(self, actions: np.ndarray | list[int]) -> StepResult: ...
+    @property
+    def current(self) -> StepResult: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> StepResult: ...
+    def pop_finished(self) -> list[Game]: ...
+    def close(self) -> None: ...
+
+
+def new_seed() -> int:
+    """A fresh random seed (128 bits of OS entropy), for ``reset(seed=None)``."""
+    return int(np.random.SeedSequence().entropy)
+
 
 class VecEnv:
     """``num_envs`` games of Shogi with batched observations and legal masks.
@@ -64,13 +113,20 @@ class VecEnv:
         max_plies: a game that reaches this many moves is a draw (reported as truncated).
         declaration: whether the CSA 27-point entering-king declaration ends games.
         opening_plies: uniformly random legal moves played at the start of every game
-            (drawn from the ``reset`` seed), for opening diversity. 0 disables.
+            (drawn from a generator keyed by the ``reset`` seed, the env and the game), for
+            opening diversity. 0 disables.
         start_sfen: start position of every game (default: the standard one).
         keep_finished: how many finished games ``pop_finished`` keeps (oldest dropped).
+        env_offset: the global index of this env's first game, when it runs a slice of a
+            larger set of envs (the openings of env ``i`` here are those of env
+            ``env_offset + i``).
+        buffers: arrays to write the ``StepResult`` into (e.g. views of shared memory), as
+            made by ``StepResult.allocate(num_envs)``; by default they are allocated.
     """
 
     def __init__(self, num_envs: int, *, max_plies: int = 320, declaration: bool = True,
-                 opening_plies: int = 0, start_sfen: str | None = None, keep_finished: int = 1024) -> None:
+                 opening_plies: int = 0, start_sfen: str | None = None, keep_finished: int = 1024,
+                 env_offset: int = 0, buffers: StepResult | None = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if opening_plies < 0:
@@ -82,31 +138,39 @@ class VecEnv:
         self.declaration = declaration
         self.opening_plies = opening_plies
         self.start_sfen = start_sfen
+        self.env_offset = env_offset
         self._template = Game(start_sfen, max_plies=max_plies, declaration=declaration)
         if self._template.is_over:
             raise ValueError(f"start position {start_sfen!r} is already decided "
                              f"({self._template.termination.name.lower()})")
-        self._rng = np.random.default_rng()
+        self._seed = 0
+        self._game_counts = [0] * num_envs  # games started in each env since reset (the opening key)
         self._finished: deque[Game] = deque(maxlen=keep_finished)
         self.games: list[Game] = []
 
         n = num_envs
-        self._encoder = Encoder(n)
-        self._mask = self._encoder.mask
-        self._final_obs = np.zeros((n, *OBSERVATION_SHAPE), dtype=np.uint8)
-        self._reward = np.zeros(n, dtype=np.float32)
-        self._terminated = np.zeros(n, dtype=np.bool_)
-        self._truncated = np.zeros(n, dtype=np.bool_)
-        self._termination = np.zeros(n, dtype=np.int8)
-        self._rows = np.arange(n)
-        self._result = StepResult(self._encoder.obs, self._mask, self._encoder.to_play.view(np.int8),
-                                  self._reward, self._terminated, self._truncated, self._termination,
-                                  self._final_obs)
+        if buffers is None:
+            buffers = StepResult.allocate(n)
+        for name, (shape, dtype) in STEP_FIELDS.items():
+            array = getattr(buffers, name)
+            if array.shape != (n, *shape) or array.dtype != dtype or not array.flags.c_contiguous:
+                raise ValueError(f"buffers.{name} must be a C-contiguous {np.dtype(dtype)} array of shape "
+                                 f"{(n, *shape)}, got {array.dtype} {array.shape}")
+        self._result = buffers
+        self._encoder = Encoder(n, obs=buffers.obs, mask=buffers.legal_mask, to_play=buffers.to_play.view(np.uint8),
+                                index=False, track=True)
+        self._mask = buffers.legal_mask
+        self._final_obs = buffers.final_obs
+        self._reward = buffers.reward
+        self._terminated = buffers.terminated
+        self._truncated = buffers.truncated
+        self._termination = buffers.termination
 
     def reset(self, seed: int | None = None) -> StepResult:
-        """Start every game afresh. ``seed`` fixes the random opening moves."""
-        self._rng = np.random.default_rng(seed)
-        self.games = [self._new_game() for _ in range(self.num_envs)]
+        """Start every game afresh. ``seed`` fixes the random opening moves (None: a fresh random seed)."""
+        self._seed = new_seed() if seed is None else int(seed)
+        self._game_counts = [0] * self.num_envs
+        self.games = [self._new_game(i) for i in range(self.num_envs)]
         self._clear_step_arrays()
         self._encoder.encode(self.games)
         return self._result
@@ -115,30 +179,21 @@ class VecEnv:
         """Play one action label in every game; see ``StepResult``."""
         if not self.games:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,) or actions.dtype.kind not in "iu":
-            raise ValueError(f"actions must be integers of shape ({self.num_envs},), "
-                             f"got {actions.dtype} of shape {actions.shape}")
-        out_of_range = (actions < 0) | (actions >= NUM_ACTIONS)
-        if out_of_range.any():
-            i = int(np.flatnonzero(out_of_range)[0])
-            raise IllegalMoveError(f"env {i}: action {int(actions[i])} is outside 0..{NUM_ACTIONS - 1}")
-        illegal = ~self._mask[self._rows, actions]
-        if illegal.any():
-            i = int(np.flatnonzero(illegal)[0])
-            raise IllegalMoveError(f"env {i}: action {int(actions[i])} is not a legal move "
-                                   f"in position {self.games[i].sfen()}")
+        actions = check_actions(actions, self.num_envs, self._mask, lambda i: self.games[i].sfen())
 
         self._clear_step_arrays()
         ended = []
-        moves = self._encoder.index[self._rows, actions].tolist()
-        for i, game in enumerate(self.games):
-            game.play(game.legal[moves[i]])
+        games = self.games
+        moves = self._encoder.moves(actions)
+        for i, move in enumerate(moves):
+            game = games[i]
+            game.play(move)
             if game.is_over:
                 ended.append(i)
+        self._encoder.advance(moves)  # the encoder follows the boards without reading them again
         if ended:
             self._finish_games(ended)
-        self._encoder.encode(self.games)
+        self._encoder.encode_tracked(games)
         return self._result
 
     @property
@@ -146,37 +201,56 @@ class VecEnv:
         """What the last ``reset``, ``step`` or ``load_state_dict`` returned (the current positions)."""
         return self._result
 
-    def state_dict(self) -> dict:
-        """The games in progress and the opening generator, for exact resumption (plain data)."""
-        return {"games": [[g.start_sfen, g.moves] for g in self.games],
-                "rng": self._rng.bit_generator.state}
+    def state_dict(self) -> dict[str, Any]:
+        """The games in progress and the opening keys, for exact resumption (plain data).
 
-    def load_state_dict(self, state: dict) -> StepResult:
-        """Restore what ``state_dict`` saved (replaying each game's moves) and encode it."""
-        games = state["games"]
-        if len(games) != self.num_envs:
-            raise ValueError(f"state holds {len(games)} games, this VecEnv has {self.num_envs}")
+        ``{"games": [[start_sfen, [usi, ...]], ...], "seed": int, "game_counts": [int, ...]}``:
+        the same for any split of the envs over worker processes.
+        """
+        return {"games": [[g.start_sfen, g.moves] for g in self.games], "seed": self._seed,
+                "game_counts": list(self._game_counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> StepResult:
+        """Restore what ``state_dict`` saved (replaying each game's moves) and encode it.
+
+        A state saved before openings were keyed per env (one shared generator, ``"rng"``)
+        loads too: its games are restored exactly, and the openings of later games come from
+        a seed drawn from that generator (deterministic, but not the games the old code
+        would have played).
+        """
+        state = upgrade_state(state, self.num_envs)
         self.games = []
-        for start, moves in games:
+        for start, moves in state["games"]:
             game = Game(start, max_plies=self.max_plies, declaration=self.declaration)
             for move in moves:
                 game.push(move)
             self.games.append(game)
-        self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = state["rng"]
+        self._seed, self._game_counts = state["seed"], state["game_counts"]
         self._clear_step_arrays()
         self._encoder.encode(self.games)
         return self._result
 
     def pop_finished(self) -> list[Game]:
-        """The games that ended since the last call (oldest first), for records and statistics."""
+        """The games that ended since the last call (oldest first, by env within a step), for records and
+        statistics."""
         games = list(self._finished)
         self._finished.clear()
         return games
 
+    def close(self) -> None:
+        """Nothing to release (the same interface as ``WorkerVecEnv``)."""
+
+    def __enter__(self) -> VecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _finish_games(self, ended: list[int]) -> None:
         finals = [self.games[i] for i in ended]
-        self._final_obs[ended] = encode_observations([g.sfen() for g in finals])
+        final_obs = np.empty((len(ended), *OBSERVATION_SHAPE), dtype=np.uint8)
+        self._encoder.planes(ended, final_obs)
+        self._final_obs[ended] = final_obs
         for i, game in zip(ended, finals):
             mover = game.turn.opponent
             if game.result is not Result.DRAW:
@@ -187,11 +261,62 @@ class VecEnv:
                 self._terminated[i] = True
             self._termination[i] = int(game.termination)
             self._finished.append(game)
-            self.games[i] = self._new_game()
+            self.games[i] = self._new_game(i)
+        self._encoder.reload(ended, [self.games[i] for i in ended])
 
-    def _new_game(self) -> Game:
-        return random_opening(self._template, self.opening_plies, self._rng)
+    def _new_game(self, i: int) -> Game:
+        """The next game of env ``i``: its opening is drawn from the key (seed, global env index, game count)."""
+        count = self._game_counts[i]
+        self._game_counts[i] = count + 1
+        if not self.opening_plies:
+            return self._template.copy()
+        rng = np.random.default_rng([self._seed, self.env_offset + i, count])
+        return random_opening(self._template, self.opening_plies, rng)
 
     def _clear_step_arrays(self) -> None:
         for array in (self._reward, self._terminated, self._truncated, self._termination):
             array.fill(0)
+
+
+def upgrade_state(state: dict[str, Any], num_envs: int) -> dict[str, Any]:
+    """``state`` (of ``state_dict``) in the current format, checked against ``num_envs``. The format
+    before per-env openings had one opening generator (``"rng"``): its seed for later games is drawn
+    from that generator, so loading it is deterministic."""
+    games = state["games"]
+    if len(games) != num_envs:
+        raise ValueError(f"state holds {len(games)} games, this env has {num_envs}")
+    if "seed" in state:
+        seed, counts = int(state["seed"]), [int(c) for c in state["game_counts"]]
+    else:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        seed, counts = int(rng.integers(2**63)), [0] * num_envs
+    if len(counts) != num_envs:
+        raise ValueError(f"state holds {len(counts)} game counts, this env has {num_envs} envs")
+    return {"games": games, "seed": seed, "game_counts": counts}
+
+
+def check_actions(actions: np.ndarray | list[int], n: int, mask: np.ndarray, sfen: Any) -> np.ndarray:
+    """``actions`` as an int64 array of shape (n,), each a legal label of its env in ``mask``; else
+    ``ValueError`` (shape, dtype) or ``IllegalMoveError`` naming the first bad env (``sfen(i)``: its
+    position, for the message)."""
+    actions = np.asarray(actions)
+    if actions.shape != (n,) or actions.dtype.kind not in "iu":
+        raise ValueError(f"actions must be integers of shape ({n},), got {actions.dtype} of shape {actions.shape}")
+    actions = actions.astype(np.int64, copy=False)
+    out_of_range = actions.view(np.uint64) >= NUM_ACTIONS  # negative labels are huge as unsigned
+    if out_of_range.any():
+        i = int(np.flatnonzero(out_of_range)[0])
+        raise IllegalMoveError(f"env {i}: action {int(actions[i])} is outside 0..{NUM_ACTIONS - 1}")
+    legal = mask[_rows(n), actions]
+    if not legal.all():
+        i = int(np.flatnonzero(~legal)[0])
+        raise IllegalMoveError(f"env {i}: action {int(actions[i])} is not a legal move in position {sfen(i)}")
+    return actions
+
+
+@functools.cache
+def _rows(n: int) -> np.ndarray:
+    rows = np.arange(n)
+    rows.setflags(write=False)
+    return rows

@@ -19,7 +19,7 @@ import torch
 
 from keisei.checkpoint import load_model_state, model_state
 from keisei.config import OpponentPoolConfig
-from keisei.env import VecEnv
+from keisei.env import Env
 from keisei.policy import Policy
 from keisei.ppo import Batch, two_player_gae
 from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Game
@@ -114,7 +114,7 @@ class RolloutStats:
     pool_scores: list[float] = field(default_factory=list)  # the learner's score (1, 0.5, 0) per pool game
 
 
-def collect(policy: Policy, env: VecEnv, pool: OpponentPool, num_steps: int, gamma: float, gae_lambda: float
+def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma: float, gae_lambda: float
             ) -> tuple[Batch, RolloutStats]:
     """One rollout of ``num_steps`` moves per game from ``env.current``: the learner's batch, the games
     that ended (self-play games apart from pool games) and the seconds spent in inference and in the env."""

@@ -18,7 +18,8 @@ import torch
 from keisei import distributed
 from keisei.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
 from keisei.config import Precision, TrainConfig, to_container
-from keisei.env import VecEnv
+from keisei.env import Env
+from keisei.env_workers import make_env
 from keisei.model import build_model
 from keisei.policy import Policy
 from keisei.ppo import build_optimizer
@@ -34,7 +35,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     shuffle: torch.Generator  # minibatch order and opponent draws
-    env: VecEnv
+    env: Env  # a VecEnv, or its shards in worker processes (env.workers > 1)
     pool: OpponentPool
     global_step: int = 0
     update: int = 0
@@ -61,8 +62,7 @@ class TrainState:
             cfg=cfg, policy=policy, optimizer=build_optimizer(model, t),
             scaler=torch.amp.GradScaler(device.type) if t.precision is Precision.fp16 else None,
             shuffle=shuffle,
-            env=VecEnv(cfg.env.num_envs, max_plies=cfg.env.max_plies, declaration=cfg.env.declaration,
-                       opening_plies=cfg.env.opening_plies),
+            env=make_env(cfg.env),
             pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, shuffle),
         )
 

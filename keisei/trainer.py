@@ -64,15 +64,19 @@ def start_run(cfg: TrainConfig, run_dir: Path, ranks: Ranks = ONE_PROCESS) -> Tr
         _check_writable(run_dir)
     seed_everything(cfg.seed)
     state = TrainState.create(cfg, device)  # the same network on every rank
-    seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank  # rank 0 keeps the run's seed: its own games and samples
-    if ranks.rank:
-        seed_everything(seed)
-        state.shuffle.manual_seed(seed)
-    resume = find_resume_checkpoint(cfg, run_dir)
-    if resume is None:
-        state.env.reset(seed=seed)
-    else:
-        state.load(resume, ranks.rank, ranks.world)
+    try:
+        seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank  # rank 0 keeps the run's seed: its own games and samples
+        if ranks.rank:
+            seed_everything(seed)
+            state.shuffle.manual_seed(seed)
+        resume = find_resume_checkpoint(cfg, run_dir)
+        if resume is None:
+            state.env.reset(seed=seed)
+        else:
+            state.load(resume, ranks.rank, ranks.world)
+    except BaseException:
+        state.env.close()  # env worker processes, if any
+        raise
     return state
 
 
@@ -133,6 +137,9 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
     if distributed.all_reduce(failure is not None, "max"):  # every rank stops if any check failed
         if failure is not None:
             raise failure
+        state.env.close()
+        if evaluation is not None:
+            evaluation.close()
         raise ConfigError("another process of this distributed run failed its checks (see its error)")
     t, policy = cfg.training, state.policy
     logger = None
@@ -142,6 +149,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
             logger = MetricsLogger(run_dir, cfg, state.wandb_run_id)
         except BaseException:
             evaluation.close()
+            state.env.close()
             raise
         state.wandb_run_id = logger.wandb_run_id
     batch_size = cfg.env.num_envs * t.num_steps * ranks.world  # env steps of all ranks per update
@@ -197,15 +205,15 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
                 interval = t.checkpoint_interval_timesteps
                 due = state.global_step // interval > (state.global_step - batch_size) // interval
                 due |= 0 < t.checkpoint_interval_minutes * 60 <= time.monotonic() - last_save
-                # Every rank takes the same decisions: a signal that reached one rank stops them all.
+                # Every rank takes the same decisions, from the reduced values only (a signal arriving
+                # after the reduction counts at the next update): one that reached any rank stops all.
                 due = bool(distributed.all_reduce(due, "max"))
                 stopping = int(distributed.all_reduce(stop.signum or 0, "max"))
-                if stopping and stop.signum is None:
-                    stop.signum = stopping
-                if due or stop.signum is not None:
+                if due or stopping:
                     state.save(run_dir, "last.pt")
                     last_save = time.monotonic()
-                if stop.signum is not None:  # preempted: the update is done and saved
+                if stopping:  # preempted: the update is done and saved
+                    stop.signum = stopping
                     distributed.barrier()  # rank 0 has written last.pt
                     if ranks.main:
                         print(f"stopped by signal {stop.signum} at global_step {state.global_step}: "
@@ -219,6 +227,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
                 logger.close()
             if evaluation is not None:
                 evaluation.close()
+            state.env.close()
     state.objective = distributed.broadcast(state.objective)  # every rank (Slurm task) reports rank 0's
     if ranks.main:
         print(summary(state, run_dir))

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rsshogi.core import Board
 
-from keisei.env import VecEnv
-from keisei.shogi import Game, IllegalMoveError, Result, Termination, encode_observation, move_to_action
+from keisei.env import StepResult, VecEnv
+from keisei.shogi import (
+    OBSERVATION_SHAPE,
+    Encoder,
+    Game,
+    IllegalMoveError,
+    Result,
+    Termination,
+    _native,
+    encode_observation,
+    encode_observations,
+    move_to_action,
+    random_opening,
+)
+from keisei.shogi.actions import label_table
+from keisei.shogi.encoding import MOVE_LAYOUT
 
 # Black to move mates with G*5b (the gold is protected by the pawn on 5c).
 MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
@@ -125,3 +140,96 @@ def test_bad_construction() -> None:
         VecEnv(2, start_sfen="not a position")
     with pytest.raises(ValueError, match="already decided"):
         VecEnv(2, start_sfen="4k4/4G4/4P4/9/9/9/9/9/4K4 w - 1")
+
+
+def test_openings_are_keyed_by_env_index_not_by_slice() -> None:
+    whole = VecEnv(6, opening_plies=5)
+    whole.reset(seed=11)
+    tail = VecEnv(3, opening_plies=5, env_offset=3)
+    tail.reset(seed=11)
+    assert [g.moves for g in tail.games] == [g.moves for g in whole.games[3:]]
+    head = VecEnv(2, opening_plies=5)
+    head.reset(seed=11)
+    assert [g.moves for g in head.games] == [g.moves for g in whole.games[:2]]
+    # the next game of an env has its own key: (seed, env, 1)
+    fresh = VecEnv(6, opening_plies=5)
+    fresh.reset(seed=11)
+    assert [fresh._new_game(i).moves for i in range(6)] != [g.moves for g in fresh.games]
+
+
+def test_random_play_is_deterministic_and_resumes_exactly() -> None:
+    def run(env: VecEnv, steps: int, seed: int) -> list[tuple]:
+        rng, out, seen = np.random.default_rng(seed), env.current, []
+        for _ in range(steps):
+            out = env.step(random_actions(out.legal_mask, rng))
+            seen.append((out.obs.copy(), out.reward.copy(), out.termination.copy()))
+        return seen
+
+    a, b = VecEnv(5, max_plies=20, opening_plies=3), VecEnv(5, max_plies=20, opening_plies=3)
+    a.reset(seed=1)
+    run(a, 50, seed=2)
+    state = a.state_dict()
+    assert sum(state["game_counts"]) > 5  # games ended and restarted
+    b.load_state_dict(state)
+    for x, y in zip(run(a, 60, seed=3), run(b, 60, seed=3)):
+        assert all(np.array_equal(u, v) for u, v in zip(x, y))
+
+
+def test_a_state_with_the_old_shared_generator_still_loads() -> None:
+    env = VecEnv(3, max_plies=20, opening_plies=2)
+    env.reset(seed=0)
+    env.step(random_actions(env.current.legal_mask, np.random.default_rng(0)))
+    old = {"games": env.state_dict()["games"], "rng": np.random.default_rng(7).bit_generator.state}
+    twin = VecEnv(3, max_plies=20, opening_plies=2)
+    out = twin.load_state_dict(old)
+    assert [g.moves for g in twin.games] == [g.moves for g in env.games]
+    assert np.array_equal(out.obs, env.current.obs)
+    again = VecEnv(3, max_plies=20, opening_plies=2)
+    again.load_state_dict(old)
+    assert again.state_dict() == twin.state_dict()  # the openings to come are fixed by the old state
+
+
+def test_buffers_are_written_in_place_and_checked() -> None:
+    buffers = StepResult.allocate(4)
+    env = VecEnv(4, buffers=buffers)
+    out = env.reset(seed=0)
+    assert out is buffers and (buffers.legal_mask.sum(axis=1) == 30).all()
+    bad = StepResult(**{**vars(buffers), "reward": np.zeros(4, dtype=np.float64)})
+    with pytest.raises(ValueError, match="reward"):
+        VecEnv(4, buffers=bad)
+
+
+def test_packed_sfen_planes_equal_sfen_planes() -> None:
+    """The encoder reads rsshogi's packed SFEN; the SFEN parser is an independent path to the same planes,
+    including positions with pieces in the box (handicap) and with more pieces in hand than planes."""
+    rng = np.random.default_rng(3)
+    starts = [None, MATE_IN_ONE, "lnsgkgsnl/9/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL w - 1",
+              "8k/9/9/9/9/9/9/9/K8 b 2r2b4g4s4n4l18p 1"]
+    sfens = []
+    for start in starts:
+        template = Game(start, max_plies=400)
+        sfens += [random_opening(template, int(rng.integers(0, 150)), rng, tries=10_000).sfen() for _ in range(40)]
+    packed = np.zeros((len(sfens), *OBSERVATION_SHAPE), dtype=np.uint8)
+    turns = np.zeros(len(sfens), dtype=np.uint8)
+    _native.encode_packed([Board(s).to_packed_sfen() for s in sfens], packed, turns)
+    assert np.array_equal(packed, encode_observations(sfens))
+    assert turns.tolist() == [0 if s.split()[1] == "b" else 1 for s in sfens]
+    with pytest.raises(ValueError, match="packed SFEN"):
+        _native.encode_packed([bytes(32)], packed[:1], turns[:1])
+
+
+def test_masks_read_move_values_in_place() -> None:
+    """The masks' fast path (reading each Move's value where the probe found it) is on, and agrees
+    with asking each Move for its value."""
+    assert MOVE_LAYOUT >= 0
+    games = [random_opening(Game(), 30, np.random.default_rng(i)) for i in range(8)]
+    encoder = Encoder(8)
+    _, mask = encoder.encode(games)
+    for game, row in zip(games, mask):
+        assert set(np.flatnonzero(row)) == legal_labels(game)
+    slow = np.zeros_like(mask)
+    values = [[int(m) for m in g.legal] for g in games]  # plain ints: the slow path
+    _native.fill_masks(values, encoder.to_play, label_table(), slow, np.zeros(mask.shape, dtype=np.int16))
+    assert np.array_equal(slow, mask)
+    actions = np.array([np.flatnonzero(row)[-1] for row in mask])
+    assert [m.to_usi() for m in encoder.moves(actions)] == [encoder.move(i, a).to_usi() for i, a in enumerate(actions)]

@@ -2,9 +2,15 @@
  * keisei.shogi._native: the hot path of observation and legal-mask encoding.
  *
  * rsshogi owns the rules (move generation, legality, repetition). This module
- * only turns what rsshogi hands out -- SFEN strings and lists of legal Move
- * objects -- into the fixed arrays a network consumes, for a whole batch in one
- * call, so that the per-step Python work of the vectorised environment stays small.
+ * only turns what rsshogi hands out -- packed SFENs (or SFEN strings) and lists of
+ * legal Move objects -- into the fixed arrays a network consumes, for a whole batch
+ * in one call, so that the per-step Python work of the vectorised environment stays small.
+ *
+ * Where the time goes (measured, docs/environment.md): the environment's positions change
+ * every step, so mispredicted branches and calls into rsshogi cost more than arithmetic.
+ * Hence packed SFENs decoded by table, attacks as bitboards, Move values read in place
+ * (set_move_layout), and, for the environment, positions kept here and moved along by the
+ * moves played (apply_moves) instead of being read from rsshogi every step.
  *
  * Frame: everything is written from the side to move's point of view. For White
  * the board is rotated 180 degrees (square s becomes 80 - s) and the hands are
@@ -43,7 +49,6 @@
 enum { PAWN = 1, LANCE, KNIGHT, SILVER, BISHOP, ROOK, GOLD, KING,
        PRO_PAWN, PRO_LANCE, PRO_KNIGHT, PRO_SILVER, HORSE, DRAGON };
 
-static const int HAND_MAX[NUM_HAND] = {8, 4, 4, 4, 4, 2, 2};
 static const int HAND_OFFSET[NUM_HAND] = {0, 8, 12, 16, 20, 24, 26};
 
 /* Movement of a piece that moves "up" (towards rank index 0): (dx, dy) pairs. */
@@ -102,11 +107,14 @@ static int hand_index(int piece_type) {
     }
 }
 
+/* A position as the encoder sees it (96 bytes: the environment keeps one per game, see
+ * apply_moves). */
 typedef struct {
-    int8_t board[NSQ]; /* +type for Black, -type for White, 0 empty */
-    int hands[2][NUM_HAND];
-    int turn;          /* 0 Black, 1 White */
+    int8_t board[NSQ];           /* +type for Black, -type for White, 0 empty */
+    uint8_t hands[2][NUM_HAND];  /* pieces in hand, hand order P L N S G B R */
+    uint8_t turn;                /* 0 Black, 1 White */
 } Position;
+#define POSITION_SIZE ((Py_ssize_t)sizeof(Position))
 
 /* Parse the board, side and hands fields of an SFEN. Returns 0 or -1 (exception set). */
 static int parse_sfen(const char *s, Py_ssize_t n, Position *pos) {
@@ -145,7 +153,7 @@ static int parse_sfen(const char *s, Py_ssize_t n, Position *pos) {
     if (rank != 8 || file != -1) goto bad;
     while (i < n && s[i] == ' ') i++;
     if (i >= n || (s[i] != 'b' && s[i] != 'w')) goto bad;
-    pos->turn = (s[i] == 'w');
+    pos->turn = (uint8_t)(s[i] == 'w');
     i++;
     while (i < n && s[i] == ' ') i++;
     if (i >= n) goto bad;
@@ -160,7 +168,8 @@ static int parse_sfen(const char *s, Py_ssize_t n, Position *pos) {
         int white = (c >= 'a' && c <= 'z');
         int h = hand_index(piece_letter(white ? (char)(c - 'a' + 'A') : c));
         if (h < 0) goto bad;
-        pos->hands[white][h] += count ? count : 1;
+        int total = pos->hands[white][h] + (count ? count : 1);
+        pos->hands[white][h] = (uint8_t)(total < 255 ? total : 255);
         count = 0;
     }
     return 0;
@@ -169,81 +178,288 @@ bad:
     return -1;
 }
 
-/* Attack planes of one side. `pieces` holds piece types on squares (0 = none) in
- * the side-to-move frame, `occupied` marks every piece, `dir` is -1 for pieces
- * that move towards rank 0 (own) and +1 for the opponent's. */
-static void add_attacks(const int8_t *pieces, const uint8_t *occupied, int dir,
-                        uint8_t *type_planes /* 14 x 81 */, uint8_t *counts /* 81 */) {
-    for (int sq = 0; sq < NSQ; sq++) {
-        int pt = pieces[sq];
-        if (!pt) continue;
-        const Movement *m = &MOVES[pt];
-        uint8_t *plane = type_planes + (pt - 1) * NSQ;
-        int x = sq / 9, y = sq % 9;
-        for (int k = 0; k < m->nsteps; k++) {
-            int tx = x + m->steps[k][0];
-            int ty = y + (dir < 0 ? m->steps[k][1] : -m->steps[k][1]);
-            if (tx < 0 || tx > 8 || ty < 0 || ty > 8) continue;
-            int t = tx * 9 + ty;
-            plane[t] = 1;
-            counts[t]++;
+/* rsshogi's packed SFEN (YaneuraOu's 256-bit format), read LSB first: 1 bit side to
+ * move, 7 + 7 bits the two kings' squares, then every other square 0..80 as a Huffman
+ * code (0 empty; 1 + the prefix below, a promotion bit for all but gold, a colour bit),
+ * then pieces in hand and "in the box" (not on the board, e.g. handicap games) until bit
+ * 256: the prefix below, a flag bit (0 in hand, 1 in the box) for all but gold, a colour
+ * bit. A gold in the box is written as a flagged White silver. Prefixes, first bit first:
+ * P 0, L 100, N 101, S 110, G 1110, B 11110, R 11111. The decoder is strict: the whole
+ * 256 bits and exactly the 38 non-king pieces of a set, or a ValueError.
+ *
+ * Both kinds of code are decoded by table (the next 8 or 7 bits give the whole code), and
+ * the board loop has no data-dependent branch: the encoder's cost is mostly mispredicted
+ * branches on positions that change every step, not arithmetic. */
+static const int INVENTORY[NUM_HAND] = {18, 4, 4, 4, 4, 2, 2}; /* P L N S G B R */
+#define NO_KIND NUM_HAND /* the inventory slot of an empty square */
+
+/* Piece type of a prefix at the start of `w` (LSB first) and its length in bits. */
+static int read_prefix(uint64_t w, int *len) {
+    if (!(w & 1)) { *len = 1; return PAWN; }
+    if (!(w & 2)) { *len = 3; return (w & 4) ? KNIGHT : LANCE; }
+    if (!(w & 4)) { *len = 3; return SILVER; }
+    if (!(w & 8)) { *len = 4; return GOLD; }
+    *len = 5;
+    return (w & 16) ? ROOK : BISHOP;
+}
+
+/* A board square's code by its next 8 bits: the signed piece, its kind (hand order) for
+ * the inventory, the length. A suffix code by its next 7 bits: kind, owner (0 Black, 1
+ * White, 2 the box), length (0: no such code). */
+typedef struct {
+    int8_t piece;
+    uint8_t kind;
+    uint8_t len;
+} BoardCode;
+typedef struct {
+    uint8_t kind;
+    uint8_t owner;
+    uint8_t len;
+} SuffixCode;
+static BoardCode BOARD_CODES[256];
+static SuffixCode SUFFIX_CODES[128];
+
+static void init_codes(void) {
+    for (int b = 0; b < 256; b++) {
+        BoardCode *code = &BOARD_CODES[b];
+        if (!(b & 1)) {
+            code->piece = 0;
+            code->kind = NO_KIND;
+            code->len = 1;
+            continue;
         }
-        for (int k = 0; k < m->nslides; k++) {
-            int dx = m->slides[k][0];
-            int dy = dir < 0 ? m->slides[k][1] : -m->slides[k][1];
-            int tx = x + dx, ty = y + dy;
-            while (tx >= 0 && tx <= 8 && ty >= 0 && ty <= 8) {
-                int t = tx * 9 + ty;
-                plane[t] = 1;
-                counts[t]++;
-                if (occupied[t]) break;
-                tx += dx;
-                ty += dy;
-            }
+        int len, pt = read_prefix((uint64_t)b >> 1, &len);
+        int base = pt, at = 1 + len;
+        if (pt != GOLD) {
+            if ((b >> at) & 1) pt = (pt == BISHOP) ? HORSE : (pt == ROOK) ? DRAGON : pt + 8;
+            at++;
         }
+        code->piece = (int8_t)(((b >> at) & 1) ? -pt : pt);
+        code->kind = (uint8_t)hand_index(base);
+        code->len = (uint8_t)(at + 1);
+    }
+    for (int b = 0; b < 128; b++) {
+        SuffixCode *code = &SUFFIX_CODES[b];
+        int len, pt = read_prefix((uint64_t)b, &len);
+        int boxed = 0;
+        if (pt != GOLD) boxed = (b >> len++) & 1;
+        int white = (b >> len++) & 1;
+        code->len = (uint8_t)len;
+        code->owner = (uint8_t)(boxed ? 2 : white);
+        if (boxed && white) { /* the box's gold, or no code at all */
+            code->len = pt == SILVER ? (uint8_t)len : 0;
+            pt = GOLD;
+        }
+        code->kind = (uint8_t)hand_index(pt);
     }
 }
 
-/* Write the NUM_PLANES x 81 planes of one position. */
-static void encode_position(const Position *pos, uint8_t *out) {
-    int8_t own[NSQ], opp[NSQ];
-    uint8_t occupied[NSQ];
-    uint8_t own_count[NSQ], opp_count[NSQ];
-    int own_king = -1;
-    int me = pos->turn;
+/* 8 bytes, the first byte lowest. */
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
 
-    /* Board planes are sparse: clear them; hand and check planes are written whole below. */
-    memset(out, 0, (size_t)P_OWN_HAND * NSQ);
-    memset(own_count, 0, sizeof own_count);
-    memset(opp_count, 0, sizeof opp_count);
+static int decode_packed(const uint8_t *data, Position *pos) {
+    uint8_t buf[96]; /* the board loop may run past bit 256 on a corrupt input: checked after */
+    int counts[NUM_HAND + 1] = {0};
+    int hands[3][NUM_HAND] = {{0}};
+    memcpy(buf, data, 32);
+    memset(buf + 32, 0, sizeof buf - 32);
+#define WINDOW(c) (load64(buf + ((c) >> 3)) >> ((c) & 7))
+    uint64_t w = WINDOW(0);
+    int cur = 15;
+    int black_king = (int)((w >> 1) & 0x7f), white_king = (int)((w >> 8) & 0x7f);
+    pos->turn = (uint8_t)(w & 1);
+    if (black_king >= NSQ || white_king >= NSQ || black_king == white_king) goto bad;
     for (int sq = 0; sq < NSQ; sq++) {
-        int v = pos->board[me ? 80 - sq : sq];
-        int mine = me ? v < 0 : v > 0;
-        int pt = v < 0 ? -v : v;
-        own[sq] = (int8_t)(v && mine ? pt : 0);
-        opp[sq] = (int8_t)(v && !mine ? pt : 0);
-        occupied[sq] = v != 0;
-        if (own[sq]) out[(P_OWN_PIECES + pt - 1) * NSQ + sq] = 1;
-        if (opp[sq]) out[(P_OPP_PIECES + pt - 1) * NSQ + sq] = 1;
-        if (own[sq] == KING) own_king = sq;
+        const BoardCode *code = &BOARD_CODES[WINDOW(cur) & 0xff];
+        int king = (sq == black_king) | (sq == white_king);
+        pos->board[sq] = king ? (sq == black_king ? KING : -KING) : code->piece;
+        counts[king ? NO_KIND : code->kind]++;
+        cur += king ? 0 : code->len;
     }
-    add_attacks(own, occupied, -1, out + P_OWN_ATTACKS * NSQ, own_count);
-    add_attacks(opp, occupied, +1, out + P_OPP_ATTACKS * NSQ, opp_count);
-    for (int sq = 0; sq < NSQ; sq++) {
-        for (int k = 0; k < 3; k++) {
-            if (own_count[sq] > k) out[(P_OWN_COUNT + k) * NSQ + sq] = 1;
-            if (opp_count[sq] > k) out[(P_OPP_COUNT + k) * NSQ + sq] = 1;
+    if (cur > 256) goto bad;
+    while (cur < 256) {
+        const SuffixCode *code = &SUFFIX_CODES[WINDOW(cur) & 0x7f];
+        if (!code->len) goto bad;
+        cur += code->len;
+        counts[code->kind]++;
+        hands[code->owner][code->kind]++;
+    }
+#undef WINDOW
+    if (cur != 256) goto bad;
+    for (int h = 0; h < NUM_HAND; h++)
+        if (counts[h] != INVENTORY[h]) goto bad;
+    for (int c = 0; c < 2; c++)
+        for (int h = 0; h < NUM_HAND; h++) pos->hands[c][h] = (uint8_t)hands[c][h];
+    return 0;
+bad:
+    PyErr_SetString(PyExc_ValueError, "keisei._native: not a packed SFEN of a full piece set");
+    return -1;
+}
+
+/* Bitboards: bit s is square s (81 of 128 bits). Tables built once from MOVES (init_tables):
+ * STEP_BB[colour][type][sq], the squares a piece attacks by its one-square (and knight)
+ * moves, Black moving towards rank 0 and White away from it; RAY[d][sq], the squares from sq
+ * in direction d (one of the eight DIRS) to the edge; RAY_END[d][sq], the last of them (127
+ * for none); slides of a piece type as directions. Sliding attacks stop at the first
+ * occupied square, found with one bit scan: the ray's occupied squares plus its last
+ * square, the lowest (directions of increasing index) or the highest. Everything is
+ * computed in Black's frame and rotated for White when written out. */
+typedef unsigned __int128 BB;
+static const int DIRS[8][2] = {{0, -1}, {0, 1}, {-1, 0}, {1, 0}, {-1, -1}, {1, -1}, {-1, 1}, {1, 1}};
+static BB STEP_BB[2][NUM_PT + 1][NSQ];
+static BB RAY[8][128];
+static uint8_t RAY_END[8][NSQ];
+static uint8_t SLIDE_N[2][NUM_PT + 1], SLIDE_DIRS[2][NUM_PT + 1][4];
+static uint8_t EXPAND[256][8], EXPAND_REV[256][8]; /* bit j -> byte j, bit j -> byte 7 - j */
+
+static int dir_index(int dx, int dy) {
+    for (int d = 0; d < 8; d++)
+        if (DIRS[d][0] == dx && DIRS[d][1] == dy) return d;
+    return -1;
+}
+
+static inline int on_board(int x, int y) { return x >= 0 && x <= 8 && y >= 0 && y <= 8; }
+
+static int init_tables(void) {
+    for (int d = 0; d < 8; d++) {
+        for (int sq = 0; sq < NSQ; sq++) {
+            int x = sq / 9 + DIRS[d][0], y = sq % 9 + DIRS[d][1], last = 127;
+            for (; on_board(x, y); x += DIRS[d][0], y += DIRS[d][1]) {
+                last = x * 9 + y;
+                RAY[d][sq] |= (BB)1 << last;
+            }
+            RAY_END[d][sq] = (uint8_t)last;
         }
+    }
+    for (int colour = 0; colour < 2; colour++) {
+        int flip = colour ? -1 : 1;
+        for (int pt = 1; pt <= NUM_PT; pt++) {
+            const Movement *m = &MOVES[pt];
+            for (int sq = 0; sq < NSQ; sq++) {
+                for (int k = 0; k < m->nsteps; k++) {
+                    int x = sq / 9 + m->steps[k][0], y = sq % 9 + flip * m->steps[k][1];
+                    if (on_board(x, y)) STEP_BB[colour][pt][sq] |= (BB)1 << (x * 9 + y);
+                }
+            }
+            SLIDE_N[colour][pt] = (uint8_t)m->nslides;
+            for (int k = 0; k < m->nslides; k++) {
+                int d = dir_index(m->slides[k][0], flip * m->slides[k][1]);
+                if (d < 0) return -1;
+                SLIDE_DIRS[colour][pt][k] = (uint8_t)d;
+            }
+        }
+    }
+    for (int b = 0; b < 256; b++)
+        for (int j = 0; j < 8; j++) {
+            EXPAND[b][j] = (uint8_t)((b >> j) & 1);
+            EXPAND_REV[b][j] = (uint8_t)((b >> (7 - j)) & 1);
+        }
+    return 0;
+}
+
+static inline int lowest_bit(BB b) {
+    uint64_t lo = (uint64_t)b;
+    return lo ? __builtin_ctzll(lo) : 64 + __builtin_ctzll((uint64_t)(b >> 64));
+}
+
+static inline int highest_bit(BB b) {
+    uint64_t hi = (uint64_t)(b >> 64);
+    return hi ? 127 - __builtin_clzll(hi) : 63 - __builtin_clzll((uint64_t)b);
+}
+
+/* The squares attacked along direction d from sq, up to and including the first occupied one. */
+static inline BB slide(int d, int sq, BB occupied) {
+    BB ray = RAY[d][sq];
+    BB stops = (ray & occupied) | (BB)1 << RAY_END[d][sq];
+    int first = (d & 1) ? lowest_bit(stops) : highest_bit(stops); /* odd d: the index increases */
+    return ray & ~RAY[d][first];
+}
+
+/* A bitboard as a plane of 81 bytes, in Black's frame or rotated 180 degrees (White's):
+ * eight bits at a time through a table (bytes of the bitboard: little-endian memory). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#error "keisei._native reads bitboards as little-endian bytes"
+#endif
+static inline void expand(BB b, uint8_t *out, int rotate) {
+    uint8_t bytes[16];
+    if (!rotate) {
+        memcpy(bytes, &b, sizeof bytes);
+        for (int k = 0; k < 10; k++) memcpy(out + 8 * k, EXPAND[bytes[k]], 8);
+        out[80] = bytes[10] & 1;
+    } else { /* out[s] = bit 80 - s: out[8k + j] = bit 7 - j of byte 9 - k of (b >> 1) */
+        BB shifted = b >> 1;
+        memcpy(bytes, &shifted, sizeof bytes);
+        for (int k = 0; k < 10; k++) memcpy(out + 8 * k, EXPAND_REV[bytes[9 - k]], 8);
+        out[80] = (uint8_t)(b & 1);
+    }
+}
+
+/* 8 planes of ones, then 8 of zeros: `count` hand planes of ones out of `max` are the
+ * `max` planes from plane 8 - count. */
+static uint8_t ONES_ZEROS[16 * NSQ];
+
+static inline void hand_planes(uint8_t *out, const uint8_t *hand) {
+#define HAND(h, max) memcpy(out + HAND_OFFSET[h] * NSQ, ONES_ZEROS + (8 - (hand[h] < (max) ? hand[h] : (max))) * NSQ, (max) * NSQ)
+    HAND(0, 8);
+    HAND(1, 4);
+    HAND(2, 4);
+    HAND(3, 4);
+    HAND(4, 4);
+    HAND(5, 2);
+    HAND(6, 2);
+#undef HAND
+}
+
+/* Write the NUM_PLANES x 81 planes of one position (9.6 KB, every byte written once or
+ * twice). Attacks are bitboards: per piece one table lookup (plus a bit scan per slide
+ * direction), per colour and type an OR, and the "attacked at least 1, 2, 3 times" sets by
+ * carry-save addition of each piece's attacks. */
+static void encode_position(const Position *pos, uint8_t *out) {
+    uint8_t squares[NSQ];
+    int8_t pieces[NSQ];
+    BB occupied = 0, attacks[2][NUM_PT + 1], ge1[2] = {0, 0}, ge2[2] = {0, 0}, ge3[2] = {0, 0};
+    int n = 0, me = pos->turn, kings[2] = {-1, -1};
+
+    memset(attacks, 0, sizeof attacks);
+    for (int sq = 0; sq < NSQ; sq++) {
+        int v = pos->board[sq];
+        squares[n] = (uint8_t)sq;
+        pieces[n] = (int8_t)v;
+        n += v != 0;
+    }
+    for (int j = 0; j < n; j++) occupied |= (BB)1 << squares[j];
+    memset(out, 0, (size_t)P_OWN_ATTACKS * NSQ);
+    for (int j = 0; j < n; j++) {
+        int sq = squares[j], v = pieces[j], colour = v < 0, pt = colour ? -v : v;
+        out[((colour == me ? P_OWN_PIECES : P_OPP_PIECES) + pt - 1) * NSQ + (me ? 80 - sq : sq)] = 1;
+        BB a = STEP_BB[colour][pt][sq];
+        for (int k = 0, slides = SLIDE_N[colour][pt]; k < slides; k++)
+            a |= slide(SLIDE_DIRS[colour][pt][k], sq, occupied);
+        attacks[colour][pt] |= a;
+        ge3[colour] |= ge2[colour] & a;
+        ge2[colour] |= ge1[colour] & a;
+        ge1[colour] |= a;
+        kings[colour] = pt == KING ? sq : kings[colour];
     }
     for (int side = 0; side < 2; side++) {
-        const int *hand = pos->hands[side == 0 ? me : 1 - me];
-        int base = side == 0 ? P_OWN_HAND : P_OPP_HAND;
-        for (int h = 0; h < NUM_HAND; h++) {
-            for (int k = 0; k < HAND_MAX[h]; k++)
-                memset(out + (base + HAND_OFFSET[h] + k) * NSQ, hand[h] > k, NSQ);
-        }
+        int colour = side ? 1 - me : me;
+        uint8_t *planes = out + (side ? P_OPP_ATTACKS : P_OWN_ATTACKS) * NSQ;
+        for (int pt = 1; pt <= NUM_PT; pt++) expand(attacks[colour][pt], planes + (pt - 1) * NSQ, me);
+        planes = out + (side ? P_OPP_COUNT : P_OWN_COUNT) * NSQ;
+        expand(ge1[colour], planes, me);
+        expand(ge2[colour], planes + NSQ, me);
+        expand(ge3[colour], planes + 2 * NSQ, me);
     }
-    memset(out + P_CHECK * NSQ, own_king >= 0 && opp_count[own_king] > 0, NSQ);
+    hand_planes(out + P_OWN_HAND * NSQ, pos->hands[me]);
+    hand_planes(out + P_OPP_HAND * NSQ, pos->hands[1 - me]);
+    memset(out + P_CHECK * NSQ, kings[me] >= 0 && (int)((ge1[1 - me] >> kings[me]) & 1), NSQ);
 }
 
 static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *name, int writable) {
@@ -302,6 +518,179 @@ static PyObject *encode_planes(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_RETURN_NONE;
 }
 
+/* --- legal masks ----------------------------------------------------------------
+ * A legal move is an rsshogi Move object whose 16-bit value (from, to, promotion or
+ * drop) picks its label in `table`. Asking each object for its value (nb_int) costs a
+ * Python call and an integer per move; instead `set_move_layout` finds, once, where the
+ * value sits inside a Move object (probing Moves of known values) and the masks read it
+ * there. A different type, or no probe done, takes the slow path: the same labels. */
+static PyTypeObject *move_type = NULL;
+static Py_ssize_t move_offset = -1;
+
+static inline int move_value(PyObject *move, long *value) {
+    if (Py_TYPE(move) == move_type) {
+        uint16_t v;
+        memcpy(&v, (const char *)move + move_offset, sizeof v);
+        *value = v;
+        return 0;
+    }
+    PyObject *as_int = PyNumber_Long(move);
+    if (!as_int) return -1;
+    *value = PyLong_AsLong(as_int);
+    Py_DECREF(as_int);
+    return (*value == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+PyDoc_STRVAR(set_move_layout_doc,
+"set_move_layout(probes) -> int\n\n"
+"Find the byte offset of the 16-bit move value inside the objects of `probes` (Moves of\n"
+"one type with distinct, known values, read with int()); the masks then read values there\n"
+"for objects of exactly that type. Returns the offset, or -1 (slow path kept) when no\n"
+"single offset fits every probe.");
+
+static PyObject *set_move_layout(PyObject *self, PyObject *probes) {
+    (void)self;
+    PyObject *seq = PySequence_Fast(probes, "probes must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    long values[64];
+    if (n < 3 || n > 64) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "set_move_layout needs 3 to 64 probes");
+        return NULL;
+    }
+    PyTypeObject *type = Py_TYPE(items[0]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *as_int = Py_TYPE(items[k]) == type ? PyNumber_Long(items[k]) : NULL;
+        if (!as_int) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "probes must share one type");
+            return NULL;
+        }
+        values[k] = PyLong_AsLong(as_int);
+        Py_DECREF(as_int);
+        if (values[k] < 0 || values[k] > 0xffff) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "probe values must fit 16 bits");
+            return NULL;
+        }
+    }
+    Py_ssize_t found = -1, matches = 0;
+    for (Py_ssize_t off = (Py_ssize_t)sizeof(PyObject); off + 2 <= type->tp_basicsize; off++) {
+        int all = 1;
+        for (Py_ssize_t k = 0; k < n && all; k++) {
+            uint16_t v;
+            memcpy(&v, (const char *)items[k] + off, sizeof v);
+            all = v == (uint16_t)values[k];
+        }
+        if (all) {
+            found = off;
+            matches++;
+        }
+    }
+    Py_DECREF(seq);
+    if (matches == 1 && type->tp_itemsize == 0) {
+        Py_XINCREF(type);
+        Py_XSETREF(move_type, type);
+        move_offset = found;
+    } else {
+        Py_CLEAR(move_type);
+        move_offset = -1;
+    }
+    return PyLong_FromSsize_t(move_offset);
+}
+
+/* Mark the labels of `moves` (a list of Moves) in `mrow` and their list positions in `irow`. */
+static int fill_mask_row(Py_ssize_t env, PyObject *moves, int turn, const int16_t *lut, uint8_t *mrow,
+                         int16_t *irow) {
+    const int16_t *labels = lut + (turn ? LUT_SIZE : 0);
+    memset(mrow, 0, NUM_LABELS);
+    if (!PyList_Check(moves)) {
+        PyErr_Format(PyExc_TypeError, "the legal moves of env %zd are not a list", env);
+        return -1;
+    }
+    Py_ssize_t m = PyList_GET_SIZE(moves);
+    PyObject **items = ((PyListObject *)moves)->ob_item;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        long v;
+        if (move_value(items[k], &v) < 0) return -1;
+        int label = labels[v & 0xffff];
+        if (label < 0 || mrow[label]) {
+            PyErr_Format(PyExc_RuntimeError, "env %zd: move value %ld has %s label %d", env, v,
+                         label < 0 ? "no" : "a duplicate", label);
+            return -1;
+        }
+        mrow[label] = 1;
+        if (irow) irow[label] = (int16_t)k;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(pick_moves_doc,
+"pick_moves(move_lists, turns, table, actions) -> list\n\n"
+"For env i, the Move of move_lists[i] whose label (side to move turns[i]) is actions[i]\n"
+"(int64, N): a scan of the list, the inverse of fill_masks without its index table.\n"
+"ValueError naming the env when no move has that label.");
+
+static PyObject *pick_moves(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pick_moves(move_lists, turns, table, actions) takes 4 arguments");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "move_lists must be a sequence of lists");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *picked = NULL;
+    Py_buffer turns, table, actions;
+    int got = 0;
+    if (get_buffer(args[1], &turns, n, "turns", 0) < 0) goto done;
+    got = 1;
+    if (get_buffer(args[2], &table, 2 * LUT_SIZE * 2, "table", 0) < 0) goto done;
+    got = 2;
+    if (get_buffer(args[3], &actions, n * (Py_ssize_t)sizeof(int64_t), "actions", 0) < 0) goto done;
+    got = 3;
+    if (actions.itemsize != sizeof(int64_t)) {
+        PyErr_SetString(PyExc_TypeError, "actions must be int64");
+        goto done;
+    }
+    picked = PyList_New(n);
+    if (!picked) goto done;
+    PyObject **lists = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int16_t *labels = (const int16_t *)table.buf + (((const uint8_t *)turns.buf)[i] ? LUT_SIZE : 0);
+        int64_t want = ((const int64_t *)actions.buf)[i];
+        PyObject *moves = lists[i];
+        if (!PyList_Check(moves)) {
+            PyErr_Format(PyExc_TypeError, "the legal moves of env %zd are not a list", i);
+            goto fail;
+        }
+        PyObject **items = ((PyListObject *)moves)->ob_item;
+        Py_ssize_t m = PyList_GET_SIZE(moves), k = 0;
+        for (; k < m; k++) {
+            long v;
+            if (move_value(items[k], &v) < 0) goto fail;
+            if (labels[v & 0xffff] == want) break;
+        }
+        if (k == m) {
+            PyErr_Format(PyExc_ValueError, "env %zd: action %lld is not a legal move", i, (long long)want);
+            goto fail;
+        }
+        Py_INCREF(items[k]);
+        PyList_SET_ITEM(picked, i, items[k]);
+    }
+    goto done;
+fail:
+    Py_CLEAR(picked);
+done:
+    if (got >= 3) PyBuffer_Release(&actions);
+    if (got >= 2) PyBuffer_Release(&table);
+    if (got >= 1) PyBuffer_Release(&turns);
+    Py_DECREF(seq);
+    return picked;
+}
+
 PyDoc_STRVAR(fill_masks_doc,
 "fill_masks(move_lists, turns, table, mask, index)\n\n"
 "For env i, mark the label of every move in move_lists[i] in mask[i] (uint8,\n"
@@ -319,77 +708,429 @@ static PyObject *fill_masks(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     Py_buffer turns, table, mask, index;
-    int got = 0;
-    if (get_buffer(args[1], &turns, n, "turns", 0) < 0) goto fail;
+    int got = 0, ok = 0;
+    if (get_buffer(args[1], &turns, n, "turns", 0) < 0) goto done;
     got = 1;
-    if (get_buffer(args[2], &table, 2 * LUT_SIZE * 2, "table", 0) < 0) goto fail;
+    if (get_buffer(args[2], &table, 2 * LUT_SIZE * 2, "table", 0) < 0) goto done;
     got = 2;
-    if (get_buffer(args[3], &mask, n * NUM_LABELS, "mask", 1) < 0) goto fail;
+    if (get_buffer(args[3], &mask, n * NUM_LABELS, "mask", 1) < 0) goto done;
     got = 3;
-    if (get_buffer(args[4], &index, n * NUM_LABELS * 2, "index", 1) < 0) goto fail;
+    if (get_buffer(args[4], &index, n * NUM_LABELS * 2, "index", 1) < 0) goto done;
     got = 4;
-
-    const uint8_t *turn = (const uint8_t *)turns.buf;
-    const int16_t *lut = (const int16_t *)table.buf;
     PyObject **lists = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint8_t *mrow = (uint8_t *)mask.buf + i * NUM_LABELS;
-        int16_t *irow = (int16_t *)index.buf + i * NUM_LABELS;
-        const int16_t *labels = lut + (turn[i] ? LUT_SIZE : 0);
-        memset(mrow, 0, NUM_LABELS);
-        PyObject *moves = lists[i];
-        if (!PyList_Check(moves)) {
-            PyErr_Format(PyExc_TypeError, "move_lists[%zd] is not a list", i);
-            goto fail;
-        }
-        Py_ssize_t m = PyList_GET_SIZE(moves);
-        for (Py_ssize_t k = 0; k < m; k++) {
-            PyObject *as_int = PyNumber_Long(PyList_GET_ITEM(moves, k));
-            if (!as_int) goto fail;
-            long v = PyLong_AsLong(as_int);
-            Py_DECREF(as_int);
-            if (v == -1 && PyErr_Occurred()) goto fail;
-            int label = labels[v & 0xffff];
-            if (label < 0 || mrow[label]) {
-                PyErr_Format(PyExc_RuntimeError,
-                             "env %zd: move value %ld has %s label %d", i, v,
-                             label < 0 ? "no" : "a duplicate", label);
-                goto fail;
-            }
-            mrow[label] = 1;
-            irow[label] = (int16_t)k;
-        }
+        if (fill_mask_row(i, lists[i], ((const uint8_t *)turns.buf)[i], (const int16_t *)table.buf,
+                          (uint8_t *)mask.buf + i * NUM_LABELS, (int16_t *)index.buf + i * NUM_LABELS) < 0)
+            goto done;
     }
-    PyBuffer_Release(&index);
-    PyBuffer_Release(&mask);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&turns);
-    Py_DECREF(seq);
-    Py_RETURN_NONE;
-fail:
+    ok = 1;
+done:
     if (got >= 4) PyBuffer_Release(&index);
     if (got >= 3) PyBuffer_Release(&mask);
     if (got >= 2) PyBuffer_Release(&table);
     if (got >= 1) PyBuffer_Release(&turns);
     Py_DECREF(seq);
-    return NULL;
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* --- packed SFENs ----------------------------------------------------------------- */
+static PyObject *str_board = NULL, *str_legal = NULL, *str_to_packed_sfen = NULL;
+
+/* The 32 bytes of a packed SFEN (a bytes object) into `pos`. */
+static int decode_packed_object(PyObject *packed, Position *pos) {
+    if (!PyBytes_Check(packed) || PyBytes_GET_SIZE(packed) != 32) {
+        PyErr_SetString(PyExc_TypeError, "a packed SFEN must be 32 bytes");
+        return -1;
+    }
+    return decode_packed((const uint8_t *)PyBytes_AS_STRING(packed), pos);
+}
+
+PyDoc_STRVAR(encode_packed_doc,
+"encode_packed(packed, obs, turns)\n\n"
+"Like encode_planes, from rsshogi packed SFENs (32-byte bytes, Board.to_packed_sfen()).");
+
+static PyObject *encode_packed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode_packed(packed, obs, turns) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "packed must be a sequence of bytes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer obs, turns;
+    int got = 0, ok = 0;
+    if (get_buffer(args[1], &obs, n * NUM_PLANES * NSQ, "obs", 1) < 0) goto done;
+    got = 1;
+    if (get_buffer(args[2], &turns, n, "turns", 1) < 0) goto done;
+    got = 2;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Position pos;
+        if (decode_packed_object(items[i], &pos) < 0) goto done;
+        encode_position(&pos, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
+        ((uint8_t *)turns.buf)[i] = (uint8_t)pos.turn;
+    }
+    ok = 1;
+done:
+    if (got >= 2) PyBuffer_Release(&turns);
+    if (got >= 1) PyBuffer_Release(&obs);
+    Py_DECREF(seq);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(encode_games_doc,
+"encode_games(games, table, obs, turns, mask, index) -> list\n\n"
+"The whole encoding of a batch of keisei Games in one call: for game i, the planes of\n"
+"game._board (via its packed SFEN) into obs[i], its side to move into turns[i], and the\n"
+"labels of game._legal into mask[i] and index[i] (as fill_masks; index may be None).\n"
+"Returns the list of the games' legal-move lists (index[i] points into the i-th).\n"
+"With `positions` (uint8, N x 96), also keeps each decoded position there (apply_moves).");
+
+static PyObject *encode_games(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_games(games, table, obs, turns, mask, index[, positions]) takes 6 or 7 arguments");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "games must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer table, obs, turns, mask, index, positions;
+    int got = 0, ok = 0, keep = nargs == 7 && args[6] != Py_None;
+    PyObject *legals = PyList_New(n);
+    if (!legals) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    if (get_buffer(args[1], &table, 2 * LUT_SIZE * 2, "table", 0) < 0) goto done;
+    got = 1;
+    if (get_buffer(args[2], &obs, n * NUM_PLANES * NSQ, "obs", 1) < 0) goto done;
+    got = 2;
+    if (get_buffer(args[3], &turns, n, "turns", 1) < 0) goto done;
+    got = 3;
+    if (get_buffer(args[4], &mask, n * NUM_LABELS, "mask", 1) < 0) goto done;
+    got = 4;
+    if (keep && get_buffer(args[6], &positions, n * POSITION_SIZE, "positions", 1) < 0) {
+        keep = 0;
+        goto done;
+    }
+    if (args[5] != Py_None) {
+        if (get_buffer(args[5], &index, n * NUM_LABELS * 2, "index", 1) < 0) {
+            if (keep) PyBuffer_Release(&positions);
+            keep = 0;
+            goto done;
+        }
+        got = 5;
+    }
+    PyObject **games = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Position pos;
+        PyObject *board = PyObject_GetAttr(games[i], str_board);
+        if (!board) goto done;
+        PyObject *packed = PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
+        Py_DECREF(board);
+        if (!packed) goto done;
+        int bad = decode_packed_object(packed, &pos);
+        Py_DECREF(packed);
+        if (bad) goto done;
+        encode_position(&pos, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
+        ((uint8_t *)turns.buf)[i] = (uint8_t)pos.turn;
+        if (keep) ((Position *)positions.buf)[i] = pos;
+        PyObject *legal = PyObject_GetAttr(games[i], str_legal);
+        if (!legal) goto done;
+        PyList_SET_ITEM(legals, i, legal); /* the list owns it now */
+        if (fill_mask_row(i, legal, pos.turn, (const int16_t *)table.buf, (uint8_t *)mask.buf + i * NUM_LABELS,
+                          got >= 5 ? (int16_t *)index.buf + i * NUM_LABELS : NULL) < 0)
+            goto done;
+    }
+    ok = 1;
+done:
+    if (keep) PyBuffer_Release(&positions);
+    if (got >= 5) PyBuffer_Release(&index);
+    if (got >= 4) PyBuffer_Release(&mask);
+    if (got >= 3) PyBuffer_Release(&turns);
+    if (got >= 2) PyBuffer_Release(&obs);
+    if (got >= 1) PyBuffer_Release(&table);
+    Py_DECREF(seq);
+    if (!ok) {
+        Py_DECREF(legals);
+        return NULL;
+    }
+    return legals;
+}
+
+
+/* --- tracked positions -------------------------------------------------------------
+ * The environment keeps the decoded position of each game (96 bytes) and, after each
+ * step, applies the move just played to it instead of asking rsshogi for a packed SFEN
+ * and decoding it again: moving a piece, taking a capture into hand (unpromoted),
+ * promoting, dropping, and passing the turn. This is bookkeeping of where pieces stand,
+ * not rules: the moves come from rsshogi's legal move lists, and a game that starts
+ * anew is read from rsshogi again (reload_positions). */
+
+static inline int base_type(int pt) {
+    return pt == HORSE ? BISHOP : pt == DRAGON ? ROOK : pt > KING ? pt - 8 : pt;
+}
+
+static inline int promoted_type(int pt) {
+    return pt == BISHOP ? HORSE : pt == ROOK ? DRAGON : pt + 8;
+}
+
+static Position *get_positions(PyObject *obj, Py_buffer *view, Py_ssize_t n) {
+    if (get_buffer(obj, view, n * POSITION_SIZE, "positions", 1) < 0) return NULL;
+    return (Position *)view->buf;
+}
+
+PyDoc_STRVAR(apply_moves_doc,
+"apply_moves(positions, moves)\n\n"
+"Play moves[i] (a legal rsshogi Move of that position) on positions[i] (uint8, N x 96).");
+
+static PyObject *apply_moves(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "apply_moves(positions, moves) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *moves = PySequence_Fast(args[1], "moves must be a sequence");
+    if (!moves) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(moves);
+    Py_buffer view;
+    Position *positions = get_positions(args[0], &view, n);
+    if (!positions) {
+        Py_DECREF(moves);
+        return NULL;
+    }
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long v;
+        if (move_value(PySequence_Fast_GET_ITEM(moves, i), &v) < 0) {
+            ok = 0;
+            break;
+        }
+        Position *pos = &positions[i];
+        int me = pos->turn, sign = me ? -1 : 1;
+        int to = (int)(v & 0x7f), from = (int)((v >> 7) & 0x7f);
+        if (v & (1 << 14)) { /* a drop: `from` is the piece type */
+            int h = hand_index(from);
+            if (h < 0 || to >= NSQ || pos->board[to] || !pos->hands[me][h]) goto bad;
+            pos->board[to] = (int8_t)(sign * from);
+            pos->hands[me][h]--;
+        } else {
+            if (from >= NSQ || to >= NSQ) goto bad;
+            int piece = pos->board[from], taken = pos->board[to];
+            if (piece * sign <= 0 || taken * sign > 0) goto bad;
+            if (taken) {
+                int h = hand_index(base_type(taken < 0 ? -taken : taken));
+                if (h < 0) goto bad; /* a king */
+                pos->hands[me][h]++;
+            }
+            if (v & (1 << 15)) piece = sign * promoted_type(piece * sign);
+            pos->board[to] = (int8_t)piece;
+            pos->board[from] = 0;
+        }
+        pos->turn = (uint8_t)(1 - me);
+        continue;
+    bad:
+        PyErr_Format(PyExc_ValueError, "env %zd: move value %ld does not fit the tracked position", i, v);
+        ok = 0;
+        break;
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(moves);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(reload_positions_doc,
+"reload_positions(games, rows, positions)\n\n"
+"Read games[k]'s position from rsshogi (its packed SFEN) into positions[rows[k]].");
+
+static PyObject *reload_positions(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "reload_positions(games, rows, positions) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *games = PySequence_Fast(args[0], "games must be a sequence");
+    if (!games) return NULL;
+    PyObject *rows = PySequence_Fast(args[1], "rows must be a sequence");
+    if (!rows) {
+        Py_DECREF(games);
+        return NULL;
+    }
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(games);
+    Py_buffer view;
+    Position *positions = NULL;
+    int ok = 0;
+    if (PySequence_Fast_GET_SIZE(rows) != k) {
+        PyErr_SetString(PyExc_ValueError, "games and rows differ in length");
+        goto done;
+    }
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    positions = (Position *)view.buf;
+    Py_ssize_t n = view.len / POSITION_SIZE;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(rows, j));
+        if (i == -1 && PyErr_Occurred()) goto release;
+        if (i < 0 || i >= n) {
+            PyErr_Format(PyExc_IndexError, "row %zd is outside the %zd positions", i, n);
+            goto release;
+        }
+        PyObject *board = PyObject_GetAttr(PySequence_Fast_GET_ITEM(games, j), str_board);
+        if (!board) goto release;
+        PyObject *packed = PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
+        Py_DECREF(board);
+        if (!packed) goto release;
+        int bad = decode_packed_object(packed, &positions[i]);
+        Py_DECREF(packed);
+        if (bad) goto release;
+    }
+    ok = 1;
+release:
+    PyBuffer_Release(&view);
+done:
+    Py_DECREF(rows);
+    Py_DECREF(games);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(encode_tracked_doc,
+"encode_tracked(positions, games, table, obs, turns, mask, index) -> list\n\n"
+"As encode_games, with the planes of the tracked positions[i] (uint8, N x 96) instead of\n"
+"game i's packed SFEN; index may be None.");
+
+static PyObject *encode_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_tracked(positions, games, table, obs, turns, mask, index) takes 7 arguments");
+        return NULL;
+    }
+    PyObject *games = PySequence_Fast(args[1], "games must be a sequence");
+    if (!games) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(games);
+    PyObject *legals = PyList_New(n);
+    Py_buffer positions, table, obs, turns, mask, index;
+    int got = 0, ok = 0;
+    if (!legals) goto done;
+    if (!get_positions(args[0], &positions, n)) goto done;
+    got = 1;
+    if (get_buffer(args[2], &table, 2 * LUT_SIZE * 2, "table", 0) < 0) goto done;
+    got = 2;
+    if (get_buffer(args[3], &obs, n * NUM_PLANES * NSQ, "obs", 1) < 0) goto done;
+    got = 3;
+    if (get_buffer(args[4], &turns, n, "turns", 1) < 0) goto done;
+    got = 4;
+    if (get_buffer(args[5], &mask, n * NUM_LABELS, "mask", 1) < 0) goto done;
+    got = 5;
+    if (args[6] != Py_None) {
+        if (get_buffer(args[6], &index, n * NUM_LABELS * 2, "index", 1) < 0) goto done;
+        got = 6;
+    }
+    const Position *pos = (const Position *)positions.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        encode_position(&pos[i], (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
+        ((uint8_t *)turns.buf)[i] = pos[i].turn;
+        PyObject *legal = PyObject_GetAttr(PySequence_Fast_GET_ITEM(games, i), str_legal);
+        if (!legal) goto done;
+        PyList_SET_ITEM(legals, i, legal);
+        if (fill_mask_row(i, legal, pos[i].turn, (const int16_t *)table.buf, (uint8_t *)mask.buf + i * NUM_LABELS,
+                          got >= 6 ? (int16_t *)index.buf + i * NUM_LABELS : NULL) < 0)
+            goto done;
+    }
+    ok = 1;
+done:
+    if (got >= 6) PyBuffer_Release(&index);
+    if (got >= 5) PyBuffer_Release(&mask);
+    if (got >= 4) PyBuffer_Release(&turns);
+    if (got >= 3) PyBuffer_Release(&obs);
+    if (got >= 2) PyBuffer_Release(&table);
+    if (got >= 1) PyBuffer_Release(&positions);
+    Py_DECREF(games);
+    if (!ok) {
+        Py_XDECREF(legals);
+        return NULL;
+    }
+    return legals;
+}
+
+PyDoc_STRVAR(encode_rows_doc,
+"encode_rows(positions, rows, obs)\n\n"
+"The planes of positions[rows[k]] (uint8, N x 96) into obs[k].");
+
+static PyObject *encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "encode_rows(positions, rows, obs) takes 3 arguments");
+        return NULL;
+    }
+    PyObject *rows = PySequence_Fast(args[1], "rows must be a sequence");
+    if (!rows) return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(rows);
+    Py_buffer positions, obs;
+    int got = 0, ok = 0;
+    if (PyObject_GetBuffer(args[0], &positions, PyBUF_C_CONTIGUOUS) < 0) goto done;
+    got = 1;
+    if (get_buffer(args[2], &obs, k * NUM_PLANES * NSQ, "obs", 1) < 0) goto done;
+    got = 2;
+    Py_ssize_t n = positions.len / POSITION_SIZE;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(rows, j));
+        if (i == -1 && PyErr_Occurred()) goto done;
+        if (i < 0 || i >= n) {
+            PyErr_Format(PyExc_IndexError, "row %zd is outside the %zd positions", i, n);
+            goto done;
+        }
+        encode_position((const Position *)positions.buf + i, (uint8_t *)obs.buf + j * NUM_PLANES * NSQ);
+    }
+    ok = 1;
+done:
+    if (got >= 2) PyBuffer_Release(&obs);
+    if (got >= 1) PyBuffer_Release(&positions);
+    Py_DECREF(rows);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"encode_planes", (PyCFunction)(void (*)(void))encode_planes, METH_FASTCALL, encode_planes_doc},
     {"fill_masks", (PyCFunction)(void (*)(void))fill_masks, METH_FASTCALL, fill_masks_doc},
+    {"encode_packed", (PyCFunction)(void (*)(void))encode_packed, METH_FASTCALL, encode_packed_doc},
+    {"encode_games", (PyCFunction)(void (*)(void))encode_games, METH_FASTCALL, encode_games_doc},
+    {"set_move_layout", (PyCFunction)set_move_layout, METH_O, set_move_layout_doc},
+    {"pick_moves", (PyCFunction)(void (*)(void))pick_moves, METH_FASTCALL, pick_moves_doc},
+    {"apply_moves", (PyCFunction)(void (*)(void))apply_moves, METH_FASTCALL, apply_moves_doc},
+    {"reload_positions", (PyCFunction)(void (*)(void))reload_positions, METH_FASTCALL, reload_positions_doc},
+    {"encode_tracked", (PyCFunction)(void (*)(void))encode_tracked, METH_FASTCALL, encode_tracked_doc},
+    {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "keisei.shogi._native",
     "Batch encoding of observations and legal masks (see keisei.shogi.features).", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
+    init_codes();
+    memset(ONES_ZEROS, 1, 8 * NSQ);
+    if (init_tables() < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "keisei._native: bad movement table");
+        return NULL;
+    }
+    if (!str_board && !(str_board = PyUnicode_InternFromString("_board"))) return NULL;
+    if (!str_legal && !(str_legal = PyUnicode_InternFromString("_legal"))) return NULL;
+    if (!str_to_packed_sfen && !(str_to_packed_sfen = PyUnicode_InternFromString("to_packed_sfen"))) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "NUM_PLANES", NUM_PLANES) < 0 ||
+        PyModule_AddIntConstant(m, "POSITION_SIZE", (long)POSITION_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "NUM_LABELS", NUM_LABELS) < 0) {
         Py_DECREF(m);
         return NULL;

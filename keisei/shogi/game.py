@@ -9,6 +9,7 @@ entering-king declaration wins, and ``max_plies`` moves end in a draw.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum, IntEnum
 
 import numpy as np
@@ -297,6 +298,40 @@ class Game:
         players and search. Anything else is undefined; ``push`` checks a USI move."""
         self._board.push_move(move)
         self._history.append(move)
+        self._adjudicate()
+
+    def finished_state(self) -> tuple:
+        """A finished game as plain data (start, final SFEN, move values, result, termination, settings),
+        for ``from_finished_state`` in another process: cheaper than replaying the moves."""
+        assert self._result is not None, "only a finished game"
+        return (self._start_sfen, self._board.to_sfen(), [int(m) for m in self._history], self._result.value,
+                int(self._termination), self.max_plies, self.declaration)
+
+    @classmethod
+    def from_finished_state(cls, state: tuple) -> Game:
+        """The finished game ``finished_state`` described (its final board set from the SFEN, not replayed)."""
+        start, final, values, result, termination, max_plies, declaration = state
+        game = object.__new__(cls)
+        game._board = Board(final)
+        game._history = [Move(v) for v in values]
+        game._legal = []
+        game._result = Result(result)
+        game._termination = Termination(termination)
+        game._start_sfen = start
+        game.max_plies = max_plies
+        game.declaration = declaration
+        return game
+
+    def play_line(self, moves: Sequence[Move]) -> None:
+        """Play ``moves`` (each legal in turn) without validation, adjudicating only the position
+        they reach: for a line already known to leave the game running until its last move, such
+        as a path down a search tree. Anything else is undefined; ``play`` adjudicates every move."""
+        if not moves:
+            return
+        board, history = self._board, self._history
+        for move in moves:
+            board.push_move(move)
+            history.append(move)
         self._adjudicate()
 
     def _finish(self, result: Result, termination: Termination) -> None:
