@@ -27,6 +27,7 @@ from keisei.config import (
     EvaluationMode,
     OpponentConfig,
     OpponentKind,
+    SearchConfig,
     WandbMode,
     to_container,
     validate_evaluate,
@@ -44,16 +45,22 @@ def build_opponent(cfg: OpponentConfig, device: torch.device, seed: int) -> Play
     if cfg.kind is OpponentKind.heuristic:
         return HeuristicPlayer(seed, name=cfg.name or "heuristic")
     if cfg.kind is OpponentKind.checkpoint:
-        return checkpoint_player(str(cfg.checkpoint), device, cfg.temperature, seed, cfg.name)
+        return checkpoint_player(str(cfg.checkpoint), device, cfg.temperature, seed, cfg.name, cfg.search)
     return UsiPlayer(str(cfg.command), args=cfg.args, options=cfg.options, movetime_ms=cfg.movetime_ms,
                      byoyomi_ms=cfg.byoyomi_ms, depth=cfg.depth, timeout_s=cfg.timeout_s, name=cfg.name)
 
 
 def checkpoint_player(path: str, device: torch.device, temperature: float, seed: int,
-                      name: str | None = None) -> AgentPlayer:
-    """A trained agent rebuilt from its checkpoint file (or run dir) alone."""
+                      name: str | None = None, search: SearchConfig | None = None) -> AgentPlayer:
+    """A trained agent rebuilt from its checkpoint file (or run dir) alone; it searches when
+    ``search.simulations`` > 0, and its name then says so (``+search200``), as do the records."""
     model, _ = load_model(path, device)
-    return AgentPlayer(model, name=name or path, temperature=temperature, device=device, seed=seed)
+    return AgentPlayer(model, name=searching_name(name or path, search), temperature=temperature, device=device,
+                       seed=seed, search=search)
+
+
+def searching_name(name: str, search: SearchConfig | None) -> str:
+    return f"{name}+search{search.simulations}" if search is not None and search.simulations else name
 
 
 def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,
@@ -168,7 +175,7 @@ def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     ev, progress = cfg.evaluation, cfg.logging.progress_bar
-    agent = checkpoint_player(cfg.checkpoint, device, ev.temperature, cfg.seed)
+    agent = checkpoint_player(cfg.checkpoint, device, ev.temperature, cfg.seed, search=ev.search)
     others: list[Player] = []
     try:
         if ev.mode is EvaluationMode.single_opponent:
@@ -181,7 +188,7 @@ def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
                 if (CONF / "opponent" / f"{spec}.yaml").is_file():
                     others.append(build_opponent(opponent_preset(spec), device, cfg.seed + k))
                 else:
-                    others.append(checkpoint_player(spec, device, ev.temperature, cfg.seed + k))
+                    others.append(checkpoint_player(spec, device, ev.temperature, cfg.seed + k, search=ev.search))
             results = round_robin([agent, *others], ev, out_dir, seed=cfg.seed, progress=progress)
             for pairing in results["pairings"]:
                 print(format_match(pairing))
@@ -217,7 +224,7 @@ def _worker(argv: list[str] | None = None) -> None:
     device = torch.device(spec["device"])
     torch.set_num_threads(1)  # leave the cores to training
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engine below
-    agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent")
+    agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent", search=ev.search)
     opponent = build_opponent(op, device, spec["seed"])
     try:
         evaluate_agent(agent, opponent, ev, args.out_dir, seed=spec["seed"])

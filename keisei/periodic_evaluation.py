@@ -22,7 +22,7 @@ from torch import nn
 
 from keisei.checkpoint import model_state, save_checkpoint
 from keisei.config import PeriodicMode, TrainConfig, to_container
-from keisei.evaluation import build_opponent, eval_metrics, evaluate_agent
+from keisei.evaluation import build_opponent, eval_metrics, evaluate_agent, searching_name
 from keisei.players import AgentPlayer, Player
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class Inline:
         cfg = self.cfg
         if self.opponent is None:
             self.check()
-        agent = AgentPlayer(model, temperature=cfg.evaluation.temperature, device=self.device, seed=seed)
+        agent = AgentPlayer(model, name=searching_name("agent", cfg.evaluation.search),
+                            temperature=cfg.evaluation.temperature, device=self.device, seed=seed,
+                            search=cfg.evaluation.search)
         results = evaluate_agent(agent, self.opponent, cfg.evaluation, out_dir, seed=seed)
         self.finished = eval_metrics(results, step)
 

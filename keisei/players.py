@@ -15,7 +15,9 @@ import torch
 from rsshogi.types import PieceType
 from torch import nn
 
+from keisei.config import SearchConfig
 from keisei.policy import Policy
+from keisei.search import Search
 from keisei.shogi import Encoder, Game, Termination
 
 Choice = str | Termination
@@ -101,17 +103,25 @@ class HeuristicPlayer(Player):
 
 
 class AgentPlayer(Player):
-    """A network (e.g. from a checkpoint): greedy at ``temperature`` 0, else sampling
-    from the policy softened by ``temperature``; all its games in one batched forward pass."""
+    """A network (e.g. from a checkpoint).
+
+    Without ``search`` (or with ``search.simulations`` 0) it plays the policy's move: greedy at
+    ``temperature`` 0, else sampled from the policy softened by ``temperature``; all its games in
+    one batched forward pass. With ``search.simulations`` > 0 it plays the move of a
+    ``keisei.search.Search`` (its games searched together, their leaves batched; ``temperature``
+    is then unused: ``search.temperature`` applies to the visit counts).
+    """
 
     def __init__(self, model: nn.Module, *, name: str = "agent", temperature: float = 0.0,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 device: torch.device | str = "cpu", seed: int = 0, search: SearchConfig | None = None) -> None:
         self.name = name
         self.policy = Policy(model)
         self.temperature = temperature
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)  # sampling happens on the CPU
         self.encoder = Encoder(1)
+        self.search = (Search(self.policy, search, device=self.device, seed=seed)
+                       if search is not None and search.simulations > 0 else None)
 
     @property
     def model(self) -> nn.Module:
@@ -122,9 +132,13 @@ class AgentPlayer(Player):
 
     @torch.no_grad()
     def act(self, games: Sequence[Game]) -> tuple[list[str], list[float]]:
-        """The move for each game (which must have legal moves) and the value of its position."""
+        """The move for each game (which must have legal moves) and the value of its position
+        (with search: the searched value of the move)."""
         if not games:
             return [], []
+        if self.search is not None:
+            results = self.search.run(games)
+            return [r.move for r in results], [r.value for r in results]
         if len(games) > self.encoder.capacity:
             self.encoder = Encoder(len(games))
         obs, mask = self.encoder.encode(games)

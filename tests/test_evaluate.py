@@ -157,6 +157,18 @@ def test_against_random(trained_run: Path, tmp_path: Path, target: str) -> None:
     assert str(out / "results.json") in proc.stdout
 
 
+def test_agent_with_search_against_a_searching_checkpoint_opponent(trained_run: Path, tmp_path: Path) -> None:
+    """evaluation.search drives the agent's search, opponent.search a checkpoint opponent's; names and
+    records say which side searched."""
+    out = tmp_path / "eval"
+    evaluate(out, f"checkpoint={trained_run}", "evaluation.search.simulations=8", "evaluation.games=2",
+             "evaluation.max_plies=16", "opponent=checkpoint", f"opponent.checkpoint={trained_run}",
+             "opponent.name=rival", "opponent.search.simulations=4")
+    r = results(out)
+    assert r["player"] == f"{trained_run}+search8" and r["opponent"] == "rival+search4"
+    assert_records(out, 2, {f"{trained_run}+search8", "rival+search4"})
+
+
 def test_heuristic_beats_barely_trained_agent(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = evaluate(out, f"checkpoint={trained_run}", "opponent=heuristic", "evaluation.games=10",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from keisei.config import ModelConfig, ModelName
+from keisei.config import ModelConfig, ModelName, SearchConfig
 from keisei.match import play_match
 from keisei.model import build_model
 from keisei.players import AgentPlayer, HeuristicPlayer, RandomPlayer
@@ -144,3 +144,27 @@ def test_agent_plays_legal_games(tiny_model):
         assert m.game.is_over
         assert m.game.termination not in FORFEITS
     assert AgentPlayer(tiny_model).choose([]) == []
+
+
+def test_agent_search_none_or_zero_simulations_is_the_raw_policy(tiny_model, positions):
+    raw = AgentPlayer(tiny_model).choose(positions)
+    for search in (None, SearchConfig(simulations=0)):
+        player = AgentPlayer(tiny_model, search=search)
+        assert player.search is None and player.choose(positions) == raw
+
+
+def test_agent_with_search_plays_a_proven_mate(tiny_model):
+    # Black mates in three plies by a bishop drop on the long diagonal (tests/test_search.py checks
+    # that by the rules alone, and that a policy blind to it is overridden).
+    game = Game("8k/9/8G/8n/9/9/9/9/4K4 b B 1")
+    searching = AgentPlayer(tiny_model, search=SearchConfig(simulations=8, mate_plies=3))
+    (move,), (value,) = searching.act([game])
+    assert value == 1.0
+    game.push(move)
+    for reply in game.legal_moves():  # every defence is mated at once
+        line = game.copy()
+        line.push(reply)
+        line.push(line.board.solve_mate_in_one().to_usi())
+        assert line.termination is Termination.CHECKMATE
+    games = play_match(searching, RandomPlayer(seed=15), games=2, max_plies=40, opening_plies=2)
+    assert all(m.game.termination not in FORFEITS for m in games)

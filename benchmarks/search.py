@@ -1,0 +1,141 @@
+"""Search at play time: nodes per second (batched vs unbatched leaves) and search vs the raw policy.
+
+(a) Nodes per second of ``keisei.search.Search`` on positions of random openings, for leaves
+evaluated one at a time (``batch_size`` 1), in batches of ``--batch-size`` (virtual loss), and with
+``--lockstep`` games searched together; measured side by side in alternating rounds of one run,
+reported as medians and the ratio batched / unbatched.
+
+(b) Strength: the checkpoint's network with search (each of ``--simulations``; ``--simulations 1``
+is the policy's move plus the mate search alone) against the same
+network's raw policy (greedy; ``--baseline mate``: the policy with the same mate search, to isolate
+what the tree adds), ``--games`` games per setting, colours alternating, each random
+opening (``--opening-plies``) played with both colours; W/D/L, win rate with its 95 % Wilson
+interval and the Elo difference (``keisei.match.match_results``).
+
+    python benchmarks/search.py --checkpoint RUN_DIR_OR_FILE [--games 40] [--simulations 64 200]
+        [--threads 1] [--out results.json]
+
+Without ``--checkpoint`` only (a) runs, on an untrained ResNet of the CPU baseline's shape
+(2 blocks of 32 channels); its speed is the same as a trained one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keisei.checkpoint import load_model
+from keisei.config import ModelConfig, SearchConfig
+from keisei.match import match_results, play_match
+from keisei.model import build_model
+from keisei.players import AgentPlayer
+from keisei.policy import Policy
+from keisei.search import Search
+from keisei.shogi import Game, random_opening
+
+
+def positions(count: int, seed: int) -> list[Game]:
+    """Running positions after 6 to 40 random plies."""
+    rng = np.random.default_rng(seed)
+    return [random_opening(Game(), int(rng.integers(6, 40)), rng) for _ in range(count)]
+
+
+def nodes_per_second(policy: Policy, games: list[Game], simulations: int, batch_size: int, lockstep: int) -> float:
+    """Nodes/s of searching ``games``, ``lockstep`` of them at a time (fresh trees, no reuse)."""
+    cfg = SearchConfig(simulations=simulations, batch_size=batch_size, reuse_tree=False)
+    nodes, start = 0, time.perf_counter()
+    for i in range(0, len(games), lockstep):
+        nodes += sum(r.nodes for r in Search(policy, cfg).run(games[i:i + lockstep]))
+    return nodes / (time.perf_counter() - start)
+
+
+def speed(policy: Policy, args: argparse.Namespace) -> dict[str, float]:
+    games = positions(args.positions, seed=1)
+    settings = {"unbatched (batch 1)": (1, 1), f"batched (batch {args.batch_size})": (args.batch_size, 1),
+                f"batched, {args.lockstep} games in lockstep": (args.batch_size, args.lockstep)}
+    nodes_per_second(policy, games[:2], 32, args.batch_size, 1)  # warm-up
+    runs: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(args.rounds):
+        for name, (batch_size, lockstep) in settings.items():
+            runs[name].append(nodes_per_second(policy, games, args.nps_simulations, batch_size, lockstep))
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    base = medians["unbatched (batch 1)"]
+    for name, value in medians.items():
+        print(f"  {name:<36} {value:8.0f} nodes/s  x{value / base:.2f}   (rounds: "
+              f"{', '.join(f'{v:.0f}' for v in runs[name])})")
+    return medians
+
+
+def strength(model: torch.nn.Module, args: argparse.Namespace) -> list[dict]:
+    results = []
+    for simulations in args.simulations:
+        searcher = AgentPlayer(model, name=f"search{simulations}-mate{args.mate_plies}", seed=0,
+                               search=SearchConfig(simulations=simulations, batch_size=args.batch_size,
+                                                   mate_plies=args.mate_plies))
+        if args.baseline == "raw":
+            raw = AgentPlayer(model, name="raw")
+        else:  # the policy's move, but with the same mate search (and mate-in-one avoidance)
+            raw = AgentPlayer(model, name=f"policy+mate{args.mate_plies}",
+                              search=SearchConfig(simulations=1, mate_plies=args.mate_plies))
+        start = time.perf_counter()
+        games = play_match(searcher, raw, args.games, max_plies=args.max_plies, opening_plies=args.opening_plies,
+                           seed=args.seed)
+        elapsed = time.perf_counter() - start
+        r = match_results(games, searcher.name, raw.name)
+        r["simulations"], r["mate_plies"], r["seconds"] = simulations, args.mate_plies, round(elapsed, 1)
+        results.append(r)
+        print(f"  {simulations:>4} simulations, mate search {args.mate_plies} plies, vs {raw.name}: "
+              f"{r['wins']}-{r['draws']}-{r['losses']} "
+              f"(W-D-L of {r['games']}), score {r['score']:.3f}, win rate {r['win_rate']:.3f} "
+              f"[{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}], Elo {r['elo']:+.0f} +- {r['elo_error']:.0f}; "
+              f"{r['terminations']}; mean length {r['game_length']['mean']:.0f} plies; {elapsed:.0f} s")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a checkpoint file or run dir; without it, only the speed part")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--positions", type=int, default=16, help="speed: positions searched per setting")
+    parser.add_argument("--nps-simulations", type=int, default=128, help="speed: playouts per position")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lockstep", type=int, default=8, help="speed: games searched together")
+    parser.add_argument("--rounds", type=int, default=3, help="speed: alternating rounds")
+    parser.add_argument("--games", type=int, default=40, help="strength: games per setting")
+    parser.add_argument("--simulations", type=int, nargs="*", default=[64, 200], help="strength: settings")
+    parser.add_argument("--mate-plies", type=int, default=3, help="strength: the searching side's mate search")
+    parser.add_argument("--baseline", choices=["raw", "mate"], default="raw",
+                        help="strength: the opponent: the raw policy, or the policy with the same mate search")
+    parser.add_argument("--max-plies", type=int, default=256)
+    parser.add_argument("--opening-plies", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        model, cfg = load_model(args.checkpoint)
+        shape = cfg.model
+    else:
+        torch.manual_seed(0)
+        shape = ModelConfig(blocks=2, channels=32, value_hidden=64)
+        model = build_model(shape).eval()
+    print(f"network: {shape.name.value} {shape.blocks} blocks x {shape.channels} channels; torch threads "
+          f"{torch.get_num_threads()}")
+    print(f"(a) nodes/s, {args.positions} positions x {args.nps_simulations} playouts, median of {args.rounds} rounds:")
+    out: dict = {"threads": torch.get_num_threads(), "nodes_per_second": speed(Policy(model), args)}
+    if args.checkpoint:
+        print(f"(b) search vs {args.baseline} baseline, {args.games} games each, max {args.max_plies} plies, "
+              f"{args.opening_plies} random opening plies:")
+        out["strength"] = strength(model, args)
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Search at play time: batched PUCT Monte-Carlo tree search over the policy and value heads, and a mate search.
+
+``Search(policy, cfg).run(games)`` searches each game's position and answers a ``SearchResult``
+per game (the move, the root value, a proven mate if any, the principal variation, visit counts).
+
+- **Tree policy**: PUCT as in AlphaZero / dlshogi: a child is chosen by
+  ``Q + c_puct * P * sqrt(N_parent) / (1 + N_child)``; unvisited children get the parent's
+  value minus ``FPU_REDUCTION`` as their Q (first-play urgency).
+- **Batched leaves**: every round, each tree descends ``cfg.batch_size`` times, with a virtual
+  loss on the edges taken so that the descents spread over different leaves; all the new leaves
+  of all the trees searched together (e.g. every game of a match where this player is to move)
+  go through ONE ``Policy.logits_and_value`` forward pass. A descent that meets a leaf already
+  waiting in the batch is undone and not counted, and ends that tree's round. Trees only share
+  the forward pass, so a game's search does not depend on the other games searched with it.
+- **Rules** come from ``keisei.shogi.Game``: each descent copies the root game and plays the
+  path with ``Game.play_line`` (which adjudicates the position reached as ``Game.play`` would),
+  so repetition draws, perpetual-check losses, declarations and the ply limit are scored by the
+  same adjudication as real games. No make/unmake: ``Game.copy`` costs about as much as an unmake
+  would to regenerate the legal moves, far below a leaf's network evaluation.
+- **Mate search** (``cfg.mate_plies``): at the root a shortest-first AND/OR search over checks
+  (``find_mate``) proves mates of up to ``mate_plies`` plies; a proven mate is played without
+  consulting the net. Every new leaf is tested for a mate in one (rsshogi's solver) before it
+  is sent to the net, and root moves that allow a mate in one are excluded while a safe move
+  exists. Proven wins and losses propagate up the tree (``SearchResult.mate``).
+- **Tree reuse** (``cfg.reuse_tree``): the subtree of the position reached (up to two plies
+  after a previous search of the same game) is kept between calls.
+
+Values are in [-1, 1] from the side to move's view, as the value head's. With the same seed,
+the same calls give the same moves (a time limit makes the number of simulations vary).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rsshogi.core import Board, Move
+from rsshogi.types import RepetitionState
+
+from keisei.config import SearchConfig
+from keisei.policy import Policy
+from keisei.shogi import Encoder, Game
+
+VIRTUAL_LOSS = 1.0  # visits counted as losses on the edges of a descent waiting for the net
+FPU_REDUCTION = 0.2  # unvisited children: the parent's value minus this
+MAX_EXPANDED_NODES = 400_000  # per tree (about 1.5 GB); a search stops growing its tree there
+MATE_SEARCH_NODES = 100_000  # moves made by one root mate search before it gives up
+
+_NO_REPETITION = RepetitionState.NONE
+
+Key = tuple[str, tuple[str, ...], int, bool]
+
+
+@dataclass
+class Limits:
+    """When a search stops: the first of ``simulations`` playouts per game (None: no limit),
+    ``deadline`` (a ``time.monotonic()`` instant; None: none) and ``stop`` being set. Another
+    thread may set ``stop`` or change ``deadline`` / ``simulations`` while the search runs."""
+
+    simulations: int | None = None
+    deadline: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class SearchResult:
+    """What a search found for one game."""
+
+    move: str  # the move to play (USI)
+    value: float  # expected result of ``move`` for the side to move, in [-1, 1]
+    mate: int | None  # plies to a proven end: > 0 the side to move wins, < 0 it loses; None: unproven
+    pv: list[str]  # principal variation (USI), starting with ``move``
+    visits: dict[str, int]  # root move -> visits
+    values: dict[str, float]  # root move -> its value for the side to move (visited or proven moves)
+    nodes: int  # playouts of this search (network evaluations and proven or terminal leaves)
+    seldepth: int  # deepest descent of this search
+    elapsed_s: float
+
+    @property
+    def depth(self) -> int:
+        return len(self.pv)
+
+    @property
+    def nps(self) -> int:
+        return int(self.nodes / self.elapsed_s) if self.elapsed_s > 0 else 0
+
+
+class Node:
+    """A position in the tree. Expanded nodes hold, per legal move (in label order): the prior,
+    visits ``n`` and total value ``w`` (both from this node's side to move, virtual losses
+    included while descents are pending), and ``status``: +1 the move is proven to win, -1 to
+    lose, 0 unknown, with ``plies`` to the end through it."""
+
+    __slots__ = ("children", "legal", "lost", "mate", "n", "order", "pending", "plies", "prior", "proof", "q",
+                 "status", "terminal", "value", "visits", "w")
+
+    def __init__(self) -> None:
+        self.legal: list[Move] | None = None  # the game's legal moves (None: not expanded)
+        self.order: np.ndarray | None = None  # child k is legal[order[k]]
+        self.prior = self.n = self.w = self.q = self.status = self.plies = np.empty(0)
+        self.lost = False  # some move is proven to lose
+        self.children: list[Node | None] = []
+        self.visits = 0.0
+        self.value = 0.0  # the net's value of the position
+        self.terminal: float | None = None  # the game is over here: its result for the side to move
+        self.proof: tuple[int, int] | None = None  # (+1 win / -1 loss for the side to move, plies to the end)
+        self.pending = False  # waiting in the current batch for the net
+        self.mate: Move | None = None  # the mate in one found at this leaf
+
+    def end(self, game: Game) -> None:
+        """Score this leaf by the result of ``game`` (its position), which is over."""
+        winner = game.winner
+        self.terminal = 0.0 if winner is None else 1.0 if winner is game.turn else -1.0
+        if winner is not None:
+            self.proof = (int(self.terminal), 0)
+
+    @property
+    def expanded(self) -> bool:
+        return self.legal is not None
+
+    def expand(self, legal: list[Move], order: np.ndarray, prior: np.ndarray, value: float) -> None:
+        m = len(order)
+        self.legal, self.order, self.prior, self.value = legal, order, prior, value
+        self.n = np.zeros(m)
+        self.w = np.zeros(m)
+        self.q = np.full(m, value - FPU_REDUCTION)  # w / n of visited moves; first-play urgency for the others
+        self.status = np.zeros(m, dtype=np.int8)
+        self.plies = np.zeros(m, dtype=np.int32)
+        self.children = [None] * m
+
+    def move(self, k: int) -> Move:
+        assert self.legal is not None and self.order is not None
+        return self.legal[self.order[k]]
+
+    def add(self, k: int, visits: float, value: float) -> None:
+        """Count ``visits`` more on move ``k`` worth ``value`` in all (negative to undo)."""
+        n = self.n[k] + visits
+        self.n[k] = n
+        w = self.w[k] + value
+        self.w[k] = w
+        self.q[k] = w / n if n > 0 else self.value - FPU_REDUCTION
+        self.visits += visits
+
+    def update_proof(self) -> tuple[int, int] | None:
+        """Proven when a move wins (the quickest) or every move loses (the slowest)."""
+        self.lost = bool((self.status == -1).any())
+        wins = self.status == 1
+        if wins.any():
+            self.proof = (1, int(self.plies[wins].min()))
+        elif (self.status == -1).all():
+            self.proof = (-1, int(self.plies.max()))
+        return self.proof
+
+
+@dataclass
+class _Tree:
+    """One game's search in a ``run``."""
+
+    game: Game  # a copy of the root position (with its history)
+    root: Node
+    key: Key
+    prior: np.ndarray | None = None  # root priors with noise, for this search
+    mate: tuple[Move, int] | None = None  # a mate proven by the root mate search
+    nodes: int = 0
+    expanded: int = 0
+    seldepth: int = 0
+
+
+@dataclass
+class _Leaf:
+    tree: _Tree
+    node: Node
+    path: list[tuple[Node, int]]
+    game: Game
+
+
+class _MateBudget(Exception):
+    pass
+
+
+def find_mate(board: Board, max_plies: int, node_limit: int = MATE_SEARCH_NODES) -> tuple[Move, int] | None:
+    """The first move and length of the shortest forced mate in at most ``max_plies`` plies for the
+    side to move of ``board``, or None. Mate in one from rsshogi's solver; longer ones by an
+    AND/OR search over checks, deepening two plies at a time. A line through a repeated position
+    is not counted (it could be a draw or a perpetual-check loss). ``board`` is left as it was."""
+    if max_plies < 1:
+        return None
+    mate = board.solve_mate_in_one()
+    if mate is not None:
+        return mate.to_move(), 1
+    budget = [node_limit]
+    for plies in range(3, max_plies + 1, 2):
+        try:
+            move = _attack(board, plies, budget)
+        except _MateBudget:
+            return None
+        if move is not None:
+            return move, plies
+    return None
+
+
+def _attack(board: Board, plies: int, budget: list[int]) -> Move | None:
+    """A check after which every defence is mated within ``plies - 1`` plies, or None."""
+    if plies == 1:
+        mate = board.solve_mate_in_one()
+        return mate.to_move() if mate is not None else None
+    for move in board.legal_moves():
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _MateBudget
+        board.push_move(move)
+        try:
+            if board.is_in_check() and board.repetition_state() == _NO_REPETITION and _defend(board, plies - 1, budget):
+                return move
+        finally:
+            board.pop()
+    return None
+
+
+def _defend(board: Board, plies: int, budget: list[int]) -> bool:
+    """Whether every legal reply of the side in check is mated within ``plies - 1`` plies."""
+    for reply in board.legal_moves():  # none: checkmated
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _MateBudget
+        board.push_move(reply)
+        try:
+            if board.repetition_state() != _NO_REPETITION or _attack(board, plies - 1, budget) is None:
+                return False
+        finally:
+            board.pop()
+    return True
+
+
+def _key(game: Game) -> Key:
+    return game.start_sfen, tuple(game.moves), game.max_plies, game.declaration
+
+
+class Search:
+    """Batched PUCT search with ``policy`` (see the module docstring). One ``Search`` per player:
+    it keeps the trees of its last ``run`` for reuse and its own random generator (Dirichlet
+    noise, moves sampled at ``cfg.temperature``)."""
+
+    def __init__(self, policy: Policy, cfg: SearchConfig, *, device: torch.device | str | None = None,
+                 seed: int = 0) -> None:
+        self.policy = policy
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else policy.device
+        self.rng = np.random.default_rng(seed)
+        self.encoder = Encoder(max(cfg.batch_size, 1))
+        self._trees: dict[Key, Node] = {}
+
+    def reset(self) -> None:
+        """Forget the kept trees (a new game)."""
+        self._trees = {}
+
+    # --- the search -----------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, games: Sequence[Game], limits: Limits | None = None, *,
+            on_info: Callable[[SearchResult], None] | None = None, info_interval_s: float = 1.0
+            ) -> list[SearchResult]:
+        """Search every game (each must still be running) and choose its move.
+
+        ``limits`` default: ``cfg.simulations`` playouts per game. ``on_info`` is called with the
+        first game's result so far every ``info_interval_s`` (not after the last round)."""
+        if limits is None:
+            limits = Limits(simulations=self.cfg.simulations)
+        start = time.monotonic()
+        self.policy.model.eval()
+        keys = [_key(game) for game in games]
+        trees: dict[Key, _Tree] = {}
+        for game, key in zip(games, keys):
+            if game.is_over:
+                raise ValueError(f"cannot search a finished game ({game.termination.name.lower()}): {game.sfen()}")
+            if key not in trees:  # the same position with the same history is searched once
+                trees[key] = _Tree(game.copy(), self._reused(key), key)
+        self._trees = {}
+        work = list(trees.values())
+        for tree in work:
+            if self.cfg.mate_plies >= 1:
+                plies_left = tree.game.max_plies - tree.game.ply
+                tree.mate = find_mate(tree.game.board.copy(), min(self.cfg.mate_plies, plies_left))
+        roots = [_Leaf(t, t.root, [], t.game) for t in work if t.mate is None and not t.root.expanded]
+        self._evaluate(roots)  # a new root's evaluation is the first playout
+        for leaf in roots:
+            leaf.tree.nodes += 1
+        for tree in work:
+            if tree.mate is None:
+                self._prepare_root(tree)
+        last_info = start
+        round_s = 0.0
+        while True:
+            active = [t for t in work if self._running(t, limits)]
+            now = time.monotonic()
+            if not active or limits.stop.is_set() or (limits.deadline is not None and now + round_s > limits.deadline):
+                break
+            batch: list[_Leaf] = []
+            for tree in active:
+                budget = self.cfg.batch_size
+                if limits.simulations is not None:
+                    budget = min(budget, limits.simulations - tree.nodes)
+                self._collect(tree, budget, batch)
+            self._evaluate(batch)
+            round_s = time.monotonic() - now
+            if on_info is not None and time.monotonic() - last_info >= info_interval_s:
+                last_info = time.monotonic()
+                on_info(self._result(work[0], last_info - start, sample=False))
+        elapsed = time.monotonic() - start
+        if self.cfg.reuse_tree:
+            self._trees = {key: tree.root for key, tree in trees.items() if tree.root.expanded}
+        return [self._result(trees[key], elapsed, sample=True) for key in keys]
+
+    def _running(self, tree: _Tree, limits: Limits) -> bool:
+        return (tree.mate is None and tree.root.proof is None and tree.expanded < MAX_EXPANDED_NODES
+                and (limits.simulations is None or tree.nodes < limits.simulations))
+
+    def _reused(self, key: Key) -> Node:
+        """The kept subtree of ``game``'s position (searched before, up to two plies earlier), or a new node."""
+        if not self.cfg.reuse_tree:
+            return Node()
+        start, moves, max_plies, declaration = key
+        for back in range(3):
+            if back > len(moves):
+                break
+            node = self._trees.get((start, moves[:len(moves) - back], max_plies, declaration))
+            if node is None:
+                continue
+            for usi in moves[len(moves) - back:]:
+                child = None
+                if node.expanded:
+                    k = next((k for k in range(len(node.children)) if node.move(k).to_usi() == usi), None)
+                    child = node.children[k] if k is not None else None
+                if child is None:
+                    return Node()
+                node = child
+            return node if node.expanded and node.terminal is None and not node.pending else Node()
+        return Node()
+
+    def _prepare_root(self, tree: _Tree) -> None:
+        """Root priors for this search (with Dirichlet noise when asked) and, with the mate search
+        on, root moves that allow a mate in one marked as lost."""
+        root, cfg = tree.root, self.cfg
+        tree.prior = root.prior
+        if cfg.dirichlet_fraction > 0 and len(root.prior) > 1:
+            noise = self.rng.dirichlet(np.full(len(root.prior), cfg.dirichlet_alpha))
+            tree.prior = (1 - cfg.dirichlet_fraction) * root.prior + cfg.dirichlet_fraction * noise
+        if cfg.mate_plies >= 1 and tree.game.ply + 2 <= tree.game.max_plies:
+            board = tree.game.board.copy()
+            for k in range(len(root.status)):
+                if root.status[k] != 0:
+                    continue
+                board.push_move(root.move(k))
+                if (board.repetition_state() == _NO_REPETITION and board.legal_moves()
+                        and board.solve_mate_in_one() is not None):
+                    root.status[k], root.plies[k] = -1, 2
+                board.pop()
+            root.update_proof()
+
+    def _collect(self, tree: _Tree, descents: int, batch: list[_Leaf]) -> None:
+        """Up to ``descents`` descents of ``tree``: new leaves join ``batch`` (virtual loss on their
+        path), finished or proven leaves are backed up at once."""
+        c_puct, vl = self.cfg.c_puct, VIRTUAL_LOSS
+        for _ in range(descents):
+            node, path, moves = tree.root, [], []
+            while node.expanded and node.terminal is None and node.proof is None:
+                score = (tree.prior if node is tree.root else node.prior) / (1.0 + node.n)
+                score *= c_puct * math.sqrt(max(node.visits, 1.0))
+                score += node.q
+                if node.lost:
+                    score[node.status == -1] = -np.inf
+                k = int(score.argmax())
+                node.add(k, vl, -vl)
+                path.append((node, k))
+                moves.append(node.move(k))
+                child = node.children[k]
+                if child is None:
+                    child = node.children[k] = Node()
+                node = child
+            if node.pending:  # already waiting in this batch: undo the virtual loss, try no further
+                for parent, k in path:
+                    parent.add(k, -vl, vl)
+                return
+            game = tree.game.copy()
+            game.play_line(moves)  # the positions on the way are known to be running
+            if game.is_over and node.terminal is None:
+                node.end(game)
+            tree.nodes += 1
+            tree.seldepth = max(tree.seldepth, len(path))
+            if node.terminal is not None:
+                self._backup(path, node.terminal, node.proof)
+            elif node.proof is not None:
+                self._backup(path, float(node.proof[0]), node.proof)
+            elif self.cfg.mate_plies >= 1 and game.ply < game.max_plies and (mate := game.board.solve_mate_in_one()):
+                node.proof, node.mate = (1, 1), mate.to_move()
+                self._backup(path, 1.0, node.proof)
+            else:
+                node.pending = True
+                batch.append(_Leaf(tree, node, path, game))
+
+    def _evaluate(self, batch: list[_Leaf]) -> None:
+        """One forward pass for the leaves of ``batch``: expand them and back their values up."""
+        if not batch:
+            return
+        if len(batch) > self.encoder.capacity:
+            self.encoder = Encoder(len(batch))
+        obs, mask = self.encoder.encode([leaf.game for leaf in batch])
+        logits, values = self.policy.logits_and_value(torch.from_numpy(obs).to(self.device),
+                                                      torch.from_numpy(mask).to(self.device))
+        logits_np, values_np = logits.cpu().numpy(), values.cpu().numpy()
+        for j, leaf in enumerate(batch):
+            labels = np.flatnonzero(mask[j])
+            x = logits_np[j, labels].astype(np.float64)
+            prior = np.exp(x - x.max())
+            prior /= prior.sum()
+            value = float(values_np[j])
+            leaf.node.expand(leaf.game.legal, self.encoder.index[j, labels].astype(np.intp), prior, value)
+            leaf.node.pending = False
+            leaf.tree.expanded += 1
+            self._backup(leaf.path, value, None)
+
+    @staticmethod
+    def _backup(path: list[tuple[Node, int]], value: float, proof: tuple[int, int] | None) -> None:
+        """Back ``value`` (the leaf's side to move's view) up ``path``, removing the virtual loss;
+        a proof of the leaf marks the edges above it and proves ancestors where it decides them."""
+        vl = VIRTUAL_LOSS
+        for node, k in reversed(path):
+            value = -value
+            node.add(k, 1.0 - vl, value + vl)
+            if proof is not None:
+                node.status[k], node.plies[k] = -proof[0], proof[1] + 1
+                proof = node.update_proof()
+
+    # --- the answer -----------------------------------------------------------------------
+    def _result(self, tree: _Tree, elapsed: float, *, sample: bool) -> SearchResult:
+        root = tree.root
+        if tree.mate is not None:
+            move, plies = tree.mate
+            usi = move.to_usi()
+            return SearchResult(usi, 1.0, plies, [usi], {usi: 0}, {usi: 1.0}, tree.nodes, plies, elapsed)
+        k = self._choose(tree, sample)
+        usi = [root.move(i).to_usi() for i in range(len(root.n))]
+        values = {usi[i]: float(root.status[i]) if root.status[i] else float(root.w[i] / root.n[i])
+                  for i in range(len(root.n)) if root.status[i] or root.n[i] > 0}
+        mate = int(root.status[k]) * int(root.plies[k]) if root.status[k] else None
+        return SearchResult(usi[k], values.get(usi[k], root.value), mate, self._pv(root, k),
+                            {usi[i]: int(root.n[i]) for i in range(len(root.n))}, values, tree.nodes,
+                            tree.seldepth, elapsed)
+
+    def _choose(self, tree: _Tree, sample: bool) -> int:
+        """The root move: a proven win (the quickest), else among moves not proven lost the most
+        visited (ties: the higher prior), or one sampled from visits^(1/T) in the first
+        ``temperature_moves`` plies; when every move loses, the slowest loss."""
+        root, cfg = tree.root, self.cfg
+        status = root.status
+        if (status == 1).any():
+            wins = np.flatnonzero(status == 1)
+            return int(wins[np.argmin(root.plies[wins])])
+        if (status == -1).all():
+            return int(np.argmax(root.plies))
+        allowed = np.flatnonzero(status != -1)
+        if sample and cfg.temperature > 0 and tree.game.ply < cfg.temperature_moves:
+            weights = root.n[allowed] ** (1.0 / cfg.temperature)
+            if weights.sum() <= 0:
+                weights = root.prior[allowed]
+            return int(allowed[self.rng.choice(len(allowed), p=weights / weights.sum())])
+        best = np.lexsort((-root.prior[allowed], -root.n[allowed]))[0]
+        return int(allowed[best])
+
+    @staticmethod
+    def _pv(root: Node, k: int) -> list[str]:
+        pv = [root.move(k).to_usi()]
+        node = root.children[k]
+        while node is not None and node.expanded and node.terminal is None and node.n.sum() > 0:
+            wins = np.flatnonzero(node.status == 1)
+            k = int(wins[np.argmin(node.plies[wins])]) if len(wins) else int(np.argmax(node.n))
+            pv.append(node.move(k).to_usi())
+            node = node.children[k]
+        if node is not None and node.mate is not None:
+            pv.append(node.mate.to_usi())
+        return pv

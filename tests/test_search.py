@@ -1,0 +1,341 @@
+"""Search at play time (keisei.search): real rsshogi rules, a real (untrained) ResNet, no mocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+from rsshogi.core import Move
+
+from keisei.config import ModelConfig, SearchConfig
+from keisei.match import play_match
+from keisei.model import build_model
+from keisei.players import AgentPlayer, RandomPlayer
+from keisei.policy import Policy
+from keisei.search import Limits, Search, find_mate
+from keisei.shogi import NUM_ACTIONS, Game, Termination, move_to_action
+from keisei.shogi.game import FORFEITS
+
+# Black to move; White king 5a, a Black pawn on 5c, a gold in hand: G*5b mates.
+MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
+# Black to move and mate in three plies, but in no fewer (checked below by the rules alone).
+MATE_IN_THREE = ["8k/9/8G/8n/9/9/9/9/4K4 b B 1", "1k7/2L6/1sG6/9/9/9/9/9/4K4 b 2S 1"]
+# Black to move; White threatens G*5h (guarded by its pawn on 5g), mate. 15 of Black's 23 moves allow it.
+THREATENED = "4k4/9/9/9/R8/9/4p4/9/4K4 b g 1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a loaded 2-core box, two threads per process make each forward pass
+    many times slower (the results are the same)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(blocks=1, channels=16, value_hidden=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def policy(net: torch.nn.Module) -> Policy:
+    return Policy(net)
+
+
+@pytest.fixture
+def positions(random_positions: list[Game]) -> list[Game]:
+    """Twelve running positions of random games (drops, promotions, checks; both colours to move)."""
+    return [g for g in random_positions if not g.is_over][7::160][:12]
+
+
+class Preferring(torch.nn.Module):
+    """A network whose policy strongly prefers one move of one position: ``net``'s logits plus 20 on
+    that move's label (a real network with a known first choice, whatever the random weights)."""
+
+    def __init__(self, net: torch.nn.Module, game: Game, usi: str) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("offset", torch.zeros(NUM_ACTIONS))
+        self.offset[move_to_action(usi, game.turn.value)] = 20.0
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, value = self.net(obs)
+        return logits + self.offset, value
+
+
+def search(policy: Policy, games: list[Game], **settings: object) -> list:
+    return Search(policy, SearchConfig(**{"simulations": 64, **settings})).run(games)  # type: ignore[arg-type]
+
+
+def raw_move(net: torch.nn.Module, game: Game) -> str:
+    return AgentPlayer(net).choose([game])[0]
+
+
+def mates_in(game: Game, plies: int) -> bool:
+    """Whether the side to move of ``game`` mates in at most ``plies`` plies whatever the defence,
+    decided by ``Game``'s adjudication alone (a plain minimax over every legal move)."""
+    for move in game.legal_moves():
+        after = game.copy()
+        after.push(move)
+        if after.termination is Termination.CHECKMATE:
+            return True
+        if plies >= 3 and not after.is_over and all(_reply_loses(after, reply, plies - 2)
+                                                    for reply in after.legal_moves()):
+            return True
+    return False
+
+
+def _reply_loses(game: Game, reply: str, plies: int) -> bool:
+    after = game.copy()
+    after.push(reply)
+    return not after.is_over and mates_in(after, plies)
+
+
+def forced_mate_after(game: Game, move: str, plies: int) -> bool:
+    after = game.copy()
+    after.push(move)
+    if after.termination is Termination.CHECKMATE:
+        return True
+    return not after.is_over and all(_reply_loses(after, reply, plies - 2) for reply in after.legal_moves())
+
+
+# --- mate search ------------------------------------------------------------------------------
+
+
+def test_positions_are_what_they_claim() -> None:
+    assert mates_in(Game(MATE_IN_ONE), 1)
+    for sfen in MATE_IN_THREE:
+        assert not mates_in(Game(sfen), 1) and mates_in(Game(sfen), 3)
+
+
+def test_find_mate_in_one_and_three() -> None:
+    move, plies = find_mate(Game(MATE_IN_ONE).board.copy(), 3)
+    assert (move.to_usi(), plies) == ("G*5b", 1)
+    for sfen in MATE_IN_THREE:
+        game = Game(sfen)
+        board = game.board.copy()
+        assert find_mate(board, 1) is None
+        move, plies = find_mate(board, 3)
+        assert plies == 3 and forced_mate_after(game, move.to_usi(), 3)
+        assert board.to_sfen() == game.sfen()  # the board is left as it was
+    assert find_mate(Game().board.copy(), 5) is None
+    assert find_mate(Game(THREATENED).board.copy(), 3) is None
+
+
+def test_search_plays_the_mate_in_three_the_raw_policy_misses(net: torch.nn.Module) -> None:
+    for sfen in MATE_IN_THREE:
+        game = Game(sfen)
+        blind = Preferring(net, game, "5i4h").eval()  # a king move, far from any mate
+        assert raw_move(blind, game) == "5i4h" and not forced_mate_after(game, "5i4h", 3)
+        (result,) = search(Policy(blind), [game], simulations=8, mate_plies=3)
+        assert result.mate == 3 and forced_mate_after(game, result.move, 3)
+
+
+def test_mate_in_one_overrides_the_network(net: torch.nn.Module) -> None:
+    game = Game(MATE_IN_ONE)
+    blind = Preferring(net, game, "5i4h").eval()
+    assert raw_move(blind, game) == "5i4h"
+    (result,) = search(Policy(blind), [game], mate_plies=1)
+    assert (result.move, result.mate, result.value) == ("G*5b", 1, 1.0)
+
+
+@pytest.mark.parametrize("batch_size", [4, 16])
+def test_tree_proves_a_mate_in_three_from_mates_in_one_at_its_leaves(policy: Policy, batch_size: int) -> None:
+    # With the root mate search at one ply, the mate in three is proven inside the tree: every
+    # reply to the check reaches a leaf with a mate in one, and the proof is propagated up.
+    game = Game(MATE_IN_THREE[0])
+    (result,) = search(policy, [game], simulations=400, batch_size=batch_size, mate_plies=1)
+    assert result.mate == 3 and forced_mate_after(game, result.move, 3)
+    assert result.nodes < 400  # it stops once the root is proven
+    line = game.copy()
+    for move in result.pv:
+        line.push(move)
+    assert len(result.pv) == 3 and line.termination is Termination.CHECKMATE  # the principal variation mates
+
+
+def test_avoids_moves_that_allow_a_mate_in_one(net: torch.nn.Module) -> None:
+    game = Game(THREATENED)
+
+    def allows_mate(move: str) -> bool:
+        after = game.copy()
+        after.push(move)
+        return after.board.solve_mate_in_one() is not None
+
+    careless = Policy(Preferring(net, game, "9e9f").eval())
+    assert allows_mate("9e9f") and raw_move(careless.model, game) == "9e9f"  # the network walks into it
+    for simulations in (1, 64):
+        (result,) = search(careless, [game], simulations=simulations, mate_plies=1)
+        assert not allows_mate(result.move)
+    (result,) = search(careless, [game], simulations=1, mate_plies=0)  # mate search off: the raw move
+    assert result.move == "9e9f"
+
+
+# --- rules inside the tree -------------------------------------------------------------------
+
+
+def test_repetition_in_the_tree_is_a_draw(policy: Policy) -> None:
+    game = Game("4k4/9/9/9/9/9/9/9/4K4 b - 1")  # kings only
+    for move in ["5i5h", "5a5b", "5h5i", "5b5a"] * 2 + ["5i5h", "5a5b", "5h5i"]:
+        game.push(move)
+    repeat = game.copy()
+    repeat.push("5b5a")
+    assert repeat.termination is Termination.SENNICHITE  # the 4th occurrence
+    (result,) = search(policy, [game], simulations=100)
+    assert result.visits["5b5a"] > 0 and result.values["5b5a"] == 0.0  # every visit scored as a draw
+    others = [v for move, v in result.values.items() if move != "5b5a"]
+    assert others and all(v != 0.0 for v in others)  # the network's values are never exactly 0
+
+
+def test_perpetual_check_in_the_tree_loses(policy: Policy) -> None:
+    game = Game("8k/9/6R2/9/9/9/9/9/4K4 b - 1")  # Black's rook checks the White king back and forth
+    for move in ["3c1c", "1a2a", "1c2c", "2a1a"] + ["2c1c", "1a2a", "1c2c", "2a1a"] * 2:
+        game.push(move)
+    losing = game.copy()
+    losing.push("2c1c")
+    assert losing.termination is Termination.PERPETUAL_CHECK and losing.winner.value == "w"
+    (result,) = search(policy, [game], simulations=300, c_puct=4.0)
+    assert result.values["2c1c"] == -1.0  # proven lost by the rules
+    assert result.move != "2c1c"
+
+
+def declares_next(game: Game, move: str) -> bool:
+    """Whether after ``move`` every reply leaves the mover a position where it declares and wins."""
+    after = game.copy()
+    after.push(move)
+    if after.is_over:
+        return False
+    for reply in after.legal_moves():
+        line = after.copy()
+        line.push(reply)
+        if line.termination is not Termination.DECLARATION or line.winner is not game.turn:
+            return False
+    return True
+
+
+def test_declaration_in_the_tree_wins(policy: Policy) -> None:
+    # Ten Black pieces worth 26 points stand in the camp, two pawns in hand: once the king steps in
+    # (5c, 6c or 7c), Black declares on its next turn, whatever White (a lone king far away) does.
+    game = Game("RRBBGG3/GG7/SS7/3K5/9/9/9/9/8k b 2P 1")
+    assert {m for m in game.legal_moves() if declares_next(game, m)} == {"6d5c", "6d6c", "6d7c"}
+    (result,) = search(policy, [game], simulations=300, mate_plies=0, c_puct=4.0)
+    proven = {m for m, v in result.values.items() if v == 1.0}
+    assert proven and proven <= {"6d5c", "6d6c", "6d7c"}  # proven by the rules, and only those
+    assert result.move in proven and result.mate == 2
+
+
+# --- moves -----------------------------------------------------------------------------------
+
+
+def test_never_an_illegal_move(policy: Policy, positions: list[Game]) -> None:
+    results = search(policy, positions, simulations=24, batch_size=8)
+    for game, result in zip(positions, results):
+        assert result.move in game.legal_moves()
+        assert set(result.visits) == set(game.legal_moves())
+        assert sum(result.visits.values()) == 23  # the root's own evaluation is the first playout
+        line = game.copy()
+        for move in result.pv:  # the principal variation is a legal line
+            assert not line.is_over
+            line.push(move)
+
+
+def test_searching_agent_plays_legal_games(net: torch.nn.Module) -> None:
+    agent = AgentPlayer(net, search=SearchConfig(simulations=16, batch_size=8), seed=1)
+    games = play_match(agent, RandomPlayer(seed=2), games=2, max_plies=60, opening_plies=2)
+    assert all(m.game.is_over and m.game.termination not in FORFEITS for m in games)
+
+
+def test_same_seed_same_moves(policy: Policy, positions: list[Game]) -> None:
+    noisy = {"temperature": 1.0, "temperature_moves": 1000, "dirichlet_fraction": 0.25, "simulations": 24}
+
+    def moves(seed: int) -> list[str]:
+        return [r.move for r in Search(policy, SearchConfig(**noisy), seed=seed).run(positions)]
+
+    first = moves(1)
+    assert moves(1) == first
+    assert moves(2) != first  # the seed does matter: sampling and noise
+
+
+def test_simulations_zero_is_the_raw_policy(net: torch.nn.Module, policy: Policy, positions: list[Game]) -> None:
+    raw = AgentPlayer(net).choose(positions)
+    player = AgentPlayer(net, search=SearchConfig(simulations=0))
+    assert player.search is None and player.choose(positions) == raw
+    # One simulation (the root's evaluation) with the mate search off also plays the policy's move.
+    assert [r.move for r in search(policy, positions, simulations=1, mate_plies=0)] == raw
+
+
+def test_games_searched_together_equal_games_searched_alone(policy: Policy, positions: list[Game]) -> None:
+    # Several trees in lockstep share each forward pass, but no tree sees another's leaves: the
+    # visit counts are exactly those of searching each game alone, at any batch size.
+    for batch_size in (1, 8):
+        cfg = SearchConfig(simulations=40, batch_size=batch_size)
+        together = Search(policy, cfg).run(positions[:5])
+        alone = [Search(policy, cfg).run([g])[0] for g in positions[:5]]
+        assert [r.visits for r in together] == [r.visits for r in alone]
+
+
+def test_virtual_loss_batches_spread_the_same_playouts(policy: Policy, positions: list[Game]) -> None:
+    # Within one tree, batch_size > 1 selects several leaves before their values are known
+    # (virtual loss), so the counts differ from batch_size 1 -- but not the number of playouts,
+    # and a proven result is the same.
+    for game in positions[:3]:
+        one = search(policy, [game], simulations=48, batch_size=1)[0]
+        batched = search(policy, [game], simulations=48, batch_size=16)[0]
+        assert sum(one.visits.values()) == sum(batched.visits.values()) == 47
+        assert one.nodes == batched.nodes == 48
+
+
+# --- reuse and limits ------------------------------------------------------------------------
+
+
+def test_tree_reuse_keeps_the_subtree(policy: Policy) -> None:
+    for reuse in (True, False):
+        engine = Search(policy, SearchConfig(simulations=200, batch_size=8, reuse_tree=reuse))
+        game = Game()
+        first = engine.run([game])[0]
+        game.push(first.pv[0])
+        game.push(first.pv[1])
+        second = engine.run([game])[0]
+        kept = sum(second.visits.values()) - (second.nodes - 1)
+        assert (kept > 0) == reuse
+    fresh = Search(policy, SearchConfig(simulations=200, batch_size=8)).run([game])[0]
+    assert second.move == fresh.move  # the second search (no reuse) is a fresh search
+
+
+def test_stop_and_deadline(policy: Policy) -> None:
+    engine = Search(policy, SearchConfig(simulations=10**6))
+    limits = Limits(simulations=None)
+    limits.stop.set()
+    (result,) = engine.run([Game()], limits)
+    assert result.nodes == 1 and result.move in Game().legal_moves()  # the root is always evaluated
+    limits = Limits(simulations=None)
+    threading.Timer(0.3, limits.stop.set).start()
+    (result,) = engine.run([Game()], limits)
+    assert result.nodes > 1 and result.move in Game().legal_moves()
+    start = time.monotonic()
+    (result,) = engine.run([Game()], Limits(simulations=None, deadline=start + 0.3))
+    assert result.nodes > 1 and time.monotonic() - start < 0.3 + 2.0  # a round past the deadline at most
+
+
+def test_finished_games_are_refused(policy: Policy) -> None:
+    game = Game(MATE_IN_ONE)
+    game.push("G*5b")
+    with pytest.raises(ValueError, match="finished game"):
+        search(policy, [game])
+
+
+def test_play_line_adjudicates_its_last_position_as_play_does() -> None:
+    moves = ["5i5h", "5a5b", "5h5i", "5b5a"] * 3  # the 12th move repeats the start a 4th time
+    for count in (1, 5, 11, 12):
+        one_by_one, line = Game(), Game()
+        for usi in moves[:count]:
+            one_by_one.push(usi)
+        line.play_line([Move.from_usi(usi) for usi in moves[:count]])
+        assert (line.sfen(), line.termination, line.legal_moves(), line.ply) == (
+            one_by_one.sfen(), one_by_one.termination, one_by_one.legal_moves(), one_by_one.ply)
+    assert line.termination is Termination.SENNICHITE
