@@ -391,3 +391,11 @@ def test_pool_games_keep_their_opponent_and_are_logged_apart(tmp_path: Path) -> 
     state = checkpoint(run_dir)["opponent_pool"]
     assert all(k >= 0 for k in state["opponent"])  # every game in progress plays a snapshot
     assert set(state["opponent"]) <= set(state["snapshots"])  # ... whose weights are kept while it plays
+
+
+def test_env_workers_train_the_same_run(tmp_path: Path, half: Path) -> None:
+    """env.workers=2 steps the same games as one process: the same seed gives the same weights."""
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=256", CONSTANT, "env.workers=2")
+    assert_same_weights(checkpoint(run_dir)["model"], checkpoint(half)["model"])
+    assert [r["global_step"] for r in metrics(run_dir)] == [r["global_step"] for r in metrics(half)]
