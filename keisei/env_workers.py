@@ -70,7 +70,8 @@ def make_env(cfg: EnvConfig) -> VecEnv | WorkerVecEnv:
     """The environment of ``cfg``: a ``VecEnv`` in this process when ``cfg.workers`` is 1, else a
     ``WorkerVecEnv`` over ``cfg.workers`` processes. Call ``close()`` on it when done (a no-op for
     ``VecEnv``) or use it as a context manager."""
-    kwargs = {"max_plies": cfg.max_plies, "declaration": cfg.declaration, "opening_plies": cfg.opening_plies}
+    kwargs = {"max_plies": cfg.max_plies, "declaration": cfg.declaration, "opening_plies": cfg.opening_plies,
+              "keep_finished": max(1024, 2 * cfg.num_envs)}  # every game of a step, whatever the batch
     if cfg.workers <= 1:
         return VecEnv(cfg.num_envs, **kwargs)
     return WorkerVecEnv(cfg.num_envs, workers=cfg.workers, **kwargs)

@@ -157,6 +157,9 @@ def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma:
         ended_envs = np.flatnonzero(out.terminated | out.truncated)
         if ended_envs.size:
             finished = env.pop_finished()  # this step's games, in env order
+            if len(finished) != ended_envs.size:
+                raise RuntimeError(f"the env kept {len(finished)} of the {ended_envs.size} games that ended in "
+                                   "one step: create it with keep_finished >= num_envs")
             for i, game in zip(ended_envs.tolist(), finished):
                 if pool.opponent[i] >= 0:
                     mover_score = (float(out.reward[i]) + 1) / 2
