@@ -56,7 +56,10 @@ class TrainState:
         shuffle = torch.Generator().manual_seed(cfg.seed)
 
         def opponent() -> Policy:
-            return Policy(build_model(cfg.model).to(device).eval())
+            # A network to load a snapshot into: its initial weights must not draw from the global
+            # generator (when one is built would then change the run's samples, and exact resume).
+            with torch.random.fork_rng(devices=[]):
+                return Policy(build_model(cfg.model).to(device).eval())
 
         return cls(
             cfg=cfg, policy=policy, optimizer=build_optimizer(model, t),
