@@ -4,8 +4,10 @@ A checkpoint is a ``torch.save`` dict holding everything needed to continue a ru
 to rebuild its network from the file alone:
 ``format``, ``encoding_version``, ``config`` (the resolved run config), ``model``,
 ``optimizer``, ``scaler``, ``global_step``, ``update``, ``rng`` (torch, CUDA and update
-shuffling generator states), ``env`` (games in progress, opening generator),
-``opponent_pool``, ``wandb_run_id``.
+shuffling generator states), ``env`` (games in progress, opening seeds), ``opponent_pool``
+(snapshots, each game's opponent), ``wandb_run_id``, ``games_total``, ``objective``,
+``eval_win_rate``, ``world_size`` and, for a distributed run, ``ranks`` (each rank's ``rng``,
+``env`` and ``opponent_pool``); see ``keisei.train_state``.
 """
 
 from __future__ import annotations
