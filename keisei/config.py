@@ -168,6 +168,7 @@ class OpponentConfig:
 class EvaluationMode(str, Enum):
     single_opponent = "single_opponent"
     round_robin = "round_robin"
+    gauntlet = "gauntlet"
 
 
 class PeriodicMode(str, Enum):
@@ -186,7 +187,7 @@ class EvaluationConfig:
     declaration: bool = True
     temperature: float = 0.0  # the agent's: 0 plays greedily
     search: SearchConfig = field(default_factory=SearchConfig)  # the agent's search (simulations 0: none)
-    players: list[str] = field(default_factory=list)  # round_robin: checkpoints/run dirs or opponent presets
+    players: list[str] = field(default_factory=list)  # round_robin, gauntlet: checkpoints/run dirs or opponent presets
     save_records: bool = True  # every game as KIF, CSA and USI moves
     interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
     periodic: PeriodicMode = PeriodicMode.inline  # train.py: inline blocks; background runs a process
@@ -292,9 +293,9 @@ def validate_evaluate(cfg: DictConfig | EvaluateConfig) -> EvaluateConfig:
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     assert isinstance(cfg, EvaluateConfig)
     validate_evaluation(cfg.evaluation, cfg.opponent)
-    if cfg.evaluation.mode is EvaluationMode.round_robin:
+    if cfg.evaluation.mode is not EvaluationMode.single_opponent:
         _check(len(cfg.evaluation.players) >= 1, "evaluation.players", cfg.evaluation.players,
-               "round_robin needs at least one other player")
+               f"{cfg.evaluation.mode.value} needs at least one other player")
     return cfg
 
 

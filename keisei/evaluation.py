@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -136,6 +137,42 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
     return summary
 
 
+def gauntlet(agent: Player, opponents: list[Player], cfg: EvaluationConfig, out_dir: Path, *, seed: int,
+             progress: bool = False) -> dict[str, Any]:
+    """The agent against each opponent of a ladder in turn (``cfg.games`` games each, colours
+    alternating): each match in ``out_dir/<k>-<opponent>/``, and a table (``results.json``,
+    ``results.md``) of win rate, interval, Elo and error per opponent. ``score``: the mean score."""
+    matches: list[dict[str, Any]] = []
+    interrupted = None
+    for k, opponent in enumerate(opponents):
+        match_dir = out_dir / f"{k:02d}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', opponent.name)}"
+        try:
+            matches.append(evaluate_agent(agent, opponent, cfg, match_dir, seed=seed + k, progress=progress))
+        except MatchInterrupted as exc:
+            interrupted = exc
+            if (match_dir / "results.json").is_file():
+                matches.append(json.loads((match_dir / "results.json").read_text(encoding="utf-8")))
+            break
+    if interrupted is not None and not matches:
+        raise interrupted
+    rows = ["| opponent | games | +W =D -L | win rate [95 %] | Elo |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in matches:
+        rows.append(f"| {r['opponent']} | {r['games']} | +{r['wins']} ={r['draws']} -{r['losses']} | "
+                    f"{r['win_rate']:.3f} [{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}] | "
+                    f"{r['elo']:+.0f} ± {r['elo_error']:.0f} |")
+    table = f"{agent.name}, {cfg.games} games per opponent\n\n" + "\n".join(rows) + "\n"
+    summary = {"player": agent.name, "matches": matches, "score": sum(r["score"] for r in matches) / len(matches),
+               "table": table}
+    if interrupted is not None:
+        summary["partial"] = True
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (out_dir / "results.md").write_text(table, encoding="utf-8")
+    if interrupted is not None:
+        raise interrupted
+    return summary
+
+
 def format_match(results: dict[str, Any]) -> str:
     r = results
     ends = ", ".join(f"{k} {v}" for k, v in r["terminations"].items())
@@ -167,9 +204,9 @@ def opponent_preset(name: str) -> OpponentConfig:
 
 
 def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
-    """What ``evaluate.py`` does: the checkpoint against one opponent or in a round robin; prints
-    the results, writes them to ``out_dir`` (and W&B if enabled). Returns the agent's win rate
-    (single opponent) or Elo (round robin)."""
+    """What ``evaluate.py`` does: the checkpoint against one opponent, a gauntlet of opponents or in a
+    round robin; prints the results, writes them to ``out_dir`` (and W&B if enabled). Returns the
+    agent's win rate (single opponent), mean score (gauntlet) or Elo (round robin)."""
     from keisei.runtime import resolve_device
 
     device = resolve_device(cfg.device)
@@ -189,6 +226,11 @@ def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
                     others.append(build_opponent(opponent_preset(spec), device, cfg.seed + k))
                 else:
                     others.append(checkpoint_player(spec, device, ev.temperature, cfg.seed + k, search=ev.search))
+        if ev.mode is EvaluationMode.gauntlet:
+            results = gauntlet(agent, others, ev, out_dir, seed=cfg.seed, progress=progress)
+            print(results["table"])
+            objective = results["score"]
+        elif ev.mode is EvaluationMode.round_robin:
             results = round_robin([agent, *others], ev, out_dir, seed=cfg.seed, progress=progress)
             for pairing in results["pairings"]:
                 print(format_match(pairing))
@@ -197,7 +239,8 @@ def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
     finally:
         for player in others:
             player.close()
-    print(f"results: {out_dir / 'results.json'}" + (f", records: {out_dir / 'games'}" if ev.save_records else ""))
+    records = out_dir / ("NN-<opponent>/games" if ev.mode is EvaluationMode.gauntlet else "games")
+    print(f"results: {out_dir / 'results.json'}" + (f", records: {records}" if ev.save_records else ""))
     if cfg.wandb.mode is not WandbMode.disabled:
         import wandb
 

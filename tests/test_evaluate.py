@@ -169,6 +169,26 @@ def test_agent_with_search_against_a_searching_checkpoint_opponent(trained_run: 
     assert_records(out, 2, {f"{trained_run}+search8", "rival+search4"})
 
 
+def test_gauntlet_table(trained_run: Path, tmp_path: Path) -> None:
+    """evaluation=gauntlet: the agent against each ladder opponent in turn, a table per opponent."""
+    require_engine()
+    out = tmp_path / "eval"
+    proc = evaluate(out, f"checkpoint={trained_run}", "evaluation=gauntlet", "evaluation.games=2",
+                    "evaluation.max_plies=20", "evaluation.players=[random,heuristic,fairy_stockfish_weakest]")
+    r = results(out)
+    assert [m["opponent"] for m in r["matches"]] == ["random", "heuristic", "fairy-stockfish-weakest"]
+    for k, m in enumerate(r["matches"]):
+        assert_match_results(m, 2)
+        match_dir = next(out.glob(f"{k:02d}-*"))
+        assert results(match_dir) == m
+        assert len(game_index(match_dir)) == 2
+    assert r["score"] == pytest.approx(sum(m["score"] for m in r["matches"]) / 3)
+    table = (out / "results.md").read_text(encoding="utf-8").splitlines()
+    assert [line.split("|")[1].strip() for line in table if line.startswith("| ") and "---" not in line][1:] == \
+        ["random", "heuristic", "fairy-stockfish-weakest"]
+    assert "| heuristic | 2 |" in proc.stdout
+
+
 def test_heuristic_beats_barely_trained_agent(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = evaluate(out, f"checkpoint={trained_run}", "opponent=heuristic", "evaluation.games=10",
