@@ -159,12 +159,6 @@ class VecEnv:
         self._result = buffers
         self._encoder = Encoder(n, obs=buffers.obs, mask=buffers.legal_mask, to_play=buffers.to_play.view(np.uint8),
                                 index=False, track=True)
-        self._mask = buffers.legal_mask
-        self._final_obs = buffers.final_obs
-        self._reward = buffers.reward
-        self._terminated = buffers.terminated
-        self._truncated = buffers.truncated
-        self._termination = buffers.termination
 
     def reset(self, seed: int | None = None) -> StepResult:
         """Start every game afresh. ``seed`` fixes the random opening moves (None: a fresh random seed)."""
@@ -179,7 +173,7 @@ class VecEnv:
         """Play one action label in every game; see ``StepResult``."""
         if not self.games:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self._mask, lambda i: self.games[i].sfen())
+        actions = check_actions(actions, self.num_envs, self._result.legal_mask, lambda i: self.games[i].sfen())
 
         self._clear_step_arrays()
         ended = []
@@ -219,12 +213,8 @@ class VecEnv:
         would have played).
         """
         state = upgrade_state(state, self.num_envs)
-        self.games = []
-        for start, moves in state["games"]:
-            game = Game(start, max_plies=self.max_plies, declaration=self.declaration)
-            for move in moves:
-                game.push(move)
-            self.games.append(game)
+        self.games = [Game.replay(start, moves, max_plies=self.max_plies, declaration=self.declaration)
+                      for start, moves in state["games"]]
         self._seed, self._game_counts = state["seed"], state["game_counts"]
         self._clear_step_arrays()
         self._encoder.encode(self.games)
@@ -250,16 +240,17 @@ class VecEnv:
         finals = [self.games[i] for i in ended]
         final_obs = np.empty((len(ended), *OBSERVATION_SHAPE), dtype=np.uint8)
         self._encoder.planes(ended, final_obs)
-        self._final_obs[ended] = final_obs
+        out = self._result
+        out.final_obs[ended] = final_obs
         for i, game in zip(ended, finals):
             mover = game.turn.opponent
             if game.result is not Result.DRAW:
-                self._reward[i] = 1.0 if game.winner is mover else -1.0
+                out.reward[i] = 1.0 if game.winner is mover else -1.0
             if game.termination is Termination.MAX_PLIES:
-                self._truncated[i] = True
+                out.truncated[i] = True
             else:
-                self._terminated[i] = True
-            self._termination[i] = int(game.termination)
+                out.terminated[i] = True
+            out.termination[i] = int(game.termination)
             self._finished.append(game)
             self.games[i] = self._new_game(i)
         self._encoder.reload(ended, [self.games[i] for i in ended])
@@ -274,7 +265,8 @@ class VecEnv:
         return random_opening(self._template, self.opening_plies, rng)
 
     def _clear_step_arrays(self) -> None:
-        for array in (self._reward, self._terminated, self._truncated, self._termination):
+        out = self._result
+        for array in (out.reward, out.terminated, out.truncated, out.termination):
             array.fill(0)
 
 

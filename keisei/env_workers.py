@@ -243,13 +243,8 @@ class WorkerVecEnv:
     @property
     def games(self) -> list[Game]:
         """The games in progress, rebuilt from the workers' state (a snapshot; slow)."""
-        games = []
-        for start, moves in self.state_dict()["games"]:
-            game = Game(start, max_plies=self.max_plies, declaration=self.declaration)
-            for move in moves:
-                game.push(move)
-            games.append(game)
-        return games
+        return [Game.replay(start, moves, max_plies=self.max_plies, declaration=self.declaration)
+                for start, moves in self.state_dict()["games"]]
 
     @property
     def pids(self) -> list[int]:

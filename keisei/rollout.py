@@ -58,15 +58,17 @@ class OpponentPool:
         if self.opponent.shape[0] != num_envs:
             self.opponent = np.full(num_envs, -1, dtype=np.int64)
             self.learner_colour = np.zeros(num_envs, dtype=np.int8)
+        self.opponent[np.asarray(envs, dtype=np.int64)] = -1
         ids = sorted(self.snapshots)
+        if not ids or self.make_policy is None:
+            return  # pure self-play (or an empty pool): nothing to draw, no network to keep
         for i in envs:
-            self.opponent[i] = -1
-            if ids and self.make_policy is not None:
-                u, pick, colour = torch.rand(3, generator=self.generator).tolist()
-                if u < self.cfg.fraction:
-                    self.opponent[i] = ids[min(int(pick * len(ids)), len(ids) - 1)]
-                    self.learner_colour[i] = int(colour < 0.5)
-        self._policies = {k: v for k, v in self._policies.items() if k in set(self.opponent.tolist())}
+            u, pick, colour = torch.rand(3, generator=self.generator).tolist()
+            if u < self.cfg.fraction:
+                self.opponent[i] = ids[min(int(pick * len(ids)), len(ids) - 1)]
+                self.learner_colour[i] = int(colour < 0.5)
+        live = set(self.opponent.tolist())
+        self._policies = {k: v for k, v in self._policies.items() if k in live}
 
     def policy(self, snapshot: int) -> Policy:
         """The network of snapshot ``snapshot`` (loaded once, kept while a game plays it)."""

@@ -411,11 +411,11 @@ class Search:
         obs, mask = self.encoder.encode([leaf.game for leaf in batch])
         logits, values = self.policy.logits_and_value(torch.from_numpy(obs).to(self.device),
                                                       torch.from_numpy(mask).to(self.device))
-        logits_np, values_np = logits.cpu().numpy(), values.cpu().numpy()
+        # The policy's own distribution (illegal labels have probability 0), renormalised in float64.
+        probs, values_np = torch.softmax(logits, dim=1).cpu().numpy(), values.cpu().numpy()
         for j, leaf in enumerate(batch):
             labels = np.flatnonzero(mask[j])
-            x = logits_np[j, labels].astype(np.float64)
-            prior = np.exp(x - x.max())
+            prior = probs[j, labels].astype(np.float64)
             prior /= prior.sum()
             value = float(values_np[j])
             leaf.node.expand(leaf.game.legal, self.encoder.index[j, labels].astype(np.intp), prior, value)

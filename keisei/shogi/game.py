@@ -179,12 +179,18 @@ class Game:
             raise ValueError(f"invalid USI position {position!r}: expected 'startpos' or 'sfen ...'")
         if rest and rest[0] != "moves":
             raise ValueError(f"invalid USI position {position!r}: expected 'moves' after the position")
-        game = cls(sfen, **kwargs)  # type: ignore[arg-type]
-        for number, usi in enumerate(rest[1:], start=1):
+        return cls.replay(sfen, rest[1:], source="USI position", **kwargs)
+
+    @classmethod
+    def replay(cls, start_sfen: str, moves: Sequence[str], *, source: str = "the moves", **kwargs: object) -> Game:
+        """A game from ``start_sfen`` after the USI ``moves``, each checked: ``IllegalMoveError``
+        ``move N of <source>: ...`` names the first bad one."""
+        game = cls(start_sfen, **kwargs)  # type: ignore[arg-type]
+        for number, usi in enumerate(moves, start=1):
             try:
                 game.push(usi)
             except IllegalMoveError as exc:
-                raise IllegalMoveError(f"move {number} of USI position: {exc}") from None
+                raise IllegalMoveError(f"move {number} of {source}: {exc}") from None
         return game
 
     # --- state -----------------------------------------------------------------
