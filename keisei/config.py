@@ -89,11 +89,13 @@ class EnvConfig:
 
 @dataclass
 class OpponentPoolConfig:
-    """Past snapshots of the network as training opponents (size 0: pure self-play)."""
+    """Training opponents besides the learner itself: past snapshots of the network (size 0: none)
+    and the heuristic player (``heuristic_fraction`` 0: none). The rest of the games are self-play."""
 
     size: int = 0  # snapshots kept (oldest dropped)
     snapshot_interval: int = 10  # updates between snapshots
     fraction: float = 0.5  # share of the games played against a snapshot when the pool is not empty
+    heuristic_fraction: float = 0.0  # share of the games played against keisei.players.HeuristicPlayer
 
 
 @dataclass
@@ -360,6 +362,11 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _check(pool.snapshot_interval >= 1, "training.opponent_pool.snapshot_interval", pool.snapshot_interval,
            "must be >= 1")
     _check(0 <= pool.fraction <= 1, "training.opponent_pool.fraction", pool.fraction, "must be in [0, 1]")
+    _check(0 <= pool.heuristic_fraction <= 1 - pool.fraction, "training.opponent_pool.heuristic_fraction",
+           pool.heuristic_fraction, "must be in [0, 1 - training.opponent_pool.fraction]")
+    _check(pool.heuristic_fraction == 0 or e.workers == 1, "training.opponent_pool.heuristic_fraction",
+           pool.heuristic_fraction, "needs env.workers=1 (the heuristic player reads the games in the training "
+           "process)")
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "must be >= 1")
     _check(1 <= e.workers <= e.num_envs, "env.workers", e.workers, "must be >= 1 and at most env.num_envs")
     _check(e.max_plies >= 1, "env.max_plies", e.max_plies, "must be >= 1")

@@ -20,25 +20,34 @@ import torch
 from keisei.checkpoint import load_model_state, model_state
 from keisei.config import OpponentPoolConfig
 from keisei.env import Env
+from keisei.players import HeuristicPlayer
 from keisei.policy import Policy
 from keisei.ppo import Batch, two_player_gae
-from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Game
+from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Game, move_to_action
+
+#: ``OpponentPool.opponent`` of a self-play game and of a game against the heuristic player
+#: (snapshot games hold the snapshot's id, >= 0).
+SELF_PLAY, HEURISTIC = -1, -2
 
 
 class OpponentPool:
-    """Past snapshots of the learner as opponents in a share of the games (``size`` 0: pure self-play).
+    """Opponents other than the learner itself in a share of the games: past snapshots of the
+    learner and the heuristic player (``size`` 0 and ``heuristic_fraction`` 0: pure self-play).
 
-    Every new game is assigned when it starts: with probability ``fraction`` (once the pool holds a
-    snapshot) it is played against a snapshot drawn at random, the learner taking a random colour;
-    otherwise it is a self-play game. A game keeps its opponent until it ends. Draws use
-    ``generator``; the assignments are part of the checkpoint (``state_dict``).
+    Every new game is assigned when it starts: with probability ``heuristic_fraction`` it is
+    played against ``keisei.players.HeuristicPlayer``, with probability ``fraction`` (once the
+    pool holds a snapshot) against a snapshot drawn at random, the learner taking a random
+    colour in both cases; otherwise it is a self-play game. A game keeps its opponent until it
+    ends. Draws use ``generator``; the assignments and the heuristic player's generator are part
+    of the checkpoint (``state_dict``).
     """
 
     def __init__(self, cfg: OpponentPoolConfig, make_policy: Callable[[], Policy] | None,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, seed: int = 0) -> None:
         self.cfg = cfg
         self.make_policy = make_policy  # a fresh network of the learner's shape, for one snapshot
         self.generator = generator
+        self.heuristic = HeuristicPlayer(seed=seed) if cfg.heuristic_fraction > 0 else None
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}  # id -> weights (the newest ``size``)
         self.next_id = 0
         self.opponent = np.full(0, -1, dtype=np.int64)  # per env: snapshot id of its game, -1 self-play
@@ -58,15 +67,20 @@ class OpponentPool:
         if self.opponent.shape[0] != num_envs:
             self.opponent = np.full(num_envs, -1, dtype=np.int64)
             self.learner_colour = np.zeros(num_envs, dtype=np.int8)
-        self.opponent[np.asarray(envs, dtype=np.int64)] = -1
-        ids = sorted(self.snapshots)
-        if not ids or self.make_policy is None:
+        self.opponent[np.asarray(envs, dtype=np.int64)] = SELF_PLAY
+        ids = sorted(self.snapshots) if self.make_policy is not None else []
+        heuristic = self.cfg.heuristic_fraction if self.heuristic is not None else 0.0
+        if not ids and not heuristic:
             return  # pure self-play (or an empty pool): nothing to draw, no network to keep
         for i in envs:
             u, pick, colour = torch.rand(3, generator=self.generator).tolist()
-            if u < self.cfg.fraction:
+            if u < heuristic:
+                self.opponent[i] = HEURISTIC
+            elif ids and u < heuristic + self.cfg.fraction:
                 self.opponent[i] = ids[min(int(pick * len(ids)), len(ids) - 1)]
-                self.learner_colour[i] = int(colour < 0.5)
+            else:
+                continue
+            self.learner_colour[i] = int(colour < 0.5)
         live = set(self.opponent.tolist())
         self._policies = {k: v for k, v in self._policies.items() if k in live}
 
@@ -86,9 +100,12 @@ class OpponentPool:
     def state_dict(self) -> dict:
         """Snapshots (those still played included) and each env's assignment, for exact resume."""
         live = {int(k) for k in self.opponent.tolist() if k >= 0}
-        return {"snapshots": {k: self._weights(k) for k in sorted(set(self.snapshots) | live)},
-                "pool": sorted(self.snapshots), "next_id": self.next_id,
-                "opponent": self.opponent.tolist(), "learner_colour": self.learner_colour.tolist()}
+        state = {"snapshots": {k: self._weights(k) for k in sorted(set(self.snapshots) | live)},
+                 "pool": sorted(self.snapshots), "next_id": self.next_id,
+                 "opponent": self.opponent.tolist(), "learner_colour": self.learner_colour.tolist()}
+        if self.heuristic is not None:
+            state["heuristic_rng"] = self.heuristic.rng.bit_generator.state
+        return state
 
     def load_state_dict(self, state: dict | list) -> None:
         if isinstance(state, list):  # written before games kept their opponent: snapshots only
@@ -101,6 +118,8 @@ class OpponentPool:
         self.next_id = state["next_id"]
         self.opponent = np.array(state["opponent"], dtype=np.int64)
         self.learner_colour = np.array(state["learner_colour"], dtype=np.int8)
+        if self.heuristic is not None and "heuristic_rng" in state:
+            self.heuristic.rng.bit_generator.state = state["heuristic_rng"]
         self._policies = {}
         for k in {int(k) for k in self.opponent.tolist() if k >= 0}:
             self._policies[k] = self.make_policy()  # type: ignore[misc]
@@ -113,7 +132,18 @@ class RolloutStats:
 
     timing: dict[str, float]  # seconds in inference and in the env
     games: list[Game] = field(default_factory=list)  # self-play games that ended
-    pool_scores: list[float] = field(default_factory=list)  # the learner's score (1, 0.5, 0) per pool game
+    pool_scores: list[float] = field(default_factory=list)  # the learner's score (1, 0.5, 0) per snapshot game
+    heuristic_scores: list[float] = field(default_factory=list)  # the same, per game against the heuristic player
+
+
+def heuristic_actions(pool: OpponentPool, env: Env, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The heuristic player's action label in each game of ``rows`` (a boolean mask over the envs)."""
+    games = getattr(env, "games", None)
+    if games is None or pool.heuristic is None:
+        raise RuntimeError("the heuristic player needs the games in this process (env.workers=1)")
+    playing = [games[i] for i in np.flatnonzero(rows).tolist()]
+    labels = [move_to_action(move, game.turn.value) for move, game in zip(pool.heuristic.choose(playing), playing)]
+    return torch.tensor(labels, dtype=torch.long, device=device)
 
 
 def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma: float, gae_lambda: float
@@ -142,13 +172,17 @@ def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma:
         t0 = time.perf_counter()
         obs[t] = torch.from_numpy(out.obs).to(dev)
         masks[t] = torch.from_numpy(out.legal_mask).to(dev)
-        opponent_rows = (pool.opponent >= 0) & (out.to_play != pool.learner_colour)
+        opponent_rows = (pool.opponent != SELF_PLAY) & (out.to_play != pool.learner_colour)
         if opponent_rows.any():
             learner[t] = torch.from_numpy(~opponent_rows).to(dev)  # only the learner's moves are trained on
             mine = learner[t]
             actions[t, mine], logprobs[t, mine], values[t, mine] = policy.act(obs[t][mine], masks[t][mine])
             for snapshot in np.unique(pool.opponent[opponent_rows]).tolist():
-                rows = torch.from_numpy(opponent_rows & (pool.opponent == snapshot)).to(dev)
+                rows = opponent_rows & (pool.opponent == snapshot)
+                if snapshot == HEURISTIC:
+                    actions[t, torch.from_numpy(rows).to(dev)] = heuristic_actions(pool, env, rows, dev)
+                    continue
+                rows = torch.from_numpy(rows).to(dev)
                 actions[t, rows] = pool.policy(snapshot).act(obs[t][rows], masks[t][rows])[0]
         else:
             actions[t], logprobs[t], values[t] = policy.act(obs[t], masks[t])
@@ -163,9 +197,10 @@ def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma:
                 raise RuntimeError(f"the env kept {len(finished)} of the {ended_envs.size} games that ended in "
                                    "one step: create it with keep_finished >= num_envs")
             for i, game in zip(ended_envs.tolist(), finished):
-                if pool.opponent[i] >= 0:
+                if pool.opponent[i] != SELF_PLAY:
                     mover_score = (float(out.reward[i]) + 1) / 2
-                    stats.pool_scores.append(mover_score if moved_learner[i] else 1 - mover_score)
+                    scores = stats.heuristic_scores if pool.opponent[i] == HEURISTIC else stats.pool_scores
+                    scores.append(mover_score if moved_learner[i] else 1 - mover_score)
                 else:
                     stats.games.append(game)
             pool.assign(ended_envs, n)

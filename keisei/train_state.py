@@ -66,7 +66,7 @@ class TrainState:
             scaler=torch.amp.GradScaler(device.type) if t.precision is Precision.fp16 else None,
             shuffle=shuffle,
             env=make_env(cfg.env),
-            pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, shuffle),
+            pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, shuffle, seed=cfg.seed),
         )
 
     def rank_state(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -69,6 +70,8 @@ def start_run(cfg: TrainConfig, run_dir: Path, ranks: Ranks = ONE_PROCESS) -> Tr
         if ranks.rank:
             seed_everything(seed)
             state.shuffle.manual_seed(seed)
+            if state.pool.heuristic is not None:
+                state.pool.heuristic.rng = np.random.default_rng(seed)
         resume = find_resume_checkpoint(cfg, run_dir)
         if resume is None:
             state.env.reset(seed=seed)
@@ -187,6 +190,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
                     scores = rollout.pool_scores
                     record["pool/games"] = len(scores)
                     record["pool/learner_score"] = sum(scores) / len(scores) if scores else float("nan")
+                if t.opponent_pool.heuristic_fraction:
+                    scores = rollout.heuristic_scores
+                    record["pool/heuristic_games"] = len(scores)
+                    record["pool/heuristic_score"] = sum(scores) / len(scores) if scores else float("nan")
                 if ranks.main:  # rank 0's own rollout stands for the run in the metrics
                     logger.log(record)
                     last = state.global_step >= t.total_timesteps

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from keisei.config import ModelConfig, ModelName, Norm, Schedule, TrainingConfig
+from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, Schedule, TrainingConfig
 from keisei.env import VecEnv
 from keisei.model import build_model
+from keisei.players import HeuristicPlayer
 from keisei.policy import Policy, masked_logits
 from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, refresh_batch_norm, two_player_gae
-from keisei.rollout import OpponentPool, collect
-from keisei.shogi import NUM_ACTIONS, NUM_PLANES
+from keisei.rollout import HEURISTIC, OpponentPool, collect
+from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game
 
 # ---------------------------------------------------------------------------------------------
 # two_player_gae
@@ -527,6 +528,28 @@ def test_first_minibatch_of_an_update_has_ratio_one(name: str) -> None:
     metrics = ppo_update(policy, optimizer, batch, cfg, torch.Generator().manual_seed(0))
     assert metrics["losses/approx_kl"] < 1e-9
     assert metrics["losses/clipfrac"] == 0.0
+
+
+def test_games_against_the_heuristic_player_are_its_moves_and_train_only_the_learner() -> None:
+    """heuristic_fraction 1: every game is against keisei.players.HeuristicPlayer; its plies are exactly what
+    a HeuristicPlayer of the same seed chooses in those positions, and the batch holds only the learner's."""
+    torch.manual_seed(0)
+    model = _tiny_model()
+    env = VecEnv(2, max_plies=64, opening_plies=2)
+    env.reset(seed=3)
+    pool = OpponentPool(OpponentPoolConfig(heuristic_fraction=1.0), None, torch.Generator().manual_seed(0), seed=7)
+    batch, stats = collect(Policy(model), env, pool, 20, 1.0, 0.95)
+    assert (pool.opponent == HEURISTIC).all() and not stats.games
+    reference = HeuristicPlayer(seed=7)
+    learner_plies = 0
+    for ply in range(2, 22):  # after the opening; both games, in the order the rollout asked for moves
+        for i, game in enumerate(env.games):
+            position = Game.replay(game.start_sfen, game.moves[:ply], max_plies=64)
+            if position.turn.value == "bw"[pool.learner_colour[i]]:
+                learner_plies += 1
+            else:
+                assert reference.choose([position]) == [game.moves[ply]], (i, ply)
+    assert batch.actions.shape[0] == learner_plies
 
 
 def test_minibatches_of_a_ragged_batch_are_nearly_equal() -> None:

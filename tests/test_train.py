@@ -404,7 +404,8 @@ def test_env_workers_train_the_same_run(tmp_path: Path, half: Path) -> None:
 def test_resume_with_an_opponent_pool_is_exact(tmp_path: Path) -> None:
     """The pool's snapshots, each game's opponent and colour, and the draws all continue exactly."""
     pool = ["training.opponent_pool.size=2", "training.opponent_pool.snapshot_interval=1",
-            "training.opponent_pool.fraction=0.5", "env.max_plies=24", CONSTANT]
+            "training.opponent_pool.fraction=0.5", "training.opponent_pool.heuristic_fraction=0.25",
+            "env.max_plies=24", CONSTANT]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
     train(straight_dir, "training.total_timesteps=1024", *pool)
     train(resumed_dir, "training.total_timesteps=512", *pool)
@@ -412,3 +413,4 @@ def test_resume_with_an_opponent_pool_is_exact(tmp_path: Path) -> None:
     assert_same_weights(checkpoint(resumed_dir)["model"], checkpoint(straight_dir)["model"])
     assert losses(metrics(resumed_dir)) == losses(metrics(straight_dir))
     assert sum(r["pool/games"] for r in metrics(straight_dir)) > 0
+    assert sum(r["pool/heuristic_games"] for r in metrics(straight_dir)) > 0
