@@ -81,6 +81,6 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network described by ``cfg``: ``forward(obs (B, 119, 9, 9)) -> (logits (B, 2187), value (B,))``."""
+    """The network described by ``cfg``: ``forward(obs (B, 122, 9, 9)) -> (logits (B, 2187), value (B,))``."""
     return {ModelName.resnet: ResNet, ModelName.mlp: MLP}[cfg.name](cfg)
 

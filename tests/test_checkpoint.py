@@ -141,3 +141,47 @@ def test_a_v1_checkpoint_still_loads_with_its_config_keys_renamed(tmp_path: Path
     rebuilt, loaded_cfg = load_model(path)
     assert loaded_cfg.model == cfg.model
     assert all(torch.equal(v, model_state(model)[k]) for k, v in model_state(rebuilt).items())
+
+
+def old_encoding_checkpoint(path: Path) -> str:
+    """A training checkpoint written by the 119-plane encoding (v1), its network's first layer 119
+    planes wide; the version it names."""
+    from keisei.checkpoint import FORMAT, model_state
+    from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
+    from keisei.model import build_model
+
+    cfg = TrainConfig(model=ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16))
+    state = model_state(build_model(cfg.model))
+    stem = next(k for k, v in state.items() if v.ndim == 4)  # the first convolution: (channels, planes, 3, 3)
+    state[stem] = torch.zeros(state[stem].shape[0], 119, 3, 3)
+    old = "keisei-obs119-dlshogi2187-v1"
+    torch.save({"format": FORMAT, "encoding_version": old, "config": to_container(cfg), "model": state,
+                "global_step": 7}, path)
+    return old
+
+
+def test_a_checkpoint_of_another_encoding_is_one_line_naming_both_versions(tmp_path: Path) -> None:
+    """Not a shape mismatch deep in ``load_state_dict``: the file, its encoding and this Keisei's."""
+    from keisei.checkpoint import load_model
+    from keisei.shogi import ENCODING_VERSION
+
+    path = tmp_path / "old.pt"
+    old = old_encoding_checkpoint(path)
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        message = str(info.value)
+        assert str(path) in message and old in message and ENCODING_VERSION in message, message
+        assert "\n" not in message and "size mismatch" not in message, message
+
+
+def test_evaluate_on_a_checkpoint_of_another_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    old = old_encoding_checkpoint(path)
+    proc = subprocess.run([sys.executable, "evaluate.py", f"checkpoint={path}", f"hydra.run.dir={tmp_path / 'eval'}",
+                           "logging.progress_bar=false", "evaluation.games=2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert str(path) in lines[0] and old in lines[0], lines[0]

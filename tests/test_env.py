@@ -9,6 +9,8 @@ from rsshogi.core import Board
 from keisei.env import StepResult, VecEnv
 from keisei.shogi import (
     OBSERVATION_SHAPE,
+    PLANE_NAMES,
+    STARTPOS,
     Encoder,
     Game,
     IllegalMoveError,
@@ -35,10 +37,37 @@ def legal_labels(game: Game) -> set[int]:
     return {move_to_action(m, game.turn.value) for m in game.legal_moves()}
 
 
+REPEATED = [PLANE_NAMES.index("repeated_ge1"), PLANE_NAMES.index("repeated_ge2")]
+WHITE_TO_MOVE = PLANE_NAMES.index("white_to_move")
+
+
+def expected_planes(game: Game) -> np.ndarray:
+    """The planes of ``game`` by an independent path: its SFEN's planes (no history), the repetition
+    planes set from ``Game.repetitions``."""
+    obs = encode_observation(game.sfen())
+    obs[REPEATED[0]] = game.repetitions >= 1
+    obs[REPEATED[1]] = game.repetitions >= 2
+    return obs
+
+
+def extra_planes(obs: np.ndarray) -> tuple[int, int, int]:
+    """(white_to_move, repeated_ge1, repeated_ge2) of one observation, each plane checked to be uniform."""
+    values = []
+    for c in (WHITE_TO_MOVE, *REPEATED):
+        (value,) = set(obs[c].reshape(81).tolist())
+        values.append(value)
+    return tuple(values)
+
+
+#: Both kings step out and back: the start position recurs every 4 plies; its 4th occurrence,
+#: after 12 plies, ends the game (sennichite).
+KING_SHUFFLE = ["5i5h", "5a5b", "5h5i", "5b5a"]
+
+
 def test_reset_shapes_and_masks() -> None:
     env = VecEnv(4)
     out = env.reset(seed=0)
-    assert out.obs.shape == (4, 119, 9, 9) and out.obs.dtype == np.uint8
+    assert out.obs.shape == (4, 122, 9, 9) and out.obs.dtype == np.uint8
     assert out.legal_mask.shape == (4, 2187) and out.legal_mask.dtype == np.bool_
     assert (out.legal_mask.sum(axis=1) == 30).all()
     assert (out.to_play == 0).all()
@@ -68,11 +97,11 @@ def test_random_play_keeps_masks_observations_and_rewards_consistent() -> None:
             loser_view = 0.0 if winner is None else (1.0 if winner is movers[i].opponent else -1.0)
             assert out.reward[i] + loser_view == 0  # zero-sum per finished game
             assert out.truncated[i] == (game.termination is Termination.MAX_PLIES)
-            assert np.array_equal(out.final_obs[i], encode_observation(game.sfen()))
+            assert np.array_equal(out.final_obs[i], expected_planes(game))
             assert env.games[i].ply == 2 and not env.games[i].is_over  # auto-reset, opening plies played
         for i, game in enumerate(env.games):
             assert set(np.flatnonzero(out.legal_mask[i])) == legal_labels(game)
-            assert np.array_equal(out.obs[i], encode_observation(game.sfen()))
+            assert np.array_equal(out.obs[i], expected_planes(game))
             assert out.to_play[i] == (0 if game.turn == "b" else 1)
     assert finished >= 40
 
@@ -233,3 +262,67 @@ def test_masks_read_move_values_in_place() -> None:
     assert np.array_equal(slow, mask)
     actions = np.array([np.flatnonzero(row)[-1] for row in mask])
     assert [m.to_usi() for m in encoder.moves(actions)] == [encoder.move(i, a).to_usi() for i, a in enumerate(actions)]
+
+
+def shuffle_kings(env, steps: int, start: int = 0) -> list[tuple]:
+    """Play ``KING_SHUFFLE`` (from its move ``start``) over and over in every env of ``env`` (a VecEnv
+    or WorkerVecEnv): for each step, env 0's (white_to_move, repeated_ge1, repeated_ge2) planes, its
+    final_obs planes when its game just ended, and its termination."""
+    seen = []
+    for ply in range(start, start + steps):
+        usi = KING_SHUFFLE[ply % 4]
+        action = move_to_action(usi, "b" if ply % 2 == 0 else "w")
+        out = env.step(np.full(env.num_envs, action))
+        assert (out.obs == out.obs[:1]).all()  # every env plays the same game
+        final = extra_planes(out.final_obs[0]) if out.terminated[0] else None
+        seen.append((extra_planes(out.obs[0]), final, Termination(out.termination[0])))
+    return seen
+
+
+#: What ``shuffle_kings`` sees over 13 plies: the position after ply p recurs at p + 4 and p + 8;
+#: the 12th ply reaches the start position a 4th time: sennichite, its final planes "repeated twice
+#: before", and the env restarts (a fresh game: nothing repeated).
+SHUFFLE_SEEN = ([((p % 2, 0, 0), None, Termination.NONE) for p in (1, 0, 1)]
+                + [((p % 2, 1, 0), None, Termination.NONE) for p in (0, 1, 0, 1)]
+                + [((p % 2, 1, 1), None, Termination.NONE) for p in (0, 1, 0, 1)]
+                + [((0, 0, 0), (0, 1, 1), Termination.SENNICHITE), ((1, 0, 0), None, Termination.NONE)])
+
+
+def test_repetition_planes_follow_the_games_on_the_tracked_path() -> None:
+    """VecEnv keeps positions in C and moves them along (``encode_tracked``); the repetition planes come
+    from the games, also in the final planes of a game that ended by repetition."""
+    env = VecEnv(3)
+    out = env.reset(seed=0)
+    assert extra_planes(out.obs[0]) == (0, 0, 0)
+    assert shuffle_kings(env, 13) == SHUFFLE_SEEN
+    game = env.pop_finished()[0]
+    assert game.termination is Termination.SENNICHITE and game.repetitions == 3
+    # a state replayed from its moves sees the same repetitions
+    shuffle_kings(env, 8, start=1)  # the position after the first move, a 3rd time
+    twin = VecEnv(3)
+    out = twin.load_state_dict(env.state_dict())
+    assert extra_planes(out.obs[0]) == (1, 1, 1)
+    assert np.array_equal(out.obs, env.current.obs)
+
+
+def test_repetition_planes_in_worker_processes() -> None:
+    from keisei.env_workers import WorkerVecEnv
+
+    with WorkerVecEnv(2, workers=2) as env:
+        env.reset(seed=0)
+        assert shuffle_kings(env, 13) == SHUFFLE_SEEN
+
+
+def test_encode_and_tracked_encode_agree_on_repetitions() -> None:
+    games = [Game(), Game(), Game(STARTPOS.replace(" b ", " w "))]
+    for usi in KING_SHUFFLE * 2:
+        games[1].push(usi)
+    encoder = Encoder(3, track=True)
+    fresh = encoder.encode(games)[0].copy()
+    assert [extra_planes(o) for o in fresh] == [(0, 0, 0), (0, 1, 1), (1, 0, 0)]
+    assert np.array_equal(encoder.encode_tracked(games)[0], fresh)
+    out = np.zeros((3, *OBSERVATION_SHAPE), dtype=np.uint8)
+    encoder.planes([0, 1, 2], out, games)
+    assert np.array_equal(out, fresh)
+    encoder.planes([1], out[:1])  # without the games: no repetition known
+    assert extra_planes(out[0]) == (0, 0, 0)

@@ -1,4 +1,5 @@
-"""Observation planes, checked against rsshogi's own attack and check queries."""
+"""Observation planes, checked against rsshogi's own attack and check queries; the side-to-move and
+repetition planes against the games they come from."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from keisei.shogi import (
     NUM_PLANES,
     PLANE_NAMES,
     STARTPOS,
+    Color,
     Game,
+    Termination,
+    encode,
     encode_observation,
     encode_observations,
 )
@@ -41,11 +45,12 @@ def bitboard_in_frame(board: Board, bb) -> np.ndarray:
 
 
 def test_layout_and_version() -> None:
-    assert NUM_PLANES == len(PLANE_NAMES) == 119
+    assert NUM_PLANES == len(PLANE_NAMES) == 122
     assert len(set(PLANE_NAMES)) == NUM_PLANES
-    assert isinstance(ENCODING_VERSION, str) and ENCODING_VERSION
+    assert PLANE_NAMES[118:] == ("in_check", "white_to_move", "repeated_ge1", "repeated_ge2")
+    assert ENCODING_VERSION == "keisei-obs122-dlshogi2187-v2"
     obs = encode_observation(STARTPOS)
-    assert obs.shape == (119, 9, 9) and obs.dtype == np.uint8
+    assert obs.shape == (122, 9, 9) and obs.dtype == np.uint8
     assert set(np.unique(obs)) <= {0, 1}
 
 
@@ -62,16 +67,26 @@ def test_start_position_by_hand() -> None:
     assert plane(obs, "own_pawn")[6 * 9 + 6] == 1  # a pawn on 7g
     assert sum(v for k, v in counts.items() if "hand" in k) == 0
     assert counts["in_check"] == 0
-    # Symmetric start: White sees exactly what Black sees.
-    assert np.array_equal(obs, encode_observation(STARTPOS.replace(" b ", " w ")))
+    assert counts["white_to_move"] == counts["repeated_ge1"] == counts["repeated_ge2"] == 0
+    # Symmetric start: White sees exactly what Black sees, but for the side-to-move plane.
+    white = encode_observation(STARTPOS.replace(" b ", " w "))
+    assert set(plane(white, "white_to_move")) == {1}
+    assert np.array_equal(without_side(obs), without_side(white))
 
 
-def test_colour_flipped_twin_gives_identical_planes(random_positions: list[Game]) -> None:
+def without_side(obs: np.ndarray) -> np.ndarray:
+    return np.delete(obs, PLANE_NAMES.index("white_to_move"), axis=0)
+
+
+def test_colour_flipped_twin_gives_identical_planes_but_the_side_to_move(random_positions: list[Game]) -> None:
     for game in random_positions[::3]:
         sfen = game.sfen()
         twin = Board(sfen).to_sfen_flipped()
         assert twin != sfen
-        assert np.array_equal(encode_observation(sfen), encode_observation(twin)), sfen
+        obs, twin_obs = encode_observation(sfen), encode_observation(twin)
+        assert np.array_equal(without_side(obs), without_side(twin_obs)), sfen
+        assert set(plane(obs, "white_to_move")) == {int(game.turn is Color.WHITE)}
+        assert set(plane(twin_obs, "white_to_move")) == {int(game.turn is Color.BLACK)}
 
 
 def test_planes_match_rsshogi(random_positions: list[Game]) -> None:
@@ -100,6 +115,8 @@ def test_planes_match_rsshogi(random_positions: list[Game]) -> None:
         in_check = board.is_in_check()
         checks_seen += in_check
         assert set(plane(obs, "in_check")) == {int(in_check)}
+        assert set(plane(obs, "white_to_move")) == {int(board.turn == RsColor.WHITE)}
+        assert set(plane(obs, "repeated_ge1")) == set(plane(obs, "repeated_ge2")) == {0}  # an SFEN has no history
     assert checks_seen > 0
 
 
@@ -114,3 +131,96 @@ def test_batch_equals_single(random_positions: list[Game]) -> None:
 def test_malformed_sfen_is_a_value_error(bad: str) -> None:
     with pytest.raises(ValueError, match="SFEN"):
         encode_observation(bad)
+
+
+# --- side to move and repetitions, from games ----------------------------------------------
+
+#: Both kings step out and back: after every 4 plies the start position recurs (the 4th
+#: occurrence, after 12 plies, ends the game as sennichite).
+KING_SHUFFLE = ["5i5h", "5a5b", "5h5i", "5b5a"]
+
+
+def extra_planes(obs: np.ndarray) -> tuple[int, int, int]:
+    """(white_to_move, repeated_ge1, repeated_ge2) of one observation, each plane checked to be uniform."""
+    values = []
+    for name in ("white_to_move", "repeated_ge1", "repeated_ge2"):
+        (value,) = set(plane(obs, name).tolist())
+        values.append(value)
+    return tuple(values)
+
+
+def expected_planes(game: Game) -> np.ndarray:
+    """The planes of ``game`` by an independent path: its SFEN's planes, the repetition planes set from
+    ``Game.repetitions``."""
+    obs = encode_observation(game.sfen())
+    obs[PLANE_NAMES.index("repeated_ge1")] = game.repetitions >= 1
+    obs[PLANE_NAMES.index("repeated_ge2")] = game.repetitions >= 2
+    return obs
+
+
+def test_side_to_move_plane_for_both_colours() -> None:
+    game = Game()
+    for ply, usi in enumerate(["7g7f", "3c3d", "2g2f", "8c8d"]):
+        assert extra_planes(encode([game])[0][0]) == (ply % 2, 0, 0)
+        game.push(usi)
+    assert game.turn is Color.BLACK and extra_planes(encode([game])[0][0]) == (0, 0, 0)
+    white_start = Game(STARTPOS.replace(" b ", " w "))
+    assert extra_planes(encode([white_start])[0][0]) == (1, 0, 0)
+
+
+def test_repetition_planes_count_earlier_occurrences() -> None:
+    game = Game()
+    seen: list[tuple[int, int, int]] = []
+    for usi in KING_SHUFFLE * 3:
+        obs = encode([game])[0][0]
+        seen.append(extra_planes(obs))
+        assert np.array_equal(obs, expected_planes(game))
+        game.push(usi)
+    # each of the 4 positions of the cycle: first time 0/0, second 1/0, third 1/1
+    assert seen == [(p % 2, 0, 0) for p in range(4)] + [(p % 2, 1, 0) for p in range(4)] + [(p % 2, 1, 1)
+                                                                                          for p in range(4)]
+    assert game.is_over and game.termination is Termination.SENNICHITE and game.repetitions == 3
+    assert extra_planes(encode([game])[0][0]) == (0, 1, 1)  # the 4th occurrence: at least twice before
+    assert extra_planes(encode_observation(game.sfen())) == (0, 0, 0)  # an SFEN alone has no history
+
+
+def test_a_repetition_is_the_whole_position() -> None:
+    """The same board with the other side to move, or with a piece in the other hand, is a new position."""
+    # Black's king goes round a triangle, White's steps out and back: the start board, White to move.
+    game = Game()
+    for usi in ["5i5h", "5a5b", "5h4h", "5b5a", "4h5i"]:
+        game.push(usi)
+    assert game.sfen().split()[:3] == STARTPOS.replace(" b ", " w ").split()[:3]
+    assert game.repetitions == 0 and extra_planes(encode([game])[0][0]) == (1, 0, 0)
+    # The pawn Black drops is taken, the rook goes back, both kings return: the start board, Black
+    # to move, the pawn in White's hand instead of Black's.
+    start = "8k/9/4r4/9/9/9/9/9/K8 b P 1"
+    game = Game(start)
+    for usi in ["P*5d", "5c5d", "9i9h", "1a1b", "9h8h", "5d5c", "8h9i", "1b1a"]:
+        game.push(usi)
+    assert game.sfen().split()[:3] == ["8k/9/4r4/9/9/9/9/9/K8", "b", "p"]
+    assert game.repetitions == 0 and extra_planes(encode([game])[0][0]) == (0, 0, 0)
+    assert Board(start).zobrist_hash() != Board(game.sfen()).zobrist_hash()
+    assert Board(STARTPOS).zobrist_hash() != Board(STARTPOS.replace(" b ", " w ")).zobrist_hash()
+
+
+def test_copies_play_lines_and_replays_keep_their_own_counts() -> None:
+    game = Game()
+    for usi in KING_SHUFFLE:
+        game.push(usi)
+    copy = game.copy()
+    for usi in KING_SHUFFLE:
+        copy.push(usi)
+    assert (game.repetitions, copy.repetitions) == (1, 2)
+    obs, _ = encode([game, copy])
+    assert [extra_planes(o) for o in obs] == [(0, 1, 0), (0, 1, 1)]
+    # play_line pushes every move of the line, so the count sees the positions in between
+    played, line, moves = Game(), Game(), []
+    for usi in KING_SHUFFLE * 2:
+        moves.append(next(m for m in played.legal if m.to_usi() == usi))
+        played.play(moves[-1])
+    line.play_line(moves)
+    assert line.sfen() == played.sfen() and line.repetitions == played.repetitions == 2
+    replayed = Game.from_usi_position("startpos moves " + " ".join(KING_SHUFFLE * 2))
+    assert replayed.repetitions == 2
+    assert np.array_equal(encode([replayed])[0], encode([line])[0])

@@ -20,6 +20,12 @@
  *
  * The plane layout is documented in docs/observations.md and mirrored by
  * keisei/shogi/features.py (PLANE_NAMES); keep the three in step.
+ *
+ * Two planes are not in the frame: white_to_move says which colour the side to move is (the
+ * declaration rule is not symmetric), and repeated_ge1/ge2 say how often the position occurred
+ * before in its game. The repetitions need the game's history, which only rsshogi's Board
+ * has: they are read from it (board.is_repetition, the counter that adjudicates sennichite)
+ * wherever a Game is at hand, and are 0 for bare SFENs and packed positions.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,7 +49,9 @@
 #define P_OWN_HAND 62
 #define P_OPP_HAND 90
 #define P_CHECK 118
-#define NUM_PLANES 119
+#define P_WHITE 119        /* white_to_move */
+#define P_REPEATED 120     /* repeated_ge1, repeated_ge2 */
+#define NUM_PLANES 122
 
 /* rsshogi PieceType values. */
 enum { PAWN = 1, LANCE, KNIGHT, SILVER, BISHOP, ROOK, GOLD, KING,
@@ -417,11 +425,12 @@ static inline void hand_planes(uint8_t *out, const uint8_t *hand) {
 #undef HAND
 }
 
-/* Write the NUM_PLANES x 81 planes of one position (9.6 KB, every byte written once or
- * twice). Attacks are bitboards: per piece one table lookup (plus a bit scan per slide
- * direction), per colour and type an OR, and the "attacked at least 1, 2, 3 times" sets by
- * carry-save addition of each piece's attacks. */
-static void encode_position(const Position *pos, uint8_t *out) {
+/* Write the NUM_PLANES x 81 planes of one position (9.9 KB, every byte written once or
+ * twice); `repeats` is how often it occurred before in its game (game_repeats; 0 unknown).
+ * Attacks are bitboards: per piece one table lookup (plus a bit scan per slide direction),
+ * per colour and type an OR, and the "attacked at least 1, 2, 3 times" sets by carry-save
+ * addition of each piece's attacks. */
+static void encode_position(const Position *pos, int repeats, uint8_t *out) {
     uint8_t squares[NSQ];
     int8_t pieces[NSQ];
     BB occupied = 0, attacks[2][NUM_PT + 1], ge1[2] = {0, 0}, ge2[2] = {0, 0}, ge3[2] = {0, 0};
@@ -460,6 +469,9 @@ static void encode_position(const Position *pos, uint8_t *out) {
     hand_planes(out + P_OWN_HAND * NSQ, pos->hands[me]);
     hand_planes(out + P_OPP_HAND * NSQ, pos->hands[1 - me]);
     memset(out + P_CHECK * NSQ, kings[me] >= 0 && (int)((ge1[1 - me] >> kings[me]) & 1), NSQ);
+    memset(out + P_WHITE * NSQ, me, NSQ);
+    memset(out + P_REPEATED * NSQ, repeats >= 1, NSQ);
+    memset(out + (P_REPEATED + 1) * NSQ, repeats >= 2, NSQ);
 }
 
 static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *name, int writable) {
@@ -474,8 +486,9 @@ static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const cha
 
 PyDoc_STRVAR(encode_planes_doc,
 "encode_planes(sfens, obs, turns)\n\n"
-"Write the planes of each SFEN in `sfens` into `obs` (uint8, N x 119 x 81,\n"
-"C-contiguous) and the side to move (0 Black, 1 White) into `turns` (uint8, N).");
+"Write the planes of each SFEN in `sfens` into `obs` (uint8, N x NUM_PLANES x 81,\n"
+"C-contiguous) and the side to move (0 Black, 1 White) into `turns` (uint8, N). An SFEN\n"
+"has no history: the repetition planes are 0.");
 
 static PyObject *encode_planes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -508,7 +521,7 @@ static PyObject *encode_planes(PyObject *self, PyObject *const *args, Py_ssize_t
             ok = 0;
             break;
         }
-        encode_position(&pos, out + i * NUM_PLANES * NSQ);
+        encode_position(&pos, 0, out + i * NUM_PLANES * NSQ);
         turn_out[i] = (uint8_t)pos.turn;
     }
     PyBuffer_Release(&turns);
@@ -735,7 +748,33 @@ done:
 }
 
 /* --- packed SFENs ----------------------------------------------------------------- */
-static PyObject *str_board = NULL, *str_legal = NULL, *str_to_packed_sfen = NULL;
+static PyObject *str_board = NULL, *str_legal = NULL, *str_to_packed_sfen = NULL, *str_is_repetition = NULL;
+static PyObject *int_one = NULL, *int_two = NULL;
+
+/* How often the current position of `board` (a Game's rsshogi Board) occurred before in its
+ * game, capped at 2: board.is_repetition(k) is true once it has occurred k times before -- the
+ * counter rsshogi adjudicates sennichite by (Game.repetitions). -1 with an exception set. */
+static int board_repeats(PyObject *board) {
+    int repeats = 0;
+    for (; repeats < 2; repeats++) {
+        PyObject *r = PyObject_CallMethodOneArg(board, str_is_repetition, repeats ? int_two : int_one);
+        if (!r) return -1;
+        int yes = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (yes < 0) return -1;
+        if (!yes) break;
+    }
+    return repeats;
+}
+
+/* board_repeats of game._board. */
+static int game_repeats(PyObject *game) {
+    PyObject *board = PyObject_GetAttr(game, str_board);
+    if (!board) return -1;
+    int repeats = board_repeats(board);
+    Py_DECREF(board);
+    return repeats;
+}
 
 /* The 32 bytes of a packed SFEN (a bytes object) into `pos`. */
 static int decode_packed_object(PyObject *packed, Position *pos) {
@@ -769,7 +808,7 @@ static PyObject *encode_packed(PyObject *self, PyObject *const *args, Py_ssize_t
     for (Py_ssize_t i = 0; i < n; i++) {
         Position pos;
         if (decode_packed_object(items[i], &pos) < 0) goto done;
-        encode_position(&pos, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
+        encode_position(&pos, 0, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
         ((uint8_t *)turns.buf)[i] = (uint8_t)pos.turn;
     }
     ok = 1;
@@ -784,8 +823,9 @@ done:
 PyDoc_STRVAR(encode_games_doc,
 "encode_games(games, table, obs, turns, mask, index) -> list\n\n"
 "The whole encoding of a batch of keisei Games in one call: for game i, the planes of\n"
-"game._board (via its packed SFEN) into obs[i], its side to move into turns[i], and the\n"
-"labels of game._legal into mask[i] and index[i] (as fill_masks; index may be None).\n"
+"game._board (via its packed SFEN; the repetition planes from its is_repetition) into obs[i],\n"
+"its side to move into turns[i], and the labels of game._legal into mask[i] and index[i]\n"
+"(as fill_masks; index may be None).\n"
 "Returns the list of the games' legal-move lists (index[i] points into the i-th).\n"
 "With `positions` (uint8, N x 96), also keeps each decoded position there (apply_moves).");
 
@@ -831,13 +871,14 @@ static PyObject *encode_games(PyObject *self, PyObject *const *args, Py_ssize_t 
         Position pos;
         PyObject *board = PyObject_GetAttr(games[i], str_board);
         if (!board) goto done;
-        PyObject *packed = PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
+        int repeats = board_repeats(board);
+        PyObject *packed = repeats < 0 ? NULL : PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
         Py_DECREF(board);
         if (!packed) goto done;
         int bad = decode_packed_object(packed, &pos);
         Py_DECREF(packed);
         if (bad) goto done;
-        encode_position(&pos, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
+        encode_position(&pos, repeats, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
         ((uint8_t *)turns.buf)[i] = (uint8_t)pos.turn;
         if (keep) ((Position *)positions.buf)[i] = pos;
         PyObject *legal = PyObject_GetAttr(games[i], str_legal);
@@ -1002,7 +1043,7 @@ done:
 PyDoc_STRVAR(encode_tracked_doc,
 "encode_tracked(positions, games, table, obs, turns, mask, index) -> list\n\n"
 "As encode_games, with the planes of the tracked positions[i] (uint8, N x 96) instead of\n"
-"game i's packed SFEN; index may be None.");
+"game i's packed SFEN (the repetition planes still from game i's board); index may be None.");
 
 static PyObject *encode_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -1034,9 +1075,12 @@ static PyObject *encode_tracked(PyObject *self, PyObject *const *args, Py_ssize_
     }
     const Position *pos = (const Position *)positions.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        encode_position(&pos[i], (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
+        PyObject *game = PySequence_Fast_GET_ITEM(games, i);
+        int repeats = game_repeats(game);
+        if (repeats < 0) goto done;
+        encode_position(&pos[i], repeats, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
         ((uint8_t *)turns.buf)[i] = pos[i].turn;
-        PyObject *legal = PyObject_GetAttr(PySequence_Fast_GET_ITEM(games, i), str_legal);
+        PyObject *legal = PyObject_GetAttr(game, str_legal);
         if (!legal) goto done;
         PyList_SET_ITEM(legals, i, legal);
         if (fill_mask_row(i, legal, pos[i].turn, (const int16_t *)table.buf, (uint8_t *)mask.buf + i * NUM_LABELS,
@@ -1060,20 +1104,29 @@ done:
 }
 
 PyDoc_STRVAR(encode_rows_doc,
-"encode_rows(positions, rows, obs)\n\n"
-"The planes of positions[rows[k]] (uint8, N x 96) into obs[k].");
+"encode_rows(positions, rows, obs[, games])\n\n"
+"The planes of positions[rows[k]] (uint8, N x 96) into obs[k]; the repetition planes from\n"
+"games[k] (the Game at that position), or 0 without games.");
 
 static PyObject *encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "encode_rows(positions, rows, obs) takes 3 arguments");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "encode_rows(positions, rows, obs[, games]) takes 3 or 4 arguments");
         return NULL;
     }
     PyObject *rows = PySequence_Fast(args[1], "rows must be a sequence");
     if (!rows) return NULL;
     Py_ssize_t k = PySequence_Fast_GET_SIZE(rows);
+    PyObject *games = NULL;
     Py_buffer positions, obs;
     int got = 0, ok = 0;
+    if (nargs == 4 && args[3] != Py_None) {
+        if (!(games = PySequence_Fast(args[3], "games must be a sequence"))) goto done;
+        if (PySequence_Fast_GET_SIZE(games) != k) {
+            PyErr_SetString(PyExc_ValueError, "games and rows differ in length");
+            goto done;
+        }
+    }
     if (PyObject_GetBuffer(args[0], &positions, PyBUF_C_CONTIGUOUS) < 0) goto done;
     got = 1;
     if (get_buffer(args[2], &obs, k * NUM_PLANES * NSQ, "obs", 1) < 0) goto done;
@@ -1086,12 +1139,15 @@ static PyObject *encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
             PyErr_Format(PyExc_IndexError, "row %zd is outside the %zd positions", i, n);
             goto done;
         }
-        encode_position((const Position *)positions.buf + i, (uint8_t *)obs.buf + j * NUM_PLANES * NSQ);
+        int repeats = games ? game_repeats(PySequence_Fast_GET_ITEM(games, j)) : 0;
+        if (repeats < 0) goto done;
+        encode_position((const Position *)positions.buf + i, repeats, (uint8_t *)obs.buf + j * NUM_PLANES * NSQ);
     }
     ok = 1;
 done:
     if (got >= 2) PyBuffer_Release(&obs);
     if (got >= 1) PyBuffer_Release(&positions);
+    Py_XDECREF(games);
     Py_DECREF(rows);
     if (!ok) return NULL;
     Py_RETURN_NONE;
@@ -1127,6 +1183,9 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (!str_board && !(str_board = PyUnicode_InternFromString("_board"))) return NULL;
     if (!str_legal && !(str_legal = PyUnicode_InternFromString("_legal"))) return NULL;
     if (!str_to_packed_sfen && !(str_to_packed_sfen = PyUnicode_InternFromString("to_packed_sfen"))) return NULL;
+    if (!str_is_repetition && !(str_is_repetition = PyUnicode_InternFromString("is_repetition"))) return NULL;
+    if (!int_one && !(int_one = PyLong_FromLong(1))) return NULL;
+    if (!int_two && !(int_two = PyLong_FromLong(2))) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "NUM_PLANES", NUM_PLANES) < 0 ||

@@ -3,8 +3,11 @@
 ``encode(games)`` returns both for a batch of games; an ``Encoder`` does the same into
 buffers it owns (or is given: the environment's hot path) and remembers which legal move each
 label stands for, so that ``Encoder.move(i, action)`` turns the network's choice back into a move.
-The C extension reads each game's packed SFEN (rsshogi's 32-byte ``to_packed_sfen``) and its
-list of legal ``Move`` objects in one call for the whole batch.
+The C extension reads each game's packed SFEN (rsshogi's 32-byte ``to_packed_sfen``), how often
+its position occurred before (``Board.is_repetition``: the ``repeated_ge1/ge2`` planes, see
+``Game.repetitions``) and its list of legal ``Move`` objects in one call for the whole batch.
+Every observation of a ``Game`` goes through here; the planes of bare SFENs
+(``keisei.shogi.features``) have no history, so their repetition planes are 0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ MOVE_LAYOUT = _native.set_move_layout([Move(v) for v in (0x0305, 0x4A2C, 0x8B17,
 class Encoder:
     """Planes and masks of up to ``capacity`` games at a time, written into owned buffers.
 
-    After ``encode(games)``: ``obs[:n]`` uint8 (n, 119, 9, 9), ``mask[:n]`` bool (n, 2187),
+    After ``encode(games)``: ``obs[:n]`` uint8 (n, 122, 9, 9), ``mask[:n]`` bool (n, 2187),
     ``to_play[:n]`` (0 Black, 1 White); ``move(i, action)`` is the legal move of game ``i``
     with label ``action``. The buffers are overwritten by the next ``encode``.
 
@@ -42,7 +45,9 @@ class Encoder:
     ``advance(moves)`` applies them to the kept positions, ``reload(rows, games)`` reads the games
     that started anew, and ``encode_tracked(games)`` encodes without asking rsshogi for the
     positions again. The kept positions must follow the games exactly: every move played goes
-    through ``advance``, every other change through ``reload`` or ``encode``.
+    through ``advance``, every other change through ``reload`` or ``encode``. The repetition planes
+    are not kept: they are read from the games' boards at every encoding (``planes`` takes the
+    games for them).
     """
 
     def __init__(self, capacity: int, *, obs: np.ndarray | None = None, mask: np.ndarray | None = None,
@@ -75,9 +80,10 @@ class Encoder:
         """Read the positions of ``games`` (started anew) from rsshogi into the kept ``rows``."""
         _native.reload_positions(games, rows, self._tracked(0))
 
-    def planes(self, rows: Sequence[int], out: np.ndarray) -> None:
-        """The planes of the kept positions ``rows`` into ``out`` (uint8, len(rows) x 119 x 9 x 9)."""
-        _native.encode_rows(self._tracked(0), rows, out)
+    def planes(self, rows: Sequence[int], out: np.ndarray, games: Sequence[Game] | None = None) -> None:
+        """The planes of the kept positions ``rows`` into ``out`` (uint8, len(rows) x 122 x 9 x 9); the
+        repetition planes from ``games[k]``, the game at row ``rows[k]`` (0 without ``games``)."""
+        _native.encode_rows(self._tracked(0), rows, out, games)
 
     def encode_tracked(self, games: Sequence[Game]) -> tuple[np.ndarray, np.ndarray]:
         """As ``encode(games)``, the planes from the kept positions (which must be those of ``games``)."""
@@ -123,7 +129,7 @@ def _buffer(given: np.ndarray | None, shape: tuple[int, ...], dtype: type, name:
 
 
 def encode(games: Sequence[Game]) -> tuple[np.ndarray, np.ndarray]:
-    """Observation planes uint8 (n, 119, 9, 9) and legal masks bool (n, 2187) of ``games`` (new arrays)."""
+    """Observation planes uint8 (n, 122, 9, 9) and legal masks bool (n, 2187) of ``games`` (new arrays)."""
     return Encoder(max(len(games), 1)).encode(games)
 
 

@@ -1,10 +1,14 @@
-"""Observations: a stack of 119 binary 9x9 planes from the side to move's view.
+"""Observations: a stack of 122 binary 9x9 planes from the side to move's view.
 
-The layout follows dlshogi's input features (62 board planes + 57 hand/check
-planes); docs/observations.md describes every plane. Square ``s`` of a plane is
+The first 119 follow dlshogi's input features (62 board planes + 57 hand/check planes);
+then ``white_to_move`` and the repetition planes ``repeated_ge1``/``repeated_ge2``;
+docs/observations.md describes every plane. Square ``s`` of a plane is
 ``file_index * 9 + rank_index`` in the side-to-move frame (White's view is the board
 rotated 180 degrees), the same numbering as the to-square of an action label, so
-``obs.reshape(119, 9, 9)[c, file_index, rank_index]``.
+``obs.reshape(122, 9, 9)[c, file_index, rank_index]``.
+
+The repetition planes need the game's history: ``keisei.shogi.encoding`` fills them from
+the ``Game``; the planes of bare SFENs here have them at 0.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
 
 #: Version of the observation planes *and* the action labels. Checkpoints store it;
 #: bump it whenever either encoding changes.
-ENCODING_VERSION = "keisei-obs119-dlshogi2187-v1"
+ENCODING_VERSION = "keisei-obs122-dlshogi2187-v2"
 
 PIECE_NAMES = ("pawn", "lance", "knight", "silver", "bishop", "rook", "gold", "king",
                "pro_pawn", "pro_lance", "pro_knight", "pro_silver", "horse", "dragon")
@@ -35,6 +39,8 @@ def _plane_names() -> tuple[str, ...]:
     for side in ("own", "opp"):
         names += [f"{side}_hand_{p}_ge{k}" for p, n in HAND_PLANES for k in range(1, n + 1)]
     names.append("in_check")
+    names.append("white_to_move")
+    names += ["repeated_ge1", "repeated_ge2"]
     return tuple(names)
 
 
@@ -44,7 +50,10 @@ assert len(PLANE_NAMES) == NUM_PLANES
 
 
 def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
-    """Planes of many positions at once: uint8 array of shape (len(sfens), 119, 9, 9)."""
+    """Planes of many positions at once: uint8 array of shape (len(sfens), 122, 9, 9).
+
+    An SFEN carries no history, so ``repeated_ge1``/``repeated_ge2`` are 0 here (as for a game
+    that starts at that SFEN); ``keisei.shogi.encode(games)`` fills them from each game."""
     n = len(sfens)
     if out is None:
         out = np.empty((n, *OBSERVATION_SHAPE), dtype=np.uint8)
@@ -57,5 +66,6 @@ def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> 
 
 
 def encode_observation(sfen: str) -> np.ndarray:
-    """Planes of one position: uint8 array of shape (119, 9, 9)."""
+    """Planes of one position: uint8 array of shape (122, 9, 9) (repetition planes 0, as
+    ``encode_observations``)."""
     return encode_observations([sfen])[0]

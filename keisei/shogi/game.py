@@ -253,6 +253,20 @@ class Game:
     def is_in_check(self) -> bool:
         return self._board.is_in_check()
 
+    @property
+    def repetitions(self) -> int:
+        """How often the current position (board, hands and side to move) occurred before in this
+        game: 0 to 3, by the count rsshogi adjudicates sennichite with (at 3 this is the 4th
+        occurrence and the game is over). The board keeps the history itself (``copy`` and
+        ``play_line`` included), so this costs nothing per move. Positions before ``start_sfen``
+        are not known, and rsshogi looks back only to the latest position on the same board (see
+        docs/observations.md); a game from ``from_finished_state`` has no history and counts 0.
+        ``keisei.shogi.encoding`` reads the same count for the ``repeated_ge1/ge2`` planes."""
+        board, count = self._board, 0
+        while count < 3 and board.is_repetition(count + 1):
+            count += 1
+        return count
+
     def legal_moves(self) -> list[str]:
         """Legal moves of the side to move as USI strings (empty once the game is over)."""
         return [move.to_usi() for move in self._legal]
@@ -315,7 +329,8 @@ class Game:
 
     @classmethod
     def from_finished_state(cls, state: tuple) -> Game:
-        """The finished game ``finished_state`` described (its final board set from the SFEN, not replayed)."""
+        """The finished game ``finished_state`` described (its final board set from the SFEN, not replayed,
+        so without the history of positions: ``repetitions`` is 0; such a game is never encoded)."""
         start, final, values, result, termination, max_plies, declaration = state
         game = object.__new__(cls)
         game._board = Board(final)
