@@ -12,10 +12,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+#: The config dir: ``conf/opponent/<name>.yaml`` are the opponent presets.
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class ConfigError(ValueError):
@@ -193,6 +197,7 @@ class EvaluationConfig:
     save_records: bool = True  # every game as KIF, CSA and USI moves
     interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
     periodic: PeriodicMode = PeriodicMode.inline  # train.py: inline blocks; background runs a process
+    periodic_opponents: list[str] = field(default_factory=list)  # train.py: opponent presets played too
 
 
 @dataclass
@@ -382,8 +387,32 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
            t.precision.value, "fp16 needs device=cuda (use bf16 on the CPU)")
     validate_evaluation(cfg.evaluation, cfg.opponent)
     _check(cfg.evaluation.mode is EvaluationMode.single_opponent, "evaluation.mode", cfg.evaluation.mode.value,
-           "periodic evaluation in train.py plays a single opponent")
+           "periodic evaluation in train.py plays `opponent` (and evaluation.periodic_opponents); "
+           "round_robin and gauntlet are for evaluate.py")
+    validate_periodic_opponents(cfg.evaluation)
     return cfg
+
+
+def opponent_presets() -> list[str]:
+    """The names of the opponent presets (``conf/opponent/<name>.yaml``)."""
+    return sorted(p.stem for p in (CONF / "opponent").glob("*.yaml"))
+
+
+def validate_periodic_opponents(ev: EvaluationConfig) -> None:
+    """``evaluation.periodic_opponents``: distinct names of existing opponent presets, with periodic
+    evaluation on. (Whether each preset can be played alone is checked when it is composed, by
+    ``keisei.evaluation.periodic_opponents``.)"""
+    names = ev.periodic_opponents
+    if not names:
+        return
+    key = "evaluation.periodic_opponents"
+    _check(ev.interval_timesteps > 0, key, names,
+           "needs periodic evaluation: set evaluation.interval_timesteps (e.g. 1e5)")
+    _check(len(set(names)) == len(names), key, names, "names an opponent twice")
+    presets = opponent_presets()
+    for name in names:
+        _check(name in presets, key, names,
+               f"{name!r} is not an opponent preset (conf/opponent/: {', '.join(presets)})")
 
 
 def to_container(cfg: TrainConfig | EvaluateConfig) -> dict[str, Any]:

@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from keisei.checkpoint import load_model
 from keisei.config import (
+    CONF,
     ConfigError,
     EvaluateConfig,
     EvaluationConfig,
@@ -30,6 +32,7 @@ from keisei.config import (
     OpponentKind,
     SearchConfig,
     WandbMode,
+    register_configs,
     to_container,
     validate_evaluate,
 )
@@ -183,24 +186,67 @@ def format_match(results: dict[str, Any]) -> str:
             f"length {r['game_length']['mean']:.0f} plies")
 
 
-def eval_metrics(results: dict[str, Any], global_step: int) -> dict[str, float]:
-    """The metrics a periodic evaluation adds to the training record."""
-    return {"eval/global_step": global_step, "eval/win_rate": results["win_rate"], "eval/score": results["score"],
-            "eval/draw_rate": results["draws"] / results["games"], "eval/elo": results["elo"],
-            "eval/elo_error": results["elo_error"], "eval/games": results["games"],
-            "eval/game_length": results["game_length"]["mean"]}
+def eval_metrics(results: dict[str, Any], global_step: int,
+                 others: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """The metrics record of a periodic evaluation: ``eval/win_rate``, ... of the match against
+    ``opponent`` (``results``), and ``eval/<name>/win_rate``, ... of each match against one of
+    ``evaluation.periodic_opponents`` (``others``: results by preset name)."""
+    record = {"eval/global_step": global_step, **_match_metrics(results, "eval/")}
+    for name, other in (others or {}).items():
+        record.update(_match_metrics(other, f"eval/{name}/"))
+    return record
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+def _match_metrics(results: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {f"{prefix}win_rate": results["win_rate"], f"{prefix}score": results["score"],
+            f"{prefix}draw_rate": results["draws"] / results["games"], f"{prefix}elo": results["elo"],
+            f"{prefix}elo_error": results["elo_error"], f"{prefix}games": results["games"],
+            f"{prefix}game_length": results["game_length"]["mean"]}
 
 
 def opponent_preset(name: str) -> OpponentConfig:
-    """The opponent config of preset ``conf/opponent/<name>.yaml`` (composed by Hydra, which must be
-    initialised, as it is inside ``evaluate.py``)."""
-    from hydra import compose
+    """The opponent config of preset ``conf/opponent/<name>.yaml``, composed by Hydra: by the running
+    app (``evaluate.py``, ``train.py``), or, outside one, from ``conf/`` for the call."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    composed = compose(config_name="evaluate", overrides=[f"opponent={name}", "checkpoint=preset"])
+    overrides = [f"opponent={name}", "checkpoint=preset"]
+    if GlobalHydra.instance().is_initialized():
+        composed = compose(config_name="evaluate", overrides=overrides)
+    else:
+        register_configs()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            composed = compose(config_name="evaluate", overrides=overrides)
     return validate_evaluate(composed).opponent
+
+
+def periodic_opponents(ev: EvaluationConfig, main: OpponentConfig) -> dict[str, OpponentConfig]:
+    """The opponent configs of ``evaluation.periodic_opponents`` by preset name, composed now (before
+    training starts). A preset that cannot be played as it stands (``checkpoint``, ``usi``: they need a
+    path) or that is the main ``opponent`` again is a ``ConfigError`` naming the key."""
+    key = "evaluation.periodic_opponents"
+    presets: dict[str, OpponentConfig] = {}
+    for name in ev.periodic_opponents:
+        try:
+            op = opponent_preset(name)
+        except (ConfigError, MissingMandatoryValue) as exc:
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{key}={ev.periodic_opponents!r}: preset {name!r} cannot be played as it stands "
+                              f"({detail}); make it the main opponent instead (opponent={name} ...)") from None
+        if op == main:
+            raise ConfigError(f"{key}={ev.periodic_opponents!r}: {name!r} is the main opponent already "
+                              "(its results are eval/win_rate, ...)")
+        presets[name] = op
+    return presets
+
+
+def periodic_matches(agent: Player, opponent: Player, others: dict[str, Player], cfg: EvaluationConfig,
+                     out_dir: Path, *, seed: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A periodic evaluation: the match against ``opponent`` into ``out_dir``, then one against each of
+    ``others`` (by preset name) into ``out_dir/<name>/``. Returns (results, the others' results)."""
+    results = evaluate_agent(agent, opponent, cfg, out_dir, seed=seed)
+    return results, {name: evaluate_agent(agent, player, cfg, out_dir / name, seed=seed + k)
+                     for k, (name, player) in enumerate(others.items(), start=1)}
 
 
 def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
@@ -253,26 +299,35 @@ def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
 
 
 def _worker(argv: list[str] | None = None) -> None:
-    """Background evaluation: a snapshot checkpoint against the configured opponent."""
+    """Background evaluation: a snapshot checkpoint against the configured opponent, then against each
+    of the ``periodic_opponents`` (their configs, composed by the trainer, by preset name)."""
     parser = argparse.ArgumentParser(prog="python -m keisei.evaluation")
     parser.add_argument("snapshot")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'seed', 'device'")
+    parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'periodic_opponents', 'seed', 'device'")
     args = parser.parse_args(argv)
     spec = json.loads(args.config)
     ev: EvaluationConfig = OmegaConf.to_object(  # type: ignore[assignment]
         OmegaConf.merge(OmegaConf.structured(EvaluationConfig), spec["evaluation"]))
-    op: OpponentConfig = OmegaConf.to_object(  # type: ignore[assignment]
-        OmegaConf.merge(OmegaConf.structured(OpponentConfig), spec["opponent"]))
+
+    def opponent_config(data: dict[str, Any]) -> OpponentConfig:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(OpponentConfig), data))  # type: ignore
+
     device = torch.device(spec["device"])
     torch.set_num_threads(1)  # leave the cores to training
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engine below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engines below
     agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent", search=ev.search)
-    opponent = build_opponent(op, device, spec["seed"])
+    players: list[Player] = []
     try:
-        evaluate_agent(agent, opponent, ev, args.out_dir, seed=spec["seed"])
+        players.append(build_opponent(opponent_config(spec["opponent"]), device, spec["seed"]))
+        others: dict[str, Player] = {}
+        for k, (name, data) in enumerate(spec.get("periodic_opponents", {}).items(), start=1):
+            others[name] = build_opponent(opponent_config(data), device, spec["seed"] + k)
+            players.append(others[name])
+        periodic_matches(agent, players[0], others, ev, args.out_dir, seed=spec["seed"])
     finally:
-        opponent.close()
+        for player in players:
+            player.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Periodic evaluation during training: every ``evaluation.interval_timesteps`` env steps the
-network plays a match against the configured opponent, and the result joins the metrics.
+network plays a match against the configured ``opponent``, then one against each preset of
+``evaluation.periodic_opponents`` (composed before training starts), and the results join the
+metrics in one record: ``eval/win_rate``, ... for ``opponent`` (the objective is its win rate),
+``eval/<preset>/win_rate``, ... for the others.
 
 Two ways to run it behind one interface (``start`` a match, ``result`` when it is done):
 ``Inline`` plays the match at once in the training process (training waits);
@@ -18,28 +21,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from keisei.checkpoint import model_state, save_checkpoint
-from keisei.config import PeriodicMode, TrainConfig, to_container
-from keisei.evaluation import build_opponent, eval_metrics, evaluate_agent, searching_name
+from keisei.config import OpponentConfig, PeriodicMode, TrainConfig, to_container
+from keisei.evaluation import build_opponent, eval_metrics, periodic_matches, periodic_opponents, searching_name
 from keisei.players import AgentPlayer, Player
 
 log = logging.getLogger(__name__)
 
 
 class Inline:
-    """The match is played inside ``start``; ``result`` returns its metrics once."""
+    """The matches are played inside ``start``; ``result`` returns their metrics once."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: TrainConfig, device: torch.device, others: dict[str, OpponentConfig]) -> None:
+        self.cfg, self.device, self.others = cfg, device, others
         self.opponent: Player | None = None  # built at the first evaluation, kept for the next
+        self.other_players: dict[str, Player] = {}
         self.finished: dict[str, Any] | None = None
 
     def check(self) -> None:
-        """Build the opponent now (an engine that cannot start fails before training, not at the first
-        evaluation) and keep it for the evaluations."""
+        """Build the opponents now (an engine that cannot start fails before training, not at the first
+        evaluation) and keep them for the evaluations."""
         self.opponent = build_opponent(self.cfg.opponent, self.device, self.cfg.seed + 1)
+        try:
+            for k, (name, op) in enumerate(self.others.items(), start=2):
+                self.other_players[name] = build_opponent(op, self.device, self.cfg.seed + k)
+        except BaseException:
+            self.close()  # the engines already started
+            raise
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         cfg = self.cfg
@@ -48,35 +59,40 @@ class Inline:
         agent = AgentPlayer(model, name=searching_name("agent", cfg.evaluation.search),
                             temperature=cfg.evaluation.temperature, device=self.device, seed=seed,
                             search=cfg.evaluation.search)
-        results = evaluate_agent(agent, self.opponent, cfg.evaluation, out_dir, seed=seed)
-        self.finished = eval_metrics(results, step)
+        results, others = periodic_matches(agent, self.opponent, self.other_players, cfg.evaluation, out_dir,
+                                           seed=seed)
+        self.finished = eval_metrics(results, step, others)
 
     def result(self, wait: bool) -> dict[str, Any] | None:
         finished, self.finished = self.finished, None
         return finished
 
     def close(self) -> None:
-        if self.opponent is not None:
-            self.opponent.close()
+        for player in [self.opponent, *self.other_players.values()]:
+            if player is not None:
+                player.close()
 
 
 class Background:
-    """The match is played by a worker process from a snapshot; at most one in flight."""
+    """The matches are played by a worker process from a snapshot; at most one evaluation in flight."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: TrainConfig, device: torch.device, others: dict[str, OpponentConfig]) -> None:
+        self.cfg, self.device, self.others = cfg, device, others
         self.pending: tuple[subprocess.Popen, int, Path] | None = None  # (process, step, out dir)
 
     def check(self) -> None:
-        """The worker will build the same opponent: build it once now (an engine that cannot start or a
-        checkpoint that cannot be read fails before training) and close it."""
-        build_opponent(self.cfg.opponent, self.device, self.cfg.seed + 1).close()
+        """The worker will build the same opponents: build each once now (an engine that cannot start or
+        a checkpoint that cannot be read fails before training) and close it."""
+        for op in [self.cfg.opponent, *self.others.values()]:
+            build_opponent(op, self.device, self.cfg.seed + 1).close()
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         container = to_container(self.cfg)
         snapshot = out_dir / "agent.pt"
         save_checkpoint({"config": container, "model": model_state(model), "global_step": step}, snapshot)
         spec = {"evaluation": container["evaluation"], "opponent": container["opponent"],
+                "periodic_opponents": {name: OmegaConf.to_container(OmegaConf.structured(op), enum_to_str=True)
+                                       for name, op in self.others.items()},
                 "seed": seed, "device": str(self.device)}
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
             proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation", str(snapshot), str(out_dir),
@@ -92,12 +108,13 @@ class Background:
             return None
         proc.wait()
         self.pending = None
-        results = out_dir / "results.json"
-        if proc.returncode != 0 or not results.is_file():
+        files = {name: out_dir / name / "results.json" for name in self.others}
+        if proc.returncode != 0 or not all(f.is_file() for f in [out_dir / "results.json", *files.values()]):
             log.warning("background evaluation of step %d failed (exit %s): see %s", step, proc.returncode,
                         out_dir / "worker.log")
             return None
-        return eval_metrics(json.loads(results.read_text(encoding="utf-8")), step)
+        return eval_metrics(json.loads((out_dir / "results.json").read_text(encoding="utf-8")), step,
+                            {name: json.loads(f.read_text(encoding="utf-8")) for name, f in files.items()})
 
     def close(self) -> None:
         """Stop a worker still running (interrupted run): SIGTERM (it then closes its engines),
@@ -121,7 +138,10 @@ class PeriodicEvaluation:
     def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device, win_rate: float | None = None
                  ) -> None:
         self.cfg, self.run_dir = cfg, run_dir
-        self.runner = (Inline if cfg.evaluation.periodic is PeriodicMode.inline else Background)(cfg, device)
+        # The presets are composed now, inside the running Hydra app, before anything is written.
+        others = periodic_opponents(cfg.evaluation, cfg.opponent) if cfg.evaluation.interval_timesteps else {}
+        runner = Inline if cfg.evaluation.periodic is PeriodicMode.inline else Background
+        self.runner = runner(cfg, device, others)
         self.win_rate = win_rate  # of the latest finished evaluation (a resumed run's, at first)
         if cfg.evaluation.interval_timesteps:
             self.runner.check()

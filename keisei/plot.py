@@ -31,6 +31,7 @@ PANELS = [
 ]
 EVAL_PANEL = ("periodic evaluation", [("eval/win_rate", "win rate"), ("eval/score", "score"),
                                       ("eval/draw_rate", "draw rate")])
+_OTHER_WIN_RATE = re.compile(r"eval/(.+)/win_rate")
 
 
 class PlotError(ValueError):
@@ -69,8 +70,56 @@ def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     return train, evals
 
 
+def eval_opponents(evals: list[dict[str, Any]]) -> list[str]:
+    """The ``evaluation.periodic_opponents`` of a run's evaluation records (``eval/<name>/win_rate``),
+    in the order they first appear."""
+    names: dict[str, None] = {}
+    for record in evals:
+        for key in record:
+            match = _OTHER_WIN_RATE.fullmatch(key)
+            if match:
+                names.setdefault(match[1])
+    return list(names)
+
+
+def main_opponent(run_dir: Path) -> str | None:
+    """The name of the run's periodic-evaluation ``opponent`` (from its config.yaml), if known."""
+    import yaml
+
+    try:
+        opponent = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["opponent"]
+        return str(opponent.get("name") or opponent["kind"])
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def eval_panel(run_dir: Path, evals: list[dict[str, Any]]) -> tuple[str, list[tuple[str, str]]]:
+    """The evaluation panel: win rate, score and draw rate against ``opponent``, and a win-rate curve
+    per other opponent (``evaluation.periodic_opponents``), each labelled with its name."""
+    title, series = EVAL_PANEL
+    others = eval_opponents(evals)
+    if others:
+        vs = f" vs {main}" if (main := main_opponent(run_dir)) else ""
+        series = [("eval/win_rate", f"win rate{vs}"),
+                  *[(f"eval/{name}/win_rate", f"win rate vs {name}") for name in others],
+                  *[(key, f"{label}{vs}") for key, label in series[1:]]]
+    return title, series
+
+
 def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:
     """Draw the metrics of ``run_dir`` against env steps into a PNG; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig = metrics_figure(run_dir)
+    out = out or run_dir / "metrics.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def metrics_figure(run_dir: Path) -> Any:
+    """The matplotlib figure of ``plot_metrics``: a panel per group of metrics, against env steps
+    (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,7 +130,7 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:
               for title, series in PANELS]
     panels = [(title, series, train, "global_step") for title, series in panels if series]
     if evals:
-        panels.append((*EVAL_PANEL, evals, "eval/global_step"))
+        panels.append((*eval_panel(run_dir, evals), evals, "eval/global_step"))
     if not panels:
         raise ValueError(f"{run_dir / 'metrics.jsonl'}: nothing to plot")
     cols = 2
@@ -101,10 +150,7 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:
         ax.axis("off")
     fig.suptitle(str(run_dir))
     fig.tight_layout()
-    out = out or run_dir / "metrics.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def _jsonl_game(path: Path, number: str) -> tuple[Any, list[str]]:

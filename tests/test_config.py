@@ -265,6 +265,7 @@ def test_nested_override() -> None:
     [],
     [*TINY, "training.total_timesteps=1e6", "seed=7", "training.lr_schedule=cosine", "wandb.tags=[a,b]",
      "training.target_kl=0.02", "device=cpu", "training.precision=bf16"],
+    ["evaluation.interval_timesteps=1e5", "evaluation.periodic_opponents=[heuristic,fairy_stockfish_weakest]"],
 ])
 def test_container_round_trip(overrides: list[str]) -> None:
     cfg = validate(compose_cfg(*overrides))

@@ -7,6 +7,7 @@ within a couple of minutes on 2 CPU cores. Run dirs live under pytest's tmp dirs
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -485,3 +486,94 @@ def test_periodic_evaluation(tmp_path: Path, periodic: str, opponent: str) -> No
     match = re.search(r"objective:\s+(\S+) \(latest evaluation win rate\)", proc.stdout)
     assert match, proc.stdout
     assert float(match.group(1)) == pytest.approx(last["eval/win_rate"], abs=5e-5)
+
+
+# --- periodic evaluation against several opponents (evaluation.periodic_opponents) -------------
+
+OTHER_KEYS = {f"eval/heuristic/{k.removeprefix('eval/')}" for k in EVAL_KEYS - {"update", "eval/global_step"}}
+
+
+@pytest.mark.parametrize("periodic", ["inline", "background"])
+def test_periodic_evaluation_against_several_opponents(tmp_path: Path, periodic: str) -> None:
+    """Each evaluation plays ``opponent`` (random) and then heuristic: one metrics line with both
+    (random's under the plain names, the objective its win rate), results in step_N/ and step_N/heuristic/;
+    the plot draws a win-rate curve per opponent and the learning-curve table has a heuristic column."""
+    run_dir = tmp_path / "run"
+    proc = train(run_dir, "training.total_timesteps=512", "evaluation.interval_timesteps=256",
+                 "evaluation.games=2", "evaluation.max_plies=60", f"evaluation.periodic={periodic}",
+                 "opponent=random", "evaluation.periodic_opponents=[heuristic]")
+    evals = [line for line in metrics(run_dir) if "eval/global_step" in line]
+    assert sorted(line["eval/global_step"] for line in evals) == [256, 512]
+    for line in evals:
+        assert set(line) == EVAL_KEYS | OTHER_KEYS
+        step_dir = run_dir / "eval" / f"step_{line['eval/global_step']:09d}"
+        for prefix, out_dir, opponent in [("eval/", step_dir, "random"),
+                                          ("eval/heuristic/", step_dir / "heuristic", "heuristic")]:
+            r = results(out_dir)
+            assert_match_results(r, 2)
+            assert r["opponent"] == opponent
+            assert line[f"{prefix}games"] == 2
+            assert line[f"{prefix}win_rate"] == pytest.approx(r["win_rate"])
+            assert line[f"{prefix}score"] == pytest.approx(r["score"])
+            assert line[f"{prefix}draw_rate"] == pytest.approx(r["draws"] / 2)
+            assert line[f"{prefix}elo"] == pytest.approx(r["elo"])
+            assert line[f"{prefix}game_length"] == pytest.approx(r["game_length"]["mean"])
+            assert_records(out_dir, 2, {r["player"], opponent})
+    last = evals[-1]
+    match = re.search(r"objective:\s+(\S+) \(latest evaluation win rate\)", proc.stdout)
+    assert match and float(match.group(1)) == pytest.approx(last["eval/win_rate"], abs=5e-5)
+
+    from keisei.plot import metrics_figure
+
+    fig = metrics_figure(run_dir)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "periodic evaluation")
+    curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in panel.get_lines()}
+    assert list(curves)[:2] == ["win rate vs random", "win rate vs heuristic"]
+    assert [t.get_text() for t in panel.get_legend().get_texts()][:2] == list(curves)[:2]
+    for label, key in [("win rate vs random", "eval/win_rate"), ("win rate vs heuristic", "eval/heuristic/win_rate")]:
+        assert curves[label] == ([256, 512], [e[key] for e in evals])
+
+    spec = importlib.util.spec_from_file_location("learning", REPO / "benchmarks" / "learning.py")
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    from keisei.plot import read_metrics
+
+    table = learning.learning_curve(*read_metrics(run_dir), "random").splitlines()
+    header = next(k for k, row in enumerate(table) if row.split()[:2] == ["env", "steps"])
+    column = table[header].split().index("heuristic") - 2  # "env steps" and "vs heuristic" are two words each
+    rows = [row.split() for row in table[header + 1:]]
+    assert [float(row[column]) for row in rows] == pytest.approx([e["eval/heuristic/win_rate"] for e in evals],
+                                                                 abs=0.005)
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["evaluation.periodic_opponents=[heuristic,heuristc]"], ["'heuristc' is not an opponent preset", "random"]),
+    (["evaluation.periodic_opponents=[checkpoint]"], ["'checkpoint'", "opponent.checkpoint"]),
+    (["opponent=heuristic", "evaluation.periodic_opponents=[heuristic]"], ["main opponent"]),
+    (["evaluation.periodic_opponents=[heuristic,heuristic]"], ["twice"]),
+    (["evaluation.interval_timesteps=0", "evaluation.periodic_opponents=[heuristic]"],
+     ["evaluation.interval_timesteps"]),
+], ids=["unknown", "needs_a_path", "main_again", "twice", "no_interval"])
+def test_periodic_opponents_bad_config_fails_before_anything_is_written(tmp_path: Path, overrides: list[str],
+                                                                        named: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_script("train.py", *TINY, f"hydra.run.dir={run_dir}", "training.total_timesteps=512",
+                      "evaluation.interval_timesteps=256", "evaluation.periodic=background", *overrides,
+                      check=False)
+    assert_clean_error(proc, "evaluation.periodic_opponents=", *named)
+    assert proc.returncode == 2
+    assert not run_dir.exists()  # nothing written: the failed launch leaves no dir
+
+
+def test_periodic_opponents_composed_outside_hydra() -> None:
+    """The presets compose from conf/ without a running Hydra app too (programmatic use)."""
+    from keisei.config import EvaluationConfig, OpponentConfig, OpponentKind
+    from keisei.evaluation import periodic_opponents
+
+    presets = periodic_opponents(EvaluationConfig(periodic_opponents=["heuristic", "fairy_stockfish_weakest"]),
+                                 OpponentConfig())
+    assert list(presets) == ["heuristic", "fairy_stockfish_weakest"]
+    assert presets["heuristic"].kind is OpponentKind.heuristic
+    weakest = presets["fairy_stockfish_weakest"]
+    assert (weakest.kind, weakest.name, weakest.depth, weakest.options["Skill Level"]) == (
+        OpponentKind.usi, "fairy-stockfish-weakest", 1, -20)

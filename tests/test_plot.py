@@ -13,7 +13,7 @@ from rsshogi.core import Board
 
 from keisei.match import play_match, save_records
 from keisei.players import HeuristicPlayer, RandomPlayer
-from keisei.plot import final_position_svg, plot_metrics
+from keisei.plot import final_position_svg, metrics_figure, plot_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -39,6 +39,45 @@ def test_metrics_png(tmp_path: Path, with_eval: bool) -> None:
     out = plot_metrics(tmp_path / "run")
     assert out == tmp_path / "run" / "metrics.png"
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 10_000
+
+
+def eval_legend(run_dir: Path) -> dict[str, tuple[list, list]]:
+    """The evaluation panel's curves by legend label: (steps, values)."""
+    import matplotlib.pyplot as plt
+
+    fig = metrics_figure(run_dir)
+    try:
+        panel = next(ax for ax in fig.axes if ax.get_title() == "periodic evaluation")
+        labels = [t.get_text() for t in panel.get_legend().get_texts()]
+        curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in panel.get_lines()}
+        assert labels == list(curves)
+        return curves
+    finally:
+        plt.close(fig)
+
+
+def test_one_win_rate_curve_per_opponent(tmp_path: Path) -> None:
+    """evaluation.periodic_opponents: a win-rate curve per opponent, named in the legend (the main
+    opponent's name from the run's config.yaml); without them the panel is as before."""
+    run_dir = tmp_path / "run"
+    write_metrics(run_dir, with_eval=True)
+    assert list(eval_legend(run_dir)) == ["win rate", "score", "draw rate"]
+
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        if "eval/global_step" in line:
+            step = line["eval/global_step"]
+            line.update({"eval/heuristic/win_rate": step / 1000, "eval/heuristic/score": 0.1,
+                         "eval/fairy_stockfish_weakest/win_rate": 0.0})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    (run_dir / "config.yaml").write_text("opponent:\n  kind: random\n  name: random\n", encoding="utf-8")
+    curves = eval_legend(run_dir)
+    assert list(curves) == ["win rate vs random", "win rate vs heuristic", "win rate vs fairy_stockfish_weakest",
+                            "score vs random", "draw rate vs random"]
+    assert curves["win rate vs random"] == ([256, 512], [0.5, 0.5])
+    assert curves["win rate vs heuristic"] == ([256, 512], [0.256, 0.512])
+    assert curves["win rate vs fairy_stockfish_weakest"] == ([256, 512], [0.0, 0.0])
+    assert plot_metrics(run_dir).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_cli_on_a_run_dir_and_errors(tmp_path: Path) -> None:
