@@ -1,8 +1,10 @@
 """Policy/value networks: observation planes in, 2187 policy logits and a value out.
 
-The value is in [-1, 1] from the side to move's view. The ResNet's policy head is a
-1x1 convolution to 27 planes, one per label direction, so that output plane ``d`` at
-square ``s`` is exactly label ``d * 81 + s`` (see docs/observations.md).
+The value is from the side to move's view: the head's output in [-1, 1], plus, with
+``model.material_potential`` k > 0, k times the material balance in pawns read off the input
+planes (``MaterialPotential``). The ResNet's policy head is a 1x1 convolution to 27 planes, one
+per label direction, so that output plane ``d`` at square ``s`` is exactly label ``d * 81 + s``
+(see docs/observations.md).
 """
 
 from __future__ import annotations
@@ -12,8 +14,30 @@ from torch import nn
 
 from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
+from keisei.shogi.features import material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
+
+
+class MaterialPotential(nn.Module):
+    """``coef`` times the material balance of each position (side to move's view), in pawns.
+
+    Added to the value, it is potential-based reward shaping (Ng et al. 1999) with the potential
+    Phi = coef * material: the TD errors of GAE with the value ``head + Phi`` are exactly those of
+    the shaped rewards ``gamma * Phi(s') - Phi(s)`` with the value ``head`` (Phi of a finished game
+    is 0: a terminal move's target is the outcome alone), so the optimal policy is unchanged while a
+    capture shows in the advantages at once. The value stays an estimate of the outcome, for
+    search and evaluation alike. Nothing is learnt here (``coef`` 0: none at all)."""
+
+    def __init__(self, coef: float) -> None:
+        super().__init__()
+        self.coef = coef
+        self.register_buffer("weights", torch.from_numpy(material_weights()) * coef, persistent=False)
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        if not self.coef:
+            return planes.new_zeros(planes.shape[0])
+        return planes.sum(dim=(2, 3)) @ self.weights
 
 
 class SqueezeExcitation(nn.Module):
@@ -60,10 +84,12 @@ class ResNet(nn.Module):
         self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
+        self.material = MaterialPotential(cfg.material_potential)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.tower(self.stem(obs.float()))
-        return self.policy(x).flatten(1), self.value(x).squeeze(1)
+        planes = obs.float()
+        x = self.tower(self.stem(planes))
+        return self.policy(x).flatten(1), self.value(x).squeeze(1) + self.material(planes)
 
 
 class MLP(nn.Module):
@@ -74,10 +100,12 @@ class MLP(nn.Module):
                                   nn.Linear(h, h), nn.ReLU(inplace=True))
         self.policy = nn.Linear(h, NUM_ACTIONS)
         self.value = nn.Sequential(nn.Linear(h, 1), nn.Tanh())
+        self.material = MaterialPotential(cfg.material_potential)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.body(obs.float())
-        return self.policy(x), self.value(x).squeeze(1)
+        planes = obs.float()
+        x = self.body(planes)
+        return self.policy(x), self.value(x).squeeze(1) + self.material(planes)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

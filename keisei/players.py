@@ -19,6 +19,7 @@ from keisei.config import SearchConfig
 from keisei.policy import Policy
 from keisei.search import Search
 from keisei.shogi import Encoder, Game, Termination
+from keisei.shogi.features import PIECE_VALUES as SHOGI_PIECE_VALUES
 
 Choice = str | Termination
 
@@ -50,11 +51,9 @@ def _random_move(game: Game, rng: np.random.Generator) -> str:
     return legal[int(rng.integers(len(legal)))].to_usi()
 
 
-# Values for the heuristic player's captures (promoted minor pieces count as golds).
-PIECE_VALUES = {PieceType.PAWN: 1, PieceType.LANCE: 3, PieceType.KNIGHT: 4, PieceType.SILVER: 5,
-                PieceType.GOLD: 6, PieceType.BISHOP: 8, PieceType.ROOK: 10, PieceType.PRO_PAWN: 6,
-                PieceType.PRO_LANCE: 6, PieceType.PRO_KNIGHT: 6, PieceType.PRO_SILVER: 6,
-                PieceType.HORSE: 10, PieceType.DRAGON: 12, PieceType.KING: 100}
+# Values for the heuristic player's captures (keisei.shogi.PIECE_VALUES; a king outranks everything).
+PIECE_VALUES = {getattr(PieceType, name.upper()): value for name, value in SHOGI_PIECE_VALUES.items()}
+PIECE_VALUES[PieceType.KING] = 100
 
 
 class HeuristicPlayer(Player):

@@ -192,6 +192,7 @@ def test_appended_unknown_key_is_rejected(override: str) -> None:
     (["env.max_plies=10", "env.opening_plies=11"], "env.opening_plies"),
     (["training.precision=fp16", "device=cpu"], "training.precision"),
     (["training.opponent_pool.fraction=1.5"], "training.opponent_pool.fraction"),
+    (["model.material_potential=0.5"], "model.material_potential"),
     (["training.opponent_pool.fraction=0.5", "training.opponent_pool.heuristic_fraction=0.75"],
      "training.opponent_pool.heuristic_fraction"),
     (["training.opponent_pool.heuristic_fraction=0.5", "env.workers=2"], "training.opponent_pool.heuristic_fraction"),

@@ -22,7 +22,9 @@ from keisei.checkpoint import (
 )
 from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
 from keisei.model import SqueezeExcitation, build_model
-from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, move_to_action
+from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
+from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action
+from keisei.shogi.features import PIECE_VALUES
 
 SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
 SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, squeeze_excitation=True)
@@ -346,3 +348,52 @@ def test_run_dir_without_last_checkpoint(tmp_path: Path) -> None:
         resolve_checkpoint(run)
     assert str(run) in str(info.value)
     _assert_checkpoint_error(run)
+
+
+# --- material potential (potential-based shaping in the value) -------------------------------------
+
+_HAND_NAMES = {"P": "pawn", "L": "lance", "N": "knight", "S": "silver", "G": "gold", "B": "bishop", "R": "rook"}
+
+
+def _material_balance(game: Game) -> int:
+    """The side to move's material minus the opponent's, in pawns, counted from rsshogi's board."""
+    board, total = game.board, 0
+    for _, piece in board.iter_pieces():
+        sign = 1 if piece.color == board.turn else -1
+        total += sign * PIECE_TYPE_VALUES[piece.piece_type]  # the kings cancel out
+    for colour, sign in ((board.turn, 1), (board.turn.flip(), -1)):
+        for letter, count in board.hand_counts(colour).items():
+            total += sign * count * PIECE_VALUES[_HAND_NAMES[letter]]
+    return total
+
+
+@pytest.mark.parametrize("name", ["resnet", "mlp"])
+def test_material_potential_adds_the_material_balance_to_the_value(name: str) -> None:
+    """With model.material_potential=k the value is the head's plus k times the side to move's material
+    balance (board and hands, promoted pieces at their own value); the weights are the same tensors."""
+    rng = random.Random(0)
+    games = []
+    for _ in range(24):
+        game = Game(max_plies=400)
+        for _ in range(rng.randrange(0, 160)):
+            if game.is_over:
+                break
+            game.push(rng.choice(game.legal_moves()))
+        if not game.is_over:
+            games.append(game)
+    balances = torch.tensor([_material_balance(g) for g in games], dtype=torch.float32)
+    assert balances.abs().max() > 5  # captures happened, in both directions
+    assert (balances > 0).any() and (balances < 0).any()
+    torch.manual_seed(0)
+    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, material_potential=0.02)).eval()
+    plain = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8)).eval()
+    assert shaped.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
+    plain.load_state_dict(shaped.state_dict())
+    obs = torch.from_numpy(encode(games)[0])
+    with torch.no_grad():
+        (logits_s, value_s), (logits_p, value_p) = shaped(obs), plain(obs)
+    assert torch.equal(logits_s, logits_p)
+    assert torch.allclose(value_s - value_p, 0.02 * balances, atol=1e-5)
+    start = torch.from_numpy(encode([Game()])[0])
+    with torch.no_grad():
+        assert torch.allclose(shaped(start)[1], plain(start)[1], atol=1e-6)  # the start position is balanced

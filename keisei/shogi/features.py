@@ -31,6 +31,11 @@ PIECE_NAMES = ("pawn", "lance", "knight", "silver", "bishop", "rook", "gold", "k
 HAND_PLANES = (("pawn", 8), ("lance", 4), ("knight", 4), ("silver", 4), ("gold", 4),
                ("bishop", 2), ("rook", 2))
 
+#: Material value of each piece in pawns (promoted minor pieces count as golds; the king none):
+#: the heuristic player's captures and the model's material potential (``material_weights``).
+PIECE_VALUES = {"pawn": 1, "lance": 3, "knight": 4, "silver": 5, "bishop": 8, "rook": 10, "gold": 6, "king": 0,
+                "pro_pawn": 6, "pro_lance": 6, "pro_knight": 6, "pro_silver": 6, "horse": 10, "dragon": 12}
+
 
 def _plane_names() -> tuple[str, ...]:
     names = [f"own_{p}" for p in PIECE_NAMES] + [f"opp_{p}" for p in PIECE_NAMES]
@@ -69,3 +74,18 @@ def encode_observation(sfen: str) -> np.ndarray:
     """Planes of one position: uint8 array of shape (122, 9, 9) (repetition planes 0, as
     ``encode_observations``)."""
     return encode_observations([sfen])[0]
+
+
+def material_weights() -> np.ndarray:
+    """Per plane, the material (in pawns, ``PIECE_VALUES``) that one set square of it stands for, from
+    the side to move's view: ``(obs.sum((2, 3)) * material_weights()).sum(1)`` is the material balance
+    of each position, board and hands (a hand plane "at least k" is all ones: 1/81 per square)."""
+    weights = np.zeros(NUM_PLANES, dtype=np.float32)
+    for i, name in enumerate(PLANE_NAMES):
+        side, _, rest = name.partition("_")
+        sign = {"own": 1.0, "opp": -1.0}.get(side, 0.0)
+        if rest in PIECE_VALUES:
+            weights[i] = sign * PIECE_VALUES[rest]
+        elif rest.startswith("hand_"):
+            weights[i] = sign * PIECE_VALUES[rest[len("hand_"):].rsplit("_", 1)[0]] / 81
+    return weights
