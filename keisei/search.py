@@ -412,7 +412,8 @@ class Search:
         logits, values = self.policy.logits_and_value(torch.from_numpy(obs).to(self.device),
                                                       torch.from_numpy(mask).to(self.device))
         # The policy's own distribution (illegal labels have probability 0), renormalised in float64.
-        probs, values_np = torch.softmax(logits, dim=1).cpu().numpy(), values.cpu().numpy()
+        # A value beyond a win (model.material_potential adds the material balance) counts as a win.
+        probs, values_np = torch.softmax(logits, dim=1).cpu().numpy(), values.clamp(-1.0, 1.0).cpu().numpy()
         for j, leaf in enumerate(batch):
             labels = np.flatnonzero(mask[j])
             prior = probs[j, labels].astype(np.float64)

@@ -16,7 +16,7 @@ from keisei.model import build_model
 from keisei.players import AgentPlayer, RandomPlayer
 from keisei.policy import Policy
 from keisei.search import Limits, Search, find_mate
-from keisei.shogi import NUM_ACTIONS, Game, Termination, move_to_action
+from keisei.shogi import NUM_ACTIONS, Game, Termination, encode, move_to_action
 from keisei.shogi.game import FORFEITS
 
 # Black to move; White king 5a, a Black pawn on 5c, a gold in hand: G*5b mates.
@@ -342,3 +342,17 @@ def test_play_line_adjudicates_its_last_position_as_play_does() -> None:
         assert (line.sfen(), line.termination, line.legal_moves(), line.ply) == (
             one_by_one.sfen(), one_by_one.termination, one_by_one.legal_moves(), one_by_one.ply)
     assert line.termination is Termination.SENNICHITE
+
+
+def test_values_beyond_a_win_count_as_a_win() -> None:
+    """With model.material_potential the network's value can pass 1 (a large material lead); in the tree
+    it counts as a win, no more: every move's value and the root's stay in [-1, 1]."""
+    torch.manual_seed(0)
+    lopsided = build_model(ModelConfig(blocks=1, channels=16, value_hidden=32, material_potential=0.1)).eval()
+    # Black to move with both rooks, both bishops and all four golds in hand against a bare king and pawns.
+    game = Game("4k4/9/ppppppppp/9/9/9/PPPPPPPPP/9/4K4 b 2R2B4G 1")
+    with torch.no_grad():
+        assert lopsided(torch.from_numpy(encode([game])[0]))[1].item() > 1.5  # the network alone says more
+    result = Search(Policy(lopsided), SearchConfig(simulations=64, mate_plies=0)).run([game])[0]
+    assert -1.0 <= result.value <= 1.0
+    assert all(-1.0 <= v <= 1.0 for v in result.values.values())
