@@ -117,6 +117,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     gamma: float = 0.99  # per own move
     gae_lambda: float = 0.95
+    bootstrap_truncated: bool = True  # a game cut at env.max_plies: bootstrap from its value (else a draw, 0)
     clip_coef: float = 0.2
     clip_vloss: bool = True
     ent_coef: float = 0.01

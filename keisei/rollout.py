@@ -146,10 +146,12 @@ def heuristic_actions(pool: OpponentPool, env: Env, rows: np.ndarray, device: to
     return torch.tensor(labels, dtype=torch.long, device=device)
 
 
-def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma: float, gae_lambda: float
-            ) -> tuple[Batch, RolloutStats]:
+def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma: float, gae_lambda: float,
+            bootstrap_truncated: bool = True) -> tuple[Batch, RolloutStats]:
     """One rollout of ``num_steps`` moves per game from ``env.current``: the learner's batch, the games
-    that ended (self-play games apart from pool games) and the seconds spent in inference and in the env."""
+    that ended (self-play games apart from pool games) and the seconds spent in inference and in the env.
+    A game cut at the env's max plies bootstraps from the value of its final position
+    (``bootstrap_truncated``) or ends there as a draw (target 0, as a match scores it)."""
     n, dev = env.num_envs, policy.device
     obs = torch.zeros((num_steps, n, *OBSERVATION_SHAPE), dtype=torch.uint8, device=dev)
     masks = torch.zeros((num_steps, n, NUM_ACTIONS), dtype=torch.bool, device=dev)
@@ -206,8 +208,8 @@ def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma:
             pool.assign(ended_envs, n)
         rewards[t] = torch.from_numpy(out.reward).to(dev)
         ended[t] = torch.from_numpy(out.terminated | out.truncated).to(dev)
-        truncated[t] = torch.from_numpy(out.truncated).to(dev)
-        if out.truncated.any():
+        if bootstrap_truncated and out.truncated.any():
+            truncated[t] = torch.from_numpy(out.truncated).to(dev)
             rows = torch.from_numpy(np.flatnonzero(out.truncated)).to(dev)
             final_values[t, rows] = policy.value(torch.from_numpy(out.final_obs[out.truncated]).to(dev))
         timing["inference"] += t1 - t0 + time.perf_counter() - t2

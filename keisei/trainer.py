@@ -170,7 +170,8 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
                 lr = learning_rate(t, state.global_step // batch_size, num_updates)
                 for group in state.optimizer.param_groups:
                     group["lr"] = lr
-                batch, rollout = collect(policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
+                batch, rollout = collect(policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda,
+                                         t.bootstrap_truncated)
                 timing = rollout.timing
                 t0 = time.perf_counter()
                 losses = ppo_update(policy, state.optimizer, batch, t, state.shuffle, state.scaler)

@@ -552,6 +552,24 @@ def test_games_against_the_heuristic_player_are_its_moves_and_train_only_the_lea
     assert batch.actions.shape[0] == learner_plies
 
 
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_a_game_cut_at_max_plies_bootstraps_or_is_a_draw(bootstrap: bool) -> None:
+    """bootstrap_truncated=False: a game cut at max plies ends as a draw, so with gamma = lambda = 1 every
+    move of a game that was cut inside the rollout returns exactly 0; with bootstrapping it returns the
+    value of the final position (not 0)."""
+    torch.manual_seed(0)
+    model = _tiny_model()
+    env = VecEnv(4, max_plies=6)  # no mate in 6 plies: every game is cut
+    env.reset(seed=0)
+    pool = OpponentPool(OpponentPoolConfig(), None, torch.Generator().manual_seed(0))
+    batch, _ = collect(Policy(model), env, pool, 12, 1.0, 1.0, bootstrap)
+    returns = batch.returns.reshape(12, 4)[:6]  # the first game of every env: plies 0-5, all inside the rollout
+    if bootstrap:
+        assert returns.abs().min() > 0
+    else:
+        assert torch.equal(returns, torch.zeros_like(returns))
+
+
 def test_minibatches_of_a_ragged_batch_are_nearly_equal() -> None:
     """1000 learner moves with minibatch_size 256: four minibatches of 250, not 3 x 256 + 232."""
     model = _tiny_model()
