@@ -419,7 +419,7 @@ def validate_periodic_opponents(ev: EvaluationConfig) -> None:
                f"{name!r} is not an opponent preset (conf/opponent/: {', '.join(presets)})")
 
 
-def to_container(cfg: TrainConfig | EvaluateConfig) -> dict[str, Any]:
+def to_container(cfg: TrainConfig | EvaluateConfig | OpponentConfig) -> dict[str, Any]:
     """Plain dict (enums as strings) for checkpoints, metrics and W&B."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
 

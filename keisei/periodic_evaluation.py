@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from keisei.checkpoint import model_state, save_checkpoint
@@ -91,8 +90,7 @@ class Background:
         snapshot = out_dir / "agent.pt"
         save_checkpoint({"config": container, "model": model_state(model), "global_step": step}, snapshot)
         spec = {"evaluation": container["evaluation"], "opponent": container["opponent"],
-                "periodic_opponents": {name: OmegaConf.to_container(OmegaConf.structured(op), enum_to_str=True)
-                                       for name, op in self.others.items()},
+                "periodic_opponents": {name: to_container(op) for name, op in self.others.items()},
                 "seed": seed, "device": str(self.device)}
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
             proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation", str(snapshot), str(out_dir),

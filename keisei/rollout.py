@@ -181,11 +181,11 @@ def collect(policy: Policy, env: Env, pool: OpponentPool, num_steps: int, gamma:
             actions[t, mine], logprobs[t, mine], values[t, mine] = policy.act(obs[t][mine], masks[t][mine])
             for snapshot in np.unique(pool.opponent[opponent_rows]).tolist():
                 rows = opponent_rows & (pool.opponent == snapshot)
+                picked = torch.from_numpy(rows).to(dev)
                 if snapshot == HEURISTIC:
-                    actions[t, torch.from_numpy(rows).to(dev)] = heuristic_actions(pool, env, rows, dev)
-                    continue
-                rows = torch.from_numpy(rows).to(dev)
-                actions[t, rows] = pool.policy(snapshot).act(obs[t][rows], masks[t][rows])[0]
+                    actions[t, picked] = heuristic_actions(pool, env, rows, dev)
+                else:
+                    actions[t, picked] = pool.policy(snapshot).act(obs[t][picked], masks[t][picked])[0]
         else:
             actions[t], logprobs[t], values[t] = policy.act(obs[t], masks[t])
         t1 = time.perf_counter()
