@@ -79,6 +79,7 @@ class ModelConfig:
     value_hidden: int = 128  # resnet: hidden units of the value head
     mlp_hidden: int = 64  # mlp: hidden units of each of its two layers
     material_potential: float = 0.0  # value of a pawn of material added to the value (shaping; 0: off)
+    material_potential_max: float = 0.5  # the shaping potential saturates at +-this (below a win's 1)
 
 
 @dataclass
@@ -384,6 +385,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _check(m.value_hidden >= 1, "model.value_hidden", m.value_hidden, "must be >= 1")
     _check(0 <= m.material_potential <= 0.1, "model.material_potential", m.material_potential,
            "must be in [0, 0.1] (the value of a pawn; the outcome is worth 1)")
+    _check(0 < m.material_potential_max <= 0.5, "model.material_potential_max", m.material_potential_max,
+           "must be in (0, 0.5] (the potential must stay well below a win, worth 1)")
     _check(m.mlp_hidden >= 1, "model.mlp_hidden", m.mlp_hidden, "must be >= 1")
     _check(m.se_reduction >= 1 and m.channels // m.se_reduction >= 1, "model.se_reduction", m.se_reduction,
            "must be >= 1 and at most model.channels")

@@ -1,10 +1,10 @@
 """Policy/value networks: observation planes in, 2187 policy logits and a value out.
 
 The value is from the side to move's view: the head's output in [-1, 1], plus, with
-``model.material_potential`` k > 0, k times the material balance in pawns read off the input
-planes (``MaterialPotential``). The ResNet's policy head is a 1x1 convolution to 27 planes, one
-per label direction, so that output plane ``d`` at square ``s`` is exactly label ``d * 81 + s``
-(see docs/observations.md).
+``model.material_potential`` k > 0, a potential of about k times the material balance in pawns read
+off the input planes, saturating at +-``model.material_potential_max`` (``MaterialPotential``).
+The ResNet's policy head is a 1x1 convolution to 27 planes, one per label direction, so that output
+plane ``d`` at square ``s`` is exactly label ``d * 81 + s`` (see docs/observations.md).
 """
 
 from __future__ import annotations
@@ -20,24 +20,30 @@ NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 
 class MaterialPotential(nn.Module):
-    """``coef`` times the material balance of each position (side to move's view), in pawns.
+    """A potential of the material balance of each position (side to move's view, in pawns):
+    ``bound * tanh(coef * material / bound)``, about ``coef`` per pawn for small balances and never
+    beyond ``+-bound``.
 
-    Added to the value, it is potential-based reward shaping (Ng et al. 1999) with the potential
-    Phi = coef * material: the TD errors of GAE with the value ``head + Phi`` are exactly those of
-    the shaped rewards ``gamma * Phi(s') - Phi(s)`` with the value ``head`` (Phi of a finished game
-    is 0: a terminal move's target is the outcome alone), so the optimal policy is unchanged while a
-    capture shows in the advantages at once. The value stays an estimate of the outcome, for
-    search and evaluation alike. Nothing is learnt here (``coef`` 0: none at all)."""
+    Added to the value, it is potential-based reward shaping (Ng et al. 1999) with this potential
+    Phi: the TD errors of GAE with the value ``head + Phi`` are exactly those of the shaped rewards
+    ``gamma * Phi(s') - Phi(s)`` with the value ``head`` (Phi of a finished game is 0: a terminal
+    move's target is the outcome alone), so the optimal policy is unchanged while a capture shows in
+    the advantages at once. The bound keeps ``head + Phi`` able to reach the outcome: a linear
+    potential grows past 1 with a large lead (0.03 a pawn: 3.8 for the whole army), where no head
+    in [-1, 1] can bring the value back to a win's 1, so giving mate (target 1) would look worse than
+    the position and every further capture better. Nothing is learnt here (``coef`` 0: none at all).
+    """
 
-    def __init__(self, coef: float) -> None:
+    def __init__(self, coef: float, bound: float) -> None:
         super().__init__()
         self.coef = coef
+        self.bound = bound
         self.register_buffer("weights", torch.from_numpy(material_weights()) * coef, persistent=False)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         if not self.coef:
             return planes.new_zeros(planes.shape[0])
-        return planes.sum(dim=(2, 3)) @ self.weights
+        return self.bound * torch.tanh(planes.sum(dim=(2, 3)) @ self.weights / self.bound)
 
 
 class SqueezeExcitation(nn.Module):
@@ -84,7 +90,7 @@ class ResNet(nn.Module):
         self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
-        self.material = MaterialPotential(cfg.material_potential)
+        self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         planes = obs.float()
@@ -100,7 +106,7 @@ class MLP(nn.Module):
                                   nn.Linear(h, h), nn.ReLU(inplace=True))
         self.policy = nn.Linear(h, NUM_ACTIONS)
         self.value = nn.Sequential(nn.Linear(h, 1), nn.Tanh())
-        self.material = MaterialPotential(cfg.material_potential)
+        self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         planes = obs.float()

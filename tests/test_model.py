@@ -367,10 +367,33 @@ def _material_balance(game: Game) -> int:
     return total
 
 
+@pytest.mark.parametrize("bound", [0.5, 0.25])
+def test_material_potential_stays_below_a_win(bound: float) -> None:
+    """A lopsided position (the opponent's bare king against the whole army, most of it in hand): a
+    linear potential of 0.03 a pawn would be over 3, beyond any head in [-1, 1] plus a win's target of
+    1, so giving mate would look worse than the position. The potential saturates at
+    model.material_potential_max instead, and is odd in the material balance."""
+    lopsided = "4k4/9/9/9/9/9/9/9/4K4 b 2R2B4G4S4N4L18P 1"
+    games = [Game(lopsided), Game(lopsided.replace(" b ", " w "))]  # the side to move is ahead, behind
+    assert [_material_balance(g) for g in games] == [126, -126]
+    cfg = ModelConfig(blocks=1, channels=8, material_potential=0.03, material_potential_max=bound)
+    torch.manual_seed(0)
+    shaped = build_model(cfg).eval()
+    obs = torch.from_numpy(encode(games)[0])
+    with torch.no_grad():
+        potential = shaped.material(obs.float())
+    assert potential[0] > 0.99 * bound and potential[0] <= bound
+    assert torch.allclose(potential[1], -potential[0])
+    with torch.no_grad():
+        value = shaped(obs)[1]
+    assert value.max() <= 1 + bound  # the head's tanh plus the bound
+
+
 @pytest.mark.parametrize("name", ["resnet", "mlp"])
 def test_material_potential_adds_the_material_balance_to_the_value(name: str) -> None:
-    """With model.material_potential=k the value is the head's plus k times the side to move's material
-    balance (board and hands, promoted pieces at their own value); the weights are the same tensors."""
+    """With model.material_potential=k the value is the head's plus a potential of the side to move's
+    material balance M (board and hands, promoted pieces at their own value): bound * tanh(k * M / bound),
+    about k * M for small balances; the weights are the same tensors."""
     rng = random.Random(0)
     games = []
     for _ in range(24):
@@ -393,7 +416,7 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
     with torch.no_grad():
         (logits_s, value_s), (logits_p, value_p) = shaped(obs), plain(obs)
     assert torch.equal(logits_s, logits_p)
-    assert torch.allclose(value_s - value_p, 0.02 * balances, atol=1e-5)
+    assert torch.allclose(value_s - value_p, 0.5 * torch.tanh(0.02 * balances / 0.5), atol=1e-5)
     start = torch.from_numpy(encode([Game()])[0])
     with torch.no_grad():
         assert torch.allclose(shaped(start)[1], plain(start)[1], atol=1e-6)  # the start position is balanced
