@@ -13,7 +13,11 @@ opening (``--opening-plies``) played with both colours; W/D/L, win rate with its
 interval and the Elo difference (``keisei.match.match_results``).
 
     python benchmarks/search.py --checkpoint RUN_DIR_OR_FILE [--games 40] [--simulations 64 200]
-        [--threads 1] [--out results.json]
+        [--root puct|gumbel] [--threads 1] [--out results.json]
+
+``--root`` is the searching side's root (``SearchConfig.root``: PUCT, or a Gumbel root with PUCT
+below) in (a) and (b); the ``--baseline mate`` opponent keeps the PUCT root (one simulation: the
+policy's move). The JSON output records it.
 
 Without ``--checkpoint`` only (a) runs, on an untrained ResNet of the CPU baseline's shape
 (2 blocks of 32 channels); its speed is the same as a trained one's.
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 
 from keisei.checkpoint import load_model
-from keisei.config import ModelConfig, SearchConfig
+from keisei.config import ModelConfig, SearchConfig, SearchRoot
 from keisei.match import match_results, play_match
 from keisei.model import build_model
 from keisei.players import AgentPlayer
@@ -46,9 +50,10 @@ def positions(count: int, seed: int) -> list[Game]:
     return [random_opening(Game(), int(rng.integers(6, 40)), rng) for _ in range(count)]
 
 
-def nodes_per_second(policy: Policy, games: list[Game], simulations: int, batch_size: int, lockstep: int) -> float:
+def nodes_per_second(policy: Policy, games: list[Game], simulations: int, batch_size: int, lockstep: int,
+                     root: SearchRoot = SearchRoot.puct) -> float:
     """Nodes/s of searching ``games``, ``lockstep`` of them at a time (fresh trees, no reuse)."""
-    cfg = SearchConfig(simulations=simulations, batch_size=batch_size, reuse_tree=False)
+    cfg = SearchConfig(simulations=simulations, batch_size=batch_size, reuse_tree=False, root=root)
     nodes, start = 0, time.perf_counter()
     for i in range(0, len(games), lockstep):
         nodes += sum(r.nodes for r in Search(policy, cfg).run(games[i:i + lockstep]))
@@ -59,11 +64,12 @@ def speed(policy: Policy, args: argparse.Namespace) -> dict[str, float]:
     games = positions(args.positions, seed=1)
     settings = {"unbatched (batch 1)": (1, 1), f"batched (batch {args.batch_size})": (args.batch_size, 1),
                 f"batched, {args.lockstep} games in lockstep": (args.batch_size, args.lockstep)}
-    nodes_per_second(policy, games[:2], 32, args.batch_size, 1)  # warm-up
+    nodes_per_second(policy, games[:2], 32, args.batch_size, 1, args.root)  # warm-up
     runs: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(args.rounds):
         for name, (batch_size, lockstep) in settings.items():
-            runs[name].append(nodes_per_second(policy, games, args.nps_simulations, batch_size, lockstep))
+            runs[name].append(nodes_per_second(policy, games, args.nps_simulations, batch_size, lockstep,
+                                               args.root))
     medians = {name: statistics.median(values) for name, values in runs.items()}
     base = medians["unbatched (batch 1)"]
     for name, value in medians.items():
@@ -75,9 +81,10 @@ def speed(policy: Policy, args: argparse.Namespace) -> dict[str, float]:
 def strength(model: torch.nn.Module, args: argparse.Namespace) -> list[dict]:
     results = []
     for simulations in args.simulations:
-        searcher = AgentPlayer(model, name=f"search{simulations}-mate{args.mate_plies}", seed=0,
+        root = "" if args.root is SearchRoot.puct else f"-{args.root.value}"
+        searcher = AgentPlayer(model, name=f"search{simulations}{root}-mate{args.mate_plies}", seed=0,
                                search=SearchConfig(simulations=simulations, batch_size=args.batch_size,
-                                                   mate_plies=args.mate_plies))
+                                                   mate_plies=args.mate_plies, root=args.root))
         if args.baseline == "raw":
             raw = AgentPlayer(model, name="raw")
         else:  # the policy's move, but with the same mate search (and mate-in-one avoidance)
@@ -89,8 +96,10 @@ def strength(model: torch.nn.Module, args: argparse.Namespace) -> list[dict]:
         elapsed = time.perf_counter() - start
         r = match_results(games, searcher.name, raw.name)
         r["simulations"], r["mate_plies"], r["seconds"] = simulations, args.mate_plies, round(elapsed, 1)
+        r["root"] = args.root.value
         results.append(r)
-        print(f"  {simulations:>4} simulations, mate search {args.mate_plies} plies, vs {raw.name}: "
+        print(f"  {simulations:>4} simulations, {args.root.value} root, mate search {args.mate_plies} plies, "
+              f"vs {raw.name}: "
               f"{r['wins']}-{r['draws']}-{r['losses']} "
               f"(W-D-L of {r['games']}), score {r['score']:.3f}, win rate {r['win_rate']:.3f} "
               f"[{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}], Elo {r['elo']:+.0f} +- {r['elo_error']:.0f}; "
@@ -110,6 +119,8 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=40, help="strength: games per setting")
     parser.add_argument("--simulations", type=int, nargs="*", default=[64, 200], help="strength: settings")
     parser.add_argument("--mate-plies", type=int, default=3, help="strength: the searching side's mate search")
+    parser.add_argument("--root", choices=[root.value for root in SearchRoot], default=SearchRoot.puct.value,
+                        help="the searching side's root: puct (default) or gumbel (Gumbel root, PUCT below)")
     parser.add_argument("--baseline", choices=["raw", "mate"], default="raw",
                         help="strength: the opponent: the raw policy, or the policy with the same mate search")
     parser.add_argument("--max-plies", type=int, default=256)
@@ -117,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
+    args.root = SearchRoot(args.root)
     torch.set_num_threads(args.threads)
     if args.checkpoint:
         model, cfg = load_model(args.checkpoint)
@@ -126,9 +138,10 @@ def main() -> None:
         shape = ModelConfig(blocks=2, channels=32, value_hidden=64)
         model = build_model(shape).eval()
     print(f"network: {shape.name.value} {shape.blocks} blocks x {shape.channels} channels; torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}; {args.root.value} root")
     print(f"(a) nodes/s, {args.positions} positions x {args.nps_simulations} playouts, median of {args.rounds} rounds:")
-    out: dict = {"threads": torch.get_num_threads(), "nodes_per_second": speed(Policy(model), args)}
+    out: dict = {"threads": torch.get_num_threads(), "root": args.root.value,
+                 "nodes_per_second": speed(Policy(model), args)}
     if args.checkpoint:
         print(f"(b) search vs {args.baseline} baseline, {args.games} games each, max {args.max_plies} plies, "
               f"{args.opening_plies} random opening plies:")

@@ -133,6 +133,13 @@ class TrainingConfig:
     opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
 
 
+class SearchRoot(str, Enum):
+    """How the search chooses among the root's moves (below the root it is always PUCT)."""
+
+    puct = "puct"  # PUCT at the root too; the most visited move is played
+    gumbel = "gumbel"  # Gumbel top-m sampling and Sequential Halving (Danihelka et al., 2022)
+
+
 @dataclass
 class SearchConfig:
     """Search at play time (``keisei.search``): MCTS guided by the policy and value heads, with a
@@ -147,6 +154,10 @@ class SearchConfig:
     dirichlet_fraction: float = 0.0  # share of the root prior replaced by noise (0: off, as for evaluation)
     mate_plies: int = 3  # mate search depth in plies (odd; 1: mate in one only; 0: off)
     reuse_tree: bool = True  # keep the subtree of the move played
+    root: SearchRoot = SearchRoot.puct  # root move selection: puct, or gumbel (Gumbel root, PUCT below)
+    gumbel_actions: int = 16  # root=gumbel: m, the moves sampled (Gumbel top-m) for Sequential Halving
+    gumbel_c_visit: float = 50.0  # root=gumbel: sigma(q) = (c_visit + max visits) * c_scale * q
+    gumbel_c_scale: float = 1.0  # root=gumbel: see gumbel_c_visit
 
 
 class OpponentKind(str, Enum):
@@ -294,6 +305,9 @@ def validate_search(s: SearchConfig, prefix: str) -> None:
            "must be in [0, 1]")
     _check(s.mate_plies >= 0 and (s.mate_plies == 0 or s.mate_plies % 2 == 1), f"{prefix}.mate_plies",
            s.mate_plies, "must be 0 (off) or odd (1: mate in one, 3: mate in three, ...)")
+    _check(s.gumbel_actions >= 1, f"{prefix}.gumbel_actions", s.gumbel_actions, "must be >= 1")
+    _check(s.gumbel_c_visit > 0, f"{prefix}.gumbel_c_visit", s.gumbel_c_visit, "must be > 0")
+    _check(s.gumbel_c_scale > 0, f"{prefix}.gumbel_c_scale", s.gumbel_c_scale, "must be > 0")
 
 
 def validate_evaluate(cfg: DictConfig | EvaluateConfig) -> EvaluateConfig:

@@ -1,4 +1,5 @@
-"""Search at play time: batched PUCT Monte-Carlo tree search over the policy and value heads, and a mate search.
+"""Search at play time: batched PUCT Monte-Carlo tree search over the policy and value heads (optionally
+with a Gumbel root), and a mate search.
 
 ``Search(policy, cfg).run(games)`` searches each game's position and answers a ``SearchResult``
 per game (the move, the root value, a proven mate if any, the principal variation, visit counts).
@@ -6,12 +7,20 @@ per game (the move, the root value, a proven mate if any, the principal variatio
 - **Tree policy**: PUCT as in AlphaZero / dlshogi: a child is chosen by
   ``Q + c_puct * P * sqrt(N_parent) / (1 + N_child)``; unvisited children get the parent's
   value minus ``FPU_REDUCTION`` as their Q (first-play urgency).
+- **Gumbel root** (``cfg.root = gumbel``; Danihelka et al., 2022, "Policy improvement by planning
+  with Gumbel"): Gumbel root, PUCT below. The root draws Gumbel noise ``g`` (from the search's
+  seeded generator), takes the ``cfg.gumbel_actions`` moves of the highest ``g + logits`` and runs
+  Sequential Halving over the playout budget: ``ceil(log2 m)`` phases, each splitting its share
+  evenly (round-robin) among the candidates left and then keeping the better half by
+  ``g + logits + sigma(q)``, ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q``. The move played
+  is the surviving candidate with the highest such score (``_GumbelRoot``).
 - **Batched leaves**: every round, each tree descends ``cfg.batch_size`` times, with a virtual
   loss on the edges taken so that the descents spread over different leaves; all the new leaves
   of all the trees searched together (e.g. every game of a match where this player is to move)
   go through ONE ``Policy.logits_and_value`` forward pass. A descent that meets a leaf already
   waiting in the batch is undone and not counted, and ends that tree's round. Trees only share
-  the forward pass, so a game's search does not depend on the other games searched with it.
+  the forward pass, so a game's search does not depend on the other games searched with it
+  (except through the root noise, Dirichlet or Gumbel: one generator, drawn in the games' order).
 - **Rules** come from ``keisei.shogi.Game``: each descent copies the root game and plays the
   path with ``Game.play_line`` (which adjudicates the position reached as ``Game.play`` would),
   so repetition draws, perpetual-check losses, declarations and the ply limit are scored by the
@@ -42,7 +51,7 @@ import torch
 from rsshogi.core import Board, Move
 from rsshogi.types import RepetitionState
 
-from keisei.config import SearchConfig
+from keisei.config import SearchConfig, SearchRoot
 from keisei.policy import Policy
 from keisei.shogi import Encoder, Game
 
@@ -50,6 +59,7 @@ VIRTUAL_LOSS = 1.0  # visits counted as losses on the edges of a descent waiting
 FPU_REDUCTION = 0.2  # unvisited children: the parent's value minus this
 MAX_EXPANDED_NODES = 400_000  # per tree (about 1.5 GB); a search stops growing its tree there
 MATE_SEARCH_NODES = 100_000  # moves made by one root mate search before it gives up
+_TINY_PRIOR = 1e-45  # a prior of 0 (float32 underflow) as a logit: log of this
 
 _NO_REPETITION = RepetitionState.NONE
 
@@ -157,6 +167,114 @@ class Node:
         return self.proof
 
 
+class _GumbelRoot:
+    """The root of one search with ``root=gumbel`` (Danihelka et al., 2022): the candidates are the
+    ``m`` moves not proven lost with the highest ``g + logits`` (``g``: Gumbel noise); the playout
+    budget is spent by Sequential Halving over them. Each of ``ceil(log2 m)`` phases takes its
+    share of the playouts left (rounded up, so that from ``m * ceil(log2 m)`` playouts on every
+    candidate gets one in the first phase), splits it evenly among the candidates left, visited
+    round-robin (the better-scored first), then keeps the better half (rounded up) by
+    ``g + logits + sigma(q)``; after the last phase one is left: the move.
+
+    ``q`` is the move's mean value (root player's view, [-1, 1]; +-1 when proven); an unvisited
+    move gets the paper's ``v_mix`` (the net's root value mixed with the prior-weighted values of
+    the visited moves). A phase ends (``settle``) only between rounds, when no descent is pending,
+    so virtual losses never enter a comparison. When every candidate is proven lost, new candidates
+    are drawn among the other moves with the playouts left."""
+
+    def __init__(self, root: Node, noise: np.ndarray, cfg: SearchConfig, budget: int) -> None:
+        self.root = root
+        self.m = cfg.gumbel_actions
+        self.c_visit, self.c_scale = cfg.gumbel_c_visit, cfg.gumbel_c_scale
+        self.base = noise + np.log(np.maximum(root.prior, _TINY_PRIOR))  # g + logits (up to a constant)
+        self.left = max(budget, 0)  # playouts of the plan not yet made
+        self.candidates = np.empty(0, dtype=np.intp)  # root moves still in the halving, the best first
+        self.phases = 0  # phases left, this one included (0: the plan is over)
+        self.quota = self.count = np.empty(0, dtype=np.int64)  # per candidate: this phase's descents, made
+        self.cursor = 0  # round-robin position in ``candidates``
+        self._next = 0
+        self._sample()
+
+    def _sample(self) -> None:
+        """Candidates: the top ``m`` of ``g + logits`` among the moves not proven lost; plan the playouts left."""
+        open_moves = np.flatnonzero(self.root.status != -1)
+        self.candidates = open_moves[np.argsort(-self.base[open_moves], kind="stable")][:self.m]
+        count = len(self.candidates)
+        self.phases = 0 if count == 0 else max(1, math.ceil(math.log2(count)))
+        if self.phases:
+            self._start_phase()
+
+    def _start_phase(self) -> None:
+        count = len(self.candidates)
+        share = min(-(-self.left // self.phases), self.left)
+        each, extra = divmod(share, count)
+        self.quota = np.full(count, each, dtype=np.int64)
+        self.quota[:extra] += 1
+        self.count = np.zeros(count, dtype=np.int64)
+        self.cursor = 0
+
+    @property
+    def done(self) -> bool:
+        return self.phases == 0
+
+    def next(self) -> int | None:
+        """The root move of the next descent (round-robin over the candidates with descents left in
+        this phase, skipping proven losses), or None: the phase is over (or the plan is)."""
+        count = len(self.candidates)
+        if self.done:
+            return None
+        status = self.root.status
+        for i in range(count):
+            j = (self.cursor + i) % count
+            if self.count[j] < self.quota[j] and status[self.candidates[j]] != -1:
+                self._next = j
+                return int(self.candidates[j])
+        return None
+
+    def made(self) -> None:
+        """The descent of the move ``next`` returned was made (not undone)."""
+        j = self._next
+        self.count[j] += 1
+        self.left -= 1
+        self.cursor = j + 1
+
+    def settle(self) -> None:
+        """Between rounds: at the end of a phase keep the better half (at the end of the last, the move)."""
+        while not self.done and self.next() is None:
+            self.phases -= 1
+            live = self.live()
+            if len(live) == 0:  # every candidate proven lost: draw again among the other moves
+                self._sample()
+                continue
+            keep = 1 if self.phases == 0 else -(-len(live) // 2)
+            self.candidates = live[np.argsort(-self.scores(live), kind="stable")][:keep]
+            if self.phases:
+                self._start_phase()
+
+    def live(self) -> np.ndarray:
+        """The candidates not proven lost."""
+        return self.candidates[self.root.status[self.candidates] != -1]
+
+    def scores(self, moves: np.ndarray) -> np.ndarray:
+        """``g + logits + sigma(q)`` of ``moves`` (no descent pending)."""
+        root = self.root
+        n = root.n
+        visited = n > 0
+        q = np.where(visited, root.w / np.maximum(n, 1.0), 0.0)
+        if visited.any():  # v_mix (the paper's appendix D) for the unvisited moves
+            weights = root.prior[visited]
+            mean = (float(np.average(q[visited], weights=weights)) if weights.sum() > 0
+                    else float(q[visited].mean()))
+            total = float(n.sum())
+            q[~visited] = (root.value + total * mean) / (1.0 + total)
+        else:
+            q[:] = root.value
+        proven = root.status != 0
+        q[proven] = root.status[proven]
+        sigma = (self.c_visit + float(n.max(initial=0.0))) * self.c_scale * q
+        return self.base[moves] + sigma[moves]
+
+
 @dataclass
 class _Tree:
     """One game's search in a ``run``."""
@@ -165,6 +283,7 @@ class _Tree:
     root: Node
     key: Key
     prior: np.ndarray | None = None  # root priors with noise, for this search
+    gumbel: _GumbelRoot | None = None  # root=gumbel: the root's Sequential Halving
     mate: tuple[Move, int] | None = None  # a mate proven by the root mate search
     nodes: int = 0
     expanded: int = 0
@@ -244,7 +363,7 @@ def _key(game: Game) -> Key:
 class Search:
     """Batched PUCT search with ``policy`` (see the module docstring). One ``Search`` per player:
     it keeps the trees of its last ``run`` for reuse and its own random generator (Dirichlet
-    noise, moves sampled at ``cfg.temperature``)."""
+    noise, moves sampled at ``cfg.temperature``, the Gumbel root's noise)."""
 
     def __init__(self, policy: Policy, cfg: SearchConfig, *, device: torch.device | str | None = None,
                  seed: int = 0) -> None:
@@ -267,7 +386,11 @@ class Search:
         """Search every game (each must still be running) and choose its move.
 
         ``limits`` default: ``cfg.simulations`` playouts per game. ``on_info`` is called with the
-        first game's result so far every ``info_interval_s`` (not after the last round)."""
+        first game's result so far every ``info_interval_s`` (not after the last round).
+
+        With ``root=gumbel`` the Sequential Halving plans ``limits.simulations`` playouts (without a
+        playout limit: ``cfg.simulations``) and the search ends with the plan; a time limit or ``stop``
+        that comes first plays the best candidate still in the halving."""
         if limits is None:
             limits = Limits(simulations=self.cfg.simulations)
         start = time.monotonic()
@@ -289,12 +412,16 @@ class Search:
         self._evaluate(roots)  # a new root's evaluation is the first playout
         for leaf in roots:
             leaf.tree.nodes += 1
+        planned = limits.simulations if limits.simulations is not None else self.cfg.simulations
         for tree in work:
             if tree.mate is None:
-                self._prepare_root(tree)
+                self._prepare_root(tree, planned - tree.nodes)
         last_info = start
         round_s = 0.0
         while True:
+            for tree in work:
+                if tree.gumbel is not None:
+                    tree.gumbel.settle()  # no descent pending here: a phase that is over halves
             active = [t for t in work if self._running(t, limits)]
             now = time.monotonic()
             if not active or limits.stop.is_set() or (limits.deadline is not None and now + round_s > limits.deadline):
@@ -317,7 +444,8 @@ class Search:
 
     def _running(self, tree: _Tree, limits: Limits) -> bool:
         return (tree.mate is None and tree.root.proof is None and tree.expanded < MAX_EXPANDED_NODES
-                and (limits.simulations is None or tree.nodes < limits.simulations))
+                and (limits.simulations is None or tree.nodes < limits.simulations)
+                and (tree.gumbel is None or not tree.gumbel.done))
 
     def _reused(self, key: Key) -> Node:
         """The kept subtree of ``game``'s position (searched before, up to two plies earlier), or a new node."""
@@ -341,12 +469,14 @@ class Search:
             return node if node.expanded and node.terminal is None and not node.pending else Node()
         return Node()
 
-    def _prepare_root(self, tree: _Tree) -> None:
-        """Root priors for this search (with Dirichlet noise when asked) and, with the mate search
-        on, root moves that allow a mate in one marked as lost."""
+    def _prepare_root(self, tree: _Tree, budget: int) -> None:
+        """Root priors for this search (with Dirichlet noise when asked; not with a Gumbel root,
+        whose noise is its own) and, with the mate search on, root moves that allow a mate in one
+        marked as lost; then with ``root=gumbel`` the candidates and a plan for ``budget`` playouts."""
         root, cfg = tree.root, self.cfg
         tree.prior = root.prior
-        if cfg.dirichlet_fraction > 0 and len(root.prior) > 1:
+        gumbel = cfg.root == SearchRoot.gumbel
+        if not gumbel and cfg.dirichlet_fraction > 0 and len(root.prior) > 1:
             noise = self.rng.dirichlet(np.full(len(root.prior), cfg.dirichlet_alpha))
             tree.prior = (1 - cfg.dirichlet_fraction) * root.prior + cfg.dirichlet_fraction * noise
         if cfg.mate_plies >= 1 and tree.game.ply + 2 <= tree.game.max_plies:
@@ -360,20 +490,30 @@ class Search:
                     root.status[k], root.plies[k] = -1, 2
                 board.pop()
             root.update_proof()
+        if gumbel:
+            tree.gumbel = _GumbelRoot(root, self.rng.gumbel(size=len(root.prior)), cfg, budget)
 
     def _collect(self, tree: _Tree, descents: int, batch: list[_Leaf]) -> None:
         """Up to ``descents`` descents of ``tree``: new leaves join ``batch`` (virtual loss on their
         path), finished or proven leaves are backed up at once."""
-        c_puct, vl = self.cfg.c_puct, VIRTUAL_LOSS
+        c_puct, vl, plan = self.cfg.c_puct, VIRTUAL_LOSS, tree.gumbel
         for _ in range(descents):
             node, path, moves = tree.root, [], []
+            forced = None  # a Gumbel root: the candidate this descent visits
+            if plan is not None:
+                forced = plan.next()
+                if forced is None:  # the phase's descents are all made: it halves once their values are back
+                    return
             while node.expanded and node.terminal is None and node.proof is None:
-                score = (tree.prior if node is tree.root else node.prior) / (1.0 + node.n)
-                score *= c_puct * math.sqrt(max(node.visits, 1.0))
-                score += node.q
-                if node.lost:
-                    score[node.status == -1] = -np.inf
-                k = int(score.argmax())
+                if forced is not None and not path:
+                    k = forced
+                else:
+                    score = (tree.prior if node is tree.root else node.prior) / (1.0 + node.n)
+                    score *= c_puct * math.sqrt(max(node.visits, 1.0))
+                    score += node.q
+                    if node.lost:
+                        score[node.status == -1] = -np.inf
+                    k = int(score.argmax())
                 node.add(k, vl, -vl)
                 path.append((node, k))
                 moves.append(node.move(k))
@@ -385,6 +525,8 @@ class Search:
                 for parent, k in path:
                     parent.add(k, -vl, vl)
                 return
+            if plan is not None and path:
+                plan.made()
             game = tree.game.copy()
             game.play_line(moves)  # the positions on the way are known to be running
             if game.is_over and node.terminal is None:
@@ -455,7 +597,9 @@ class Search:
     def _choose(self, tree: _Tree, sample: bool) -> int:
         """The root move: a proven win (the quickest), else among moves not proven lost the most
         visited (ties: the higher prior), or one sampled from visits^(1/T) in the first
-        ``temperature_moves`` plies; when every move loses, the slowest loss."""
+        ``temperature_moves`` plies; when every move loses, the slowest loss. With a Gumbel root,
+        instead of the visits: the candidate still in the halving with the highest
+        ``g + logits + sigma(q)`` (the temperature is not used)."""
         root, cfg = tree.root, self.cfg
         status = root.status
         if (status == 1).any():
@@ -463,6 +607,8 @@ class Search:
             return int(wins[np.argmin(root.plies[wins])])
         if (status == -1).all():
             return int(np.argmax(root.plies))
+        if tree.gumbel is not None and len(live := tree.gumbel.live()):
+            return int(live[np.argmax(tree.gumbel.scores(live))])
         allowed = np.flatnonzero(status != -1)
         if sample and cfg.temperature > 0 and tree.game.ply < cfg.temperature_moves:
             weights = root.n[allowed] ** (1.0 / cfg.temperature)

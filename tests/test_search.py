@@ -6,16 +6,28 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rsshogi.core import Move
 
-from keisei.config import ModelConfig, SearchConfig
+from keisei.config import (
+    ConfigError,
+    EvaluationConfig,
+    ModelConfig,
+    OpponentConfig,
+    SearchConfig,
+    SearchRoot,
+    validate_evaluation,
+    validate_search,
+)
 from keisei.match import play_match
 from keisei.model import build_model
 from keisei.players import AgentPlayer, RandomPlayer
 from keisei.policy import Policy
-from keisei.search import Limits, Search, find_mate
+from keisei.search import Limits, Search, SearchResult, find_mate
 from keisei.shogi import NUM_ACTIONS, Game, Termination, encode, move_to_action
 from keisei.shogi.game import FORFEITS
 
@@ -358,3 +370,214 @@ def test_values_beyond_a_win_count_as_a_win() -> None:
     result = Search(Policy(lopsided), SearchConfig(simulations=64, mate_plies=0)).run([game])[0]
     assert -1.0 <= result.value <= 1.0
     assert all(-1.0 <= v <= 1.0 for v in result.values.values())
+
+
+# --- Gumbel root (root=gumbel) ----------------------------------------------------------------
+
+
+class Flat(torch.nn.Module):
+    """``net`` with every logit 0: a uniform prior over the legal moves (its values unchanged)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, value = self.net(obs)
+        return torch.zeros_like(logits), value
+
+
+class Counting(torch.nn.Module):
+    """``net`` counting its forward passes and the positions they evaluate."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls = self.positions = 0
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        self.positions += obs.shape[0]
+        return self.net(obs)
+
+
+GUMBEL = {"root": SearchRoot.gumbel}
+
+
+def test_gumbel_same_seed_same_move(net: torch.nn.Module, policy: Policy, positions: list[Game]) -> None:
+    cfg = SearchConfig(simulations=24, batch_size=8, **GUMBEL)
+
+    def searched(seed: int) -> list[tuple[str, dict[str, int]]]:
+        return [(r.move, r.visits) for r in Search(policy, cfg, seed=seed).run(positions)]
+
+    first = searched(1)
+    assert searched(1) == first  # moves and visit counts: the noise comes from the seeded generator
+    # A flat prior: which moves are candidates is the Gumbel noise's choice, so the seed decides the
+    # move (temperature 0 all the same). Deterministic: the seeds are fixed.
+    flat = Policy(Flat(net).eval())
+    cfg = SearchConfig(simulations=16, **GUMBEL)
+    moves = [Search(flat, cfg, seed=seed).run([Game()])[0].move for seed in range(6)]
+    assert moves == [Search(flat, cfg, seed=seed).run([Game()])[0].move for seed in range(6)]
+    assert len(set(moves)) > 1
+
+
+def test_gumbel_root_still_plays_mates(net: torch.nn.Module, policy: Policy) -> None:
+    game = Game(MATE_IN_ONE)
+    blind = Policy(Preferring(net, game, "5i4h").eval())
+    (result,) = search(blind, [game], mate_plies=1, **GUMBEL)
+    assert (result.move, result.mate, result.value) == ("G*5b", 1, 1.0)
+    for sfen in MATE_IN_THREE:  # the root mate search overrides the Gumbel root
+        game = Game(sfen)
+        blind = Policy(Preferring(net, game, "5i4h").eval())
+        (result,) = search(blind, [game], simulations=8, mate_plies=3, **GUMBEL)
+        assert result.mate == 3 and forced_mate_after(game, result.move, 3)
+    # Inside the tree (root mate search off or at one ply): with every root move a candidate, the
+    # first phase visits the mate (in one: a checkmate leaf; in three: mates in one at the leaves
+    # below the check) and the proof ends the search.
+    game = Game(MATE_IN_ONE)
+    legal = len(game.legal_moves())
+    (result,) = search(blind, [game], simulations=4000, mate_plies=0, gumbel_actions=legal, **GUMBEL)
+    assert (result.move, result.mate) == ("G*5b", 1) and result.nodes < 4000
+    game = Game(MATE_IN_THREE[0])
+    legal = len(game.legal_moves())
+    (result,) = search(policy, [game], simulations=4000, batch_size=16, mate_plies=1, gumbel_actions=legal,
+                       **GUMBEL)
+    assert result.mate == 3 and forced_mate_after(game, result.move, 3) and result.nodes < 4000
+
+
+def test_gumbel_never_an_illegal_move(net: torch.nn.Module, policy: Policy, positions: list[Game]) -> None:
+    results = search(policy, positions, simulations=24, batch_size=8, **GUMBEL)
+    for game, result in zip(positions, results):
+        assert result.move in game.legal_moves()
+        assert set(result.visits) == set(game.legal_moves())
+        assert sum(result.visits.values()) == 23  # the root's own evaluation is the first playout
+        line = game.copy()
+        for move in result.pv:  # the principal variation is a legal line
+            assert not line.is_over
+            line.push(move)
+    agent = AgentPlayer(net, search=SearchConfig(simulations=16, batch_size=8, **GUMBEL), seed=1)
+    games = play_match(agent, RandomPlayer(seed=2), games=3, max_plies=60, opening_plies=2)
+    assert all(m.game.is_over and m.game.termination not in FORFEITS for m in games)
+
+
+def test_gumbel_network_evaluations_within_the_budget(net: torch.nn.Module, positions: list[Game]) -> None:
+    counting = Counting(net).eval()
+    policy = Policy(counting)
+    for simulations in (1, 2, 7, 24, 64):
+        for batch_size in (1, 8):
+            counting.positions = 0
+            engine = Search(policy, SearchConfig(simulations=simulations, batch_size=batch_size, **GUMBEL))
+            (result,) = engine.run([Game()])
+            assert counting.positions <= simulations  # the root's own evaluation included
+            assert result.nodes == simulations  # and the plan spends the whole budget
+            game = Game()
+            game.push(result.move)
+            game.push(game.legal_moves()[0])
+            counting.positions = 0
+            (result,) = engine.run([game])  # a reused subtree: the root is not evaluated again
+            assert counting.positions <= simulations and result.nodes <= simulations
+    counting.positions = counting.calls = 0
+    results = Search(policy, SearchConfig(simulations=64, batch_size=16, **GUMBEL)).run(positions[:4])
+    assert counting.positions <= 64 * 4 and all(r.nodes <= 64 for r in results)
+    assert counting.calls * 4 <= counting.positions  # the leaves are still batched: over 4 a forward pass
+
+
+def test_gumbel_visits_every_candidate(policy: Policy, positions: list[Game]) -> None:
+    # From m * ceil(log2 m) playouts on, the first phase of the halving visits each of the m
+    # candidates; the later phases only revisit them, so exactly m root moves are visited.
+    for m, simulations in ((4, 8), (16, 64), (16, 200)):
+        for batch_size in (1, 16):
+            for game in positions[:3]:
+                assert len(game.legal_moves()) > m
+                (result,) = search(policy, [game], simulations=simulations, batch_size=batch_size,
+                                   mate_plies=0, gumbel_actions=m, **GUMBEL)
+                visited = [move for move, n in result.visits.items() if n > 0]
+                assert len(visited) == m and result.move in visited
+                assert sum(result.visits.values()) == simulations - 1
+
+
+def test_gumbel_halving_schedule_and_choice(net: torch.nn.Module, policy: Policy, positions: list[Game]) -> None:
+    # 63 playouts after the root's, 16 candidates, 4 phases of 16, 16, 16 and 15 playouts:
+    # 16 x 1, 8 x 2, 4 x 4, then 8 and 7 for the last two.
+    (result,) = search(policy, [Game()], simulations=64, mate_plies=0, **GUMBEL)
+    assert sorted(result.visits.values(), reverse=True)[:17] == [15, 14, 7, 7] + [3] * 4 + [1] * 8 + [0]
+    # White-box: the Gumbel noise is a fresh Search's first draw from its generator, one per root
+    # move in the order of ``result.visits``. With a flat prior the logits are equal, so the
+    # candidates are the top m of the noise, and the move is the one of the last two with the
+    # higher g + (c_visit + max N) * c_scale * q.
+    # (The untrained network's values differ little: c_scale 20 lets them outweigh the noise.)
+    flat = Policy(Flat(net).eval())
+    c_visit, c_scale = 10.0, 20.0
+    cfg = SearchConfig(simulations=65, batch_size=4, mate_plies=0, gumbel_actions=4, gumbel_c_visit=c_visit,
+                       gumbel_c_scale=c_scale, **GUMBEL)
+
+    def best(result: SearchResult, g: dict[str, float], moves: set[str]) -> str:
+        top = max(result.visits.values())
+        return max(moves, key=lambda move: g[move] + (c_visit + top) * c_scale * result.values[move])
+
+    decided = 0
+    for seed, game in enumerate(positions[:6]):
+        (result,) = Search(flat, cfg, seed=seed).run([game])
+        moves = list(result.visits)
+        g = dict(zip(moves, np.random.default_rng(seed).gumbel(size=len(moves))))
+        visited = {move for move in moves if result.visits[move] > 0}
+        assert visited == set(sorted(moves, key=g.__getitem__, reverse=True)[:4])
+        # 64 playouts: 8 each in the first phase, then 16 more for each of the better two.
+        assert sorted(result.visits[move] for move in visited) == [8, 8, 24, 24]
+        last = {move for move in visited if result.visits[move] == 24}
+        assert result.move == best(result, g, last)
+        decided += result.move != max(last, key=g.__getitem__)  # the values, not the noise, decided
+        # Stopped by the caller in the second phase (11 rounds of 4 descents: 32 + 12 playouts),
+        # the move is the best by the same score of the two candidates still in the halving; in
+        # the first phase (rounds 1-7), of the four.
+        infos: list[SearchResult] = []
+        limits = Limits(simulations=65)
+
+        def on_info(info: SearchResult, infos: list[SearchResult] = infos, limits: Limits = limits) -> None:
+            infos.append(info)
+            if len(infos) == 11:
+                limits.stop.set()
+
+        (result,) = Search(flat, cfg, seed=seed).run([game], limits, on_info=on_info, info_interval_s=0.0)
+        assert 1 + 32 < result.nodes < 65
+        assert result.move == best(result, g, {move for move in visited if result.visits[move] > 8})
+        for info in infos[:7]:
+            assert info.move == best(info, g, visited)
+    assert decided > 0
+
+
+def test_gumbel_stops_with_its_plan_or_a_limit(policy: Policy) -> None:
+    engine = Search(policy, SearchConfig(simulations=32, **GUMBEL))
+    # No playout limit (a clock): the halving plans cfg.simulations and the search ends with it.
+    (result,) = engine.run([Game()], Limits(simulations=None, deadline=time.monotonic() + 60))
+    assert result.nodes == 32
+    engine = Search(policy, SearchConfig(simulations=10**6, **GUMBEL))
+    limits = Limits(simulations=None)
+    limits.stop.set()
+    (result,) = engine.run([Game()], limits)
+    assert result.nodes == 1 and result.move in Game().legal_moves()
+    limits = Limits(simulations=None)
+    threading.Timer(0.3, limits.stop.set).start()
+    (result,) = engine.run([Game()], limits)  # stopped in the first phase: a visited candidate
+    visited = {move for move, n in result.visits.items() if n > 0}
+    assert result.nodes > 1 and result.move in visited and len(visited) <= 16
+
+
+def test_gumbel_settings_are_validated() -> None:
+    with pytest.raises(ConfigError) as exc:
+        validate_search(SearchConfig(gumbel_actions=0), "evaluation.search")
+    assert str(exc.value) == "evaluation.search.gumbel_actions=0: must be >= 1"
+    bad = EvaluationConfig(search=SearchConfig(root=SearchRoot.gumbel, gumbel_c_visit=0.0))
+    with pytest.raises(ConfigError, match=r"^evaluation\.search\.gumbel_c_visit=0\.0: must be > 0$"):
+        validate_evaluation(bad, OpponentConfig())
+    bad = OpponentConfig(search=SearchConfig(gumbel_c_scale=-1.0))
+    with pytest.raises(ConfigError, match=r"^opponent\.search\.gumbel_c_scale=-1\.0: must be > 0$"):
+        validate_evaluation(EvaluationConfig(), bad)
+    validate_evaluation(EvaluationConfig(search=SearchConfig(root=SearchRoot.gumbel, gumbel_actions=1)),
+                        OpponentConfig())
+    # From the command line (evaluation.search.root=gumbel): a str enum, checked by OmegaConf.
+    merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluationConfig),
+                                                 {"search": {"root": "gumbel"}}))
+    assert merged.search.root is SearchRoot.gumbel
+    with pytest.raises(OmegaConfBaseException):
+        OmegaConf.merge(OmegaConf.structured(EvaluationConfig), {"search": {"root": "gumble"}})
