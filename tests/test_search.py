@@ -247,8 +247,9 @@ def test_declaration_in_the_tree_wins(policy: Policy) -> None:
 # --- moves -----------------------------------------------------------------------------------
 
 
-def test_never_an_illegal_move(policy: Policy, positions: list[Game]) -> None:
-    results = search(policy, positions, simulations=24, batch_size=8)
+@pytest.mark.parametrize("root", ["puct", "gumbel"])
+def test_never_an_illegal_move(policy: Policy, positions: list[Game], root: str) -> None:
+    results = search(policy, positions, simulations=24, batch_size=8, root=SearchRoot(root))
     for game, result in zip(positions, results):
         assert result.move in game.legal_moves()
         assert set(result.visits) == set(game.legal_moves())
@@ -445,16 +446,7 @@ def test_gumbel_root_still_plays_mates(net: torch.nn.Module, policy: Policy) -> 
     assert result.mate == 3 and forced_mate_after(game, result.move, 3) and result.nodes < 4000
 
 
-def test_gumbel_never_an_illegal_move(net: torch.nn.Module, policy: Policy, positions: list[Game]) -> None:
-    results = search(policy, positions, simulations=24, batch_size=8, **GUMBEL)
-    for game, result in zip(positions, results):
-        assert result.move in game.legal_moves()
-        assert set(result.visits) == set(game.legal_moves())
-        assert sum(result.visits.values()) == 23  # the root's own evaluation is the first playout
-        line = game.copy()
-        for move in result.pv:  # the principal variation is a legal line
-            assert not line.is_over
-            line.push(move)
+def test_gumbel_agent_plays_legal_games(net: torch.nn.Module) -> None:
     agent = AgentPlayer(net, search=SearchConfig(simulations=16, batch_size=8, **GUMBEL), seed=1)
     games = play_match(agent, RandomPlayer(seed=2), games=3, max_plies=60, opening_plies=2)
     assert all(m.game.is_over and m.game.termination not in FORFEITS for m in games)
