@@ -31,6 +31,7 @@ from keisei.config import (
     OpponentConfig,
     OpponentKind,
     SearchConfig,
+    SearchRoot,
     WandbMode,
     register_configs,
     to_container,
@@ -64,7 +65,11 @@ def checkpoint_player(path: str, device: torch.device, temperature: float, seed:
 
 
 def searching_name(name: str, search: SearchConfig | None) -> str:
-    return f"{name}+search{search.simulations}" if search is not None and search.simulations else name
+    """``name``, plus ``+searchN`` for a player searching N simulations (``+searchN-gumbel`` with a Gumbel root)."""
+    if search is None or not search.simulations:
+        return name
+    root = "" if search.root is SearchRoot.puct else f"-{search.root.value}"
+    return f"{name}+search{search.simulations}{root}"
 
 
 def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,

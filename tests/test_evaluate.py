@@ -160,14 +160,14 @@ def test_against_random(trained_run: Path, tmp_path: Path, target: str) -> None:
 
 def test_agent_with_search_against_a_searching_checkpoint_opponent(trained_run: Path, tmp_path: Path) -> None:
     """evaluation.search drives the agent's search, opponent.search a checkpoint opponent's; names and
-    records say which side searched."""
+    records say which side searched, and with which root."""
     out = tmp_path / "eval"
     evaluate(out, f"checkpoint={trained_run}", "evaluation.search.simulations=8", "evaluation.games=2",
              "evaluation.max_plies=16", "opponent=checkpoint", f"opponent.checkpoint={trained_run}",
-             "opponent.name=rival", "opponent.search.simulations=4")
+             "opponent.name=rival", "opponent.search.simulations=4", "opponent.search.root=gumbel")
     r = results(out)
-    assert r["player"] == f"{trained_run}+search8" and r["opponent"] == "rival+search4"
-    assert_records(out, 2, {f"{trained_run}+search8", "rival+search4"})
+    assert r["player"] == f"{trained_run}+search8" and r["opponent"] == "rival+search4-gumbel"
+    assert_records(out, 2, {f"{trained_run}+search8", "rival+search4-gumbel"})
 
 
 def test_gauntlet_table(trained_run: Path, tmp_path: Path) -> None:
