@@ -68,8 +68,9 @@ def searching_name(name: str, search: SearchConfig | None) -> str:
     """``name``, plus ``+searchN`` for a player searching N simulations (``+searchN-gumbel`` with a Gumbel root)."""
     if search is None or not search.simulations:
         return name
-    root = "" if search.root is SearchRoot.puct else f"-{search.root.value}"
-    return f"{name}+search{search.simulations}{root}"
+    root = SearchRoot(search.root)
+    suffix = "" if root is SearchRoot.puct else f"-{root.value}"
+    return f"{name}+search{search.simulations}{suffix}"
 
 
 def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,
