@@ -36,6 +36,7 @@ import torch
 
 from keisei.checkpoint import load_model
 from keisei.config import ModelConfig, SearchConfig, SearchRoot
+from keisei.evaluation import searching_name
 from keisei.match import match_results, play_match
 from keisei.model import build_model
 from keisei.players import AgentPlayer
@@ -81,10 +82,10 @@ def speed(policy: Policy, args: argparse.Namespace) -> dict[str, float]:
 def strength(model: torch.nn.Module, args: argparse.Namespace) -> list[dict]:
     results = []
     for simulations in args.simulations:
-        root = "" if args.root is SearchRoot.puct else f"-{args.root.value}"
-        searcher = AgentPlayer(model, name=f"search{simulations}{root}-mate{args.mate_plies}", seed=0,
-                               search=SearchConfig(simulations=simulations, batch_size=args.batch_size,
-                                                   mate_plies=args.mate_plies, root=args.root))
+        cfg = SearchConfig(simulations=simulations, batch_size=args.batch_size, mate_plies=args.mate_plies,
+                           root=args.root)
+        searcher = AgentPlayer(model, name=f"{searching_name('net', cfg)}-mate{args.mate_plies}", seed=0,
+                               search=cfg)
         if args.baseline == "raw":
             raw = AgentPlayer(model, name="raw")
         else:  # the policy's move, but with the same mate search (and mate-in-one avoidance)
