@@ -21,10 +21,10 @@ from keisei.checkpoint import (
     save_checkpoint,
 )
 from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
-from keisei.model import SqueezeExcitation, build_model
+from keisei.model import SqueezeExcitation, StemConv, build_model
 from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action
-from keisei.shogi.features import PIECE_VALUES
+from keisei.shogi.features import BOARD_PLANES, PIECE_VALUES, PLANE_NAMES
 
 SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
 SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, squeeze_excitation=True)
@@ -420,3 +420,48 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
     start = torch.from_numpy(encode([Game()])[0])
     with torch.no_grad():
         assert torch.allclose(shaped(start)[1], plain(start)[1], atol=1e-6)  # the start position is balanced
+
+
+def _varied_games() -> list[Game]:
+    """Positions where every constant plane takes both values: pieces in hand, checks, White to move,
+    and a position repeated twice (the kings stepped out and back)."""
+    rng = random.Random(1)
+    games = []
+    for _ in range(40):
+        game = Game(max_plies=400)
+        for _ in range(rng.randrange(0, 200)):
+            if game.is_over:
+                break
+            game.push(rng.choice(game.legal_moves()))
+        if not game.is_over:
+            games.append(game)
+    repeated = Game()
+    for move in ["5i5h", "5a5b", "5h5i", "5b5a"] * 2:
+        repeated.push(move)
+    return [*games, repeated]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_stem_conv_is_the_plain_convolution_on_real_positions(bias: bool) -> None:
+    """StemConv computes the planes from BOARD_PLANES on as one number per position times the kernel's
+    footprint on the board: on real observations (hands, check, side to move, repetition all set in
+    some) it is nn.Conv2d with the same weights, outputs and gradients alike."""
+    obs = torch.from_numpy(encode(_varied_games())[0]).float()
+    constant = obs[:, BOARD_PLANES:]
+    assert torch.equal(constant, constant[:, :, :1, :1].expand_as(constant))  # what StemConv relies on
+    per_plane = constant[:, :, 0, 0]
+    for name in ("own_hand_pawn_ge1", "opp_hand_pawn_ge1", "in_check", "white_to_move", "repeated_ge2"):
+        column = per_plane[:, PLANE_NAMES.index(name) - BOARD_PLANES]
+        assert column.min() == 0 and column.max() == 1, name  # each kind takes both values
+    torch.manual_seed(0)
+    stem = StemConv(NUM_PLANES, 16, 3, padding=1, bias=bias)
+    plain = nn.Conv2d(NUM_PLANES, 16, 3, padding=1, bias=bias)
+    plain.load_state_dict(stem.state_dict())
+    out_stem, out_plain = stem(obs), plain(obs)
+    assert torch.allclose(out_stem, out_plain, atol=1e-5)
+    weights = torch.randn_like(out_plain)
+    (out_stem * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    assert torch.allclose(stem.weight.grad, plain.weight.grad, rtol=1e-4, atol=1e-4)
+    if bias:
+        assert torch.allclose(stem.bias.grad, plain.bias.grad, rtol=1e-4, atol=1e-4)

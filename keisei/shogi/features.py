@@ -53,6 +53,11 @@ def _plane_names() -> tuple[str, ...]:
 PLANE_NAMES = _plane_names()
 assert len(PLANE_NAMES) == NUM_PLANES
 
+#: Planes ``[BOARD_PLANES, NUM_PLANES)`` (hands, check, side to move, repetition) are all ones or all
+#: zeros: one number per position spread over the board. The network's first convolution uses that
+#: (``keisei.model.StemConv``).
+BOARD_PLANES = PLANE_NAMES.index("own_hand_pawn_ge1")
+
 
 def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
     """Planes of many positions at once: uint8 array of shape (len(sfens), 122, 9, 9).
