@@ -1,4 +1,5 @@
-"""Env throughput with worker processes: ``WorkerVecEnv`` with K workers over ``VecEnv`` (K = 1).
+"""Env throughput with worker processes: ``WorkerVecEnv`` with K workers over ``VecEnv`` and over
+``WorkerVecEnv`` with 1 worker.
 
 Every configuration steps the same number of games with uniformly random legal actions
 (chosen here, in the parent, as a policy would be), in alternating rounds so that machine
@@ -7,10 +8,11 @@ noise hits all alike; wall-clock time. Two rates per configuration:
 * env steps/s: games x steps over the time spent inside ``step`` (what the workers speed up),
 * with action choice: over the whole loop (the parent's serial action choice included).
 
-Prints the median rates and, per configuration, the median over rounds of its rate over
-the ``VecEnv`` rate of the same round.
+Prints the median rates and, per configuration, the median over rounds of its rate over the
+``VecEnv`` rate and over the 1-worker rate of the same round (the second is how the workers
+scale; the first is what they gain over stepping the games in the training process).
 
-    python benchmarks/scaling.py [--num-envs 256] [--workers 2] [--seconds 2] [--rounds 5]
+    python benchmarks/scaling.py [--num-envs 256] [--workers 1 2] [--seconds 2] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def run(env: VecEnv | WorkerVecEnv, out: StepResult, seconds: float, rng: np.ran
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-envs", type=int, default=256)
-    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts to compare with VecEnv")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="worker counts to compare with VecEnv (and with 1 worker, when listed)")
     parser.add_argument("--seconds", type=float, default=2.0, help="per round and configuration")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
@@ -63,13 +66,17 @@ def main() -> None:
             env.close()
 
     base = np.array(rates["VecEnv"])
+    one = np.array(rates["1 workers"]) if "1 workers" in rates else None
     print(f"num_envs {args.num_envs}, {args.rounds} rounds of {args.seconds:g} s")
-    print(f"{'configuration':>14} {'env steps/s':>12} {'x VecEnv':>9} {'with choice':>12} {'x VecEnv':>9}")
+    print(f"{'configuration':>14} {'env steps/s':>12} {'x VecEnv':>9} {'x 1 worker':>11} "
+          f"{'with choice':>12} {'x VecEnv':>9} {'x 1 worker':>11}")
     for name, values in rates.items():
         v = np.array(values)
         ratio = np.median(v / base, axis=0)
+        scaling = np.median(v / one, axis=0) if one is not None and name != "VecEnv" else (np.nan, np.nan)
         median = np.median(v, axis=0)
-        print(f"{name:>14} {median[0]:>12,.0f} {ratio[0]:>9.2f} {median[1]:>12,.0f} {ratio[1]:>9.2f}")
+        print(f"{name:>14} {median[0]:>12,.0f} {ratio[0]:>9.2f} {scaling[0]:>11.2f} "
+              f"{median[1]:>12,.0f} {ratio[1]:>9.2f} {scaling[1]:>11.2f}")
 
 
 if __name__ == "__main__":
