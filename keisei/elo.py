@@ -85,38 +85,71 @@ def ratings(players: Sequence[str], results: Sequence[tuple[str, str, float]], a
             iterations: int = 2000) -> dict[str, float]:
     """Maximum-likelihood Elo ratings from game results ``(player_a, player_b, score_of_a)``.
 
-    Scores are 1, 0.5 or 0 per game. ``anchor`` (default: the first player) is rated 0.
-    Minorisation-maximisation updates of Bradley-Terry strengths. A player with no points
-    at all (or every point) has no finite maximum-likelihood rating: it gets one virtual
-    draw against the anchor, as in ``match_stats``.
+    Scores are 1, 0.5 or 0 per game. ``anchor`` (default: the first player with a game) is rated 0.
+    Minorisation-maximisation updates of Bradley-Terry strengths. Only players with at least one
+    game are rated (an interrupted round robin may leave some without). A player with no points
+    at all (or every point), the anchor included, has no finite maximum-likelihood rating: it gets
+    one virtual draw, shared equally among the opponents it met, as in ``match_stats`` (unless the
+    virtual draws of the players before it in ``players`` already gave it a half point either way).
+    Players that no chain of games links to the anchor cannot be rated against it: a ValueError.
     """
-    index = {p: i for i, p in enumerate(players)}
-    anchor = anchor if anchor is not None else players[0]
-    points = {p: 0.0 for p in players}
-    games = {p: 0 for p in players}
+    played = [p for p in players if any(p in (a, b) for a, b, _ in results)]
+    if not played:
+        return {}
+    anchor = anchor if anchor is not None else played[0]
+    if anchor not in played:
+        raise ValueError(f"the anchor {anchor!r} has played no game")
+    index = {p: i for i, p in enumerate(played)}
+    points = {p: 0.0 for p in played}
+    games = {p: 0.0 for p in played}
+    opponents: dict[str, list[str]] = {p: [] for p in played}
     for a, b, s in results:
         points[a] += s
         points[b] += 1.0 - s
         games[a] += 1
         games[b] += 1
-    virtual = [(p, anchor, 0.5) for p in players
-               if p != anchor and (points[p] == 0.0 or points[p] == games[p])]
-    wins = [0.0] * len(players)
+        for x, y in ((a, b), (b, a)):
+            if y not in opponents[x]:
+                opponents[x].append(y)
+    _check_connected(anchor, opponents)
+    virtual: list[tuple[str, str, float, float]] = []  # (a, b, score of a, games)
+    for p in played:
+        if points[p] in (0.0, games[p]):
+            share = 1.0 / len(opponents[p])
+            for q in opponents[p]:
+                virtual.append((p, q, 0.5 * share, share))
+                points[p] += 0.5 * share
+                points[q] += 0.5 * share
+                games[p] += share
+                games[q] += share
+    wins = [0.0] * len(played)
     pair_games: dict[tuple[int, int], float] = {}
-    for a, b, s in [*results, *virtual]:
+    for a, b, s, n in [*((a, b, s, 1.0) for a, b, s in results), *virtual]:
         i, j = index[a], index[b]
         wins[i] += s
-        wins[j] += 1.0 - s
-        pair_games[(i, j)] = pair_games.get((i, j), 0.0) + 1.0
-    strength = [1.0] * len(players)
+        wins[j] += n - s
+        pair_games[(i, j)] = pair_games.get((i, j), 0.0) + n
+    strength = [1.0] * len(played)
     for _ in range(iterations):
         new = []
-        for i in range(len(players)):
+        for i in range(len(played)):
             denom = 0.0
             for (a, b), n in pair_games.items():
                 if i in (a, b):
                     denom += n / (strength[a] + strength[b])
-            new.append(wins[i] / denom if denom > 0 and wins[i] > 0 else strength[i])
+            new.append(wins[i] / denom)
         scale = new[index[anchor]]
         strength = [s / scale for s in new]
-    return {p: 400.0 * math.log10(strength[index[p]]) for p in players}
+    return {p: 400.0 * math.log10(strength[index[p]]) for p in played}
+
+
+def _check_connected(anchor: str, opponents: dict[str, list[str]]) -> None:
+    reached, frontier = {anchor}, [anchor]
+    while frontier:
+        for q in opponents[frontier.pop()]:
+            if q not in reached:
+                reached.add(q)
+                frontier.append(q)
+    apart = [p for p in opponents if p not in reached]
+    if apart:
+        raise ValueError(f"no games link {', '.join(apart)} to {anchor!r}: no rating relative to it")

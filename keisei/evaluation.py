@@ -132,11 +132,12 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
             break
     if interrupted is not None and not results:
         raise interrupted
-    table = ratings(names, results)
+    table = ratings(names, results)  # only players with games: an interrupted run may leave some out
     summary = {"players": names, "pairings": pairings,
                "elo": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
     if interrupted is not None:
         summary["partial"] = True
+        summary["unrated"] = [n for n in names if n not in table]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if interrupted is not None:

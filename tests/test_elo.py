@@ -222,3 +222,29 @@ def test_player_who_lost_every_game_gets_a_finite_lowest_rating():
 def test_two_players_with_a_perfect_score_agree_with_match_stats():
     table = ratings(["A", "B"], games_between("A", "B", 10, 0, 0))
     assert table["A"] - table["B"] == pytest.approx(match_stats(10, 0, 0).elo, abs=1e-3)
+
+
+def test_an_anchor_that_lost_every_game_gets_a_virtual_draw_too():
+    """The first player (the anchor) lost all its games while the others split theirs: without a
+    virtual draw for the anchor its maximum-likelihood rating is -infinity, and the table drifted
+    with the number of iterations (1047, 1288, 1529 for B at 500, 2000, 8000). The virtual draw is
+    shared among the opponents met, so the table does not depend on which player is the anchor."""
+    results = (games_between("A", "B", 0, 0, 10) + games_between("A", "C", 0, 0, 10)
+               + games_between("B", "C", 6, 0, 4))
+    table = ratings(["A", "B", "C"], results)
+    assert ratings(["A", "B", "C"], results, iterations=8000) == pytest.approx(table, abs=1e-6)
+    assert table["A"] == pytest.approx(0.0, abs=1e-9) and table["B"] > table["C"] > table["A"]
+    other = ratings(["B", "C", "A"], results)
+    assert {p: other[p] - other["A"] for p in other} == pytest.approx(table, abs=1e-3)
+
+
+def test_players_without_games_are_not_rated_and_unlinked_players_are_refused():
+    results = games_between("A", "B", 3, 1, 2)
+    table = ratings(["A", "B", "C"], results)  # C never played: e.g. a round robin interrupted early
+    assert set(table) == {"A", "B"}
+    assert table["A"] - table["B"] == pytest.approx(match_stats(3, 1, 2).elo, abs=1e-3)
+    assert set(ratings(["C", "A", "B"], results)) == {"A", "B"}  # the anchor: the first player with a game
+    with pytest.raises(ValueError, match="C"):
+        ratings(["A", "B", "C", "D"], results + games_between("C", "D", 2, 0, 1))
+    with pytest.raises(ValueError, match="anchor"):
+        ratings(["A", "B", "C"], results, anchor="C")

@@ -179,6 +179,43 @@ def test_ctrl_c_during_evaluate_keeps_the_games_played(finished: tuple[Path, str
     assert "partial results kept" in err
 
 
+def test_ctrl_c_in_a_round_robin_before_a_player_played_leaves_it_unrated(finished: tuple[Path, str],
+                                                                         tmp_path: Path) -> None:
+    """Interrupted during the first pairing (the agent against random), the heuristic player has not
+    played: it is listed as unrated, not given a made-up rating (it used to get one virtual draw
+    against the first player, so Elo 0)."""
+    out_dir = tmp_path / "rr"
+    proc = subprocess.Popen([sys.executable, "evaluate.py", f"checkpoint={finished[0]}", "evaluation=round_robin",
+                             "evaluation.players=[random,heuristic]", "evaluation.games=400",
+                             f"hydra.run.dir={out_dir}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    seen: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(1):
+            seen.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_until(lambda: re.search(r"\b([1-9]\d*)/400\b", "".join(seen[-400:])) is not None, proc, timeout=180)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    err = "".join(seen)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in err + out, err
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    assert results["partial"] is True and len(results["pairings"]) == 1
+    assert results["pairings"][0]["opponent"] == "random" and 1 <= results["pairings"][0]["games"] < 400
+    assert set(results["elo"]) == {results["players"][0], "random"}
+    assert results["unrated"] == ["heuristic"]
+
+
 # --- refused relaunches keep the run's record ---------------------------------------------------
 
 def test_relaunch_with_another_model_is_refused_before_touching_the_record(finished: tuple[Path, str]) -> None:
