@@ -250,10 +250,19 @@ def periodic_opponents(ev: EvaluationConfig, main: OpponentConfig) -> dict[str, 
 def periodic_matches(agent: Player, opponent: Player, others: dict[str, Player], cfg: EvaluationConfig,
                      out_dir: Path, *, seed: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A periodic evaluation: the match against ``opponent`` into ``out_dir``, then one against each of
-    ``others`` (by preset name) into ``out_dir/<name>/``. Returns (results, the others' results)."""
+    ``others`` (by preset name) into ``out_dir/<name>/``. Returns (results, the others' results).
+
+    Every player is reseeded here, as ``evaluate.py`` seeds them (agent ``seed``, opponent ``seed + 1``,
+    the k-th other ``seed + 1 + k``), so an evaluation plays the same games inline, where the opponents
+    are built once per run, and in the background worker, where they are built for each evaluation."""
+    agent.reseed(seed)
+    opponent.reseed(seed + 1)
     results = evaluate_agent(agent, opponent, cfg, out_dir, seed=seed)
-    return results, {name: evaluate_agent(agent, player, cfg, out_dir / name, seed=seed + k)
-                     for k, (name, player) in enumerate(others.items(), start=1)}
+    played = {}
+    for k, (name, player) in enumerate(others.items(), start=1):
+        player.reseed(seed + 1 + k)
+        played[name] = evaluate_agent(agent, player, cfg, out_dir / name, seed=seed + k)
+    return results, played
 
 
 def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:

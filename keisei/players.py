@@ -34,12 +34,18 @@ class Player(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook: most players hold nothing)
         """Release processes or devices (idempotent)."""
 
+    def reseed(self, seed: int) -> None:  # noqa: B027 (optional hook: engines have no seed to set)
+        """Restart the player's random choices from ``seed``, as if it had been built with it."""
+
 
 class RandomPlayer(Player):
     """Uniformly random legal moves."""
 
     def __init__(self, seed: int = 0, name: str = "random") -> None:
         self.name = name
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 
     def choose(self, games: Sequence[Game]) -> list[Choice]:
@@ -69,6 +75,9 @@ class HeuristicPlayer(Player):
 
     def __init__(self, seed: int = 0, name: str = "heuristic") -> None:
         self.name = name
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 
     def choose(self, games: Sequence[Game]) -> list[Choice]:
@@ -121,6 +130,11 @@ class AgentPlayer(Player):
         self.encoder = Encoder(1)
         self.search = (Search(self.policy, search, device=self.device, seed=seed)
                        if search is not None and search.simulations > 0 else None)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+        if self.search is not None:
+            self.search.rng = np.random.default_rng(seed)
 
     @property
     def model(self) -> nn.Module:

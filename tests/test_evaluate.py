@@ -546,6 +546,23 @@ def test_periodic_evaluation_against_several_opponents(tmp_path: Path, periodic:
                                                                  abs=0.005)
 
 
+def test_inline_and_background_evaluations_play_the_same_games(tmp_path: Path) -> None:
+    """The same run evaluated inline and in the background worker plays the same games against the
+    same opponents: the inline opponents are built once per run and the worker's for each evaluation,
+    and the random player used to be seeded differently in the two (seed + 1 once, seed + update)."""
+    records = {}
+    for periodic in ("inline", "background"):
+        run_dir = tmp_path / periodic
+        train(run_dir, "training.total_timesteps=512", "evaluation.interval_timesteps=256", "evaluation.games=4",
+              "evaluation.max_plies=40", f"evaluation.periodic={periodic}", "opponent=random",
+              "evaluation.periodic_opponents=[heuristic]")
+        records[periodic] = {
+            (step.name, sub): [(g["black"], g["white"], g["usi"]) for g in game_index(step / sub)]
+            for step in sorted((run_dir / "eval").iterdir()) for sub in (".", "heuristic")}
+    assert len(records["inline"]) == 4 and all(len(g) == 4 for g in records["inline"].values())
+    assert records["inline"] == records["background"]
+
+
 @pytest.mark.parametrize(("overrides", "named"), [
     (["evaluation.periodic_opponents=[heuristic,heuristc]"], ["'heuristc' is not an opponent preset", "random"]),
     (["evaluation.periodic_opponents=[checkpoint]"], ["'checkpoint'", "opponent.checkpoint"]),
