@@ -13,13 +13,25 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from keisei.config import ConfigError, TrainConfig, WandbMode, to_container
 from keisei.shogi import Game, Result, Termination
 
 
-def games_record(games: Sequence[Game], games_total: int) -> dict[str, Any]:
+class Outcome(NamedTuple):
+    """What the ``games/...`` metrics need of a finished game (small enough to gather from every rank)."""
+
+    result: Result
+    termination: Termination
+    ply: int
+
+    @classmethod
+    def of(cls, game: Game) -> Outcome:
+        return cls(game.result, game.termination, game.ply)
+
+
+def games_record(games: Sequence[Outcome], games_total: int) -> dict[str, Any]:
     """The ``games/...`` metrics of the games that finished during an update."""
     n = len(games)
     results = Counter(g.result for g in games)

@@ -28,7 +28,7 @@ from keisei import distributed
 from keisei.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.config import ConfigError, Precision, TrainConfig, to_container
 from keisei.distributed import Ranks
-from keisei.metrics import MetricsLogger, check_sinks, games_record, truncate_metrics
+from keisei.metrics import MetricsLogger, Outcome, check_sinks, games_record, truncate_metrics
 from keisei.periodic_evaluation import PeriodicEvaluation
 from keisei.ppo import learning_rate, ppo_update
 from keisei.preemption import StopSignals
@@ -181,21 +181,26 @@ def _train(cfg: TrainConfig, run_dir: Path, ranks: Ranks) -> float:
                 state.pool.add(policy, state.update)
 
                 wall = time.perf_counter() - start_time
-                games = rollout.games
+                # The games of every rank (the losses and timings are rank 0's: one network, its share
+                # of the batch).
+                played = distributed.gather(([Outcome.of(g) for g in rollout.games], rollout.pool_scores,
+                                             rollout.heuristic_scores))
+                games, pool_scores, heuristic_scores = ([x for rank in played or [] for x in rank[k]]
+                                                        for k in range(3))
                 state.games_total += len(games)
                 record = {"global_step": state.global_step, "update": state.update, **losses,
                           "charts/learning_rate": lr, "charts/SPS": batch_size / wall,
                           **{f"time/{k}_share": timing.get(k, 0.0) / wall for k in ("env", "inference", "update")},
                           **games_record(games, state.games_total)}
                 if t.opponent_pool.size:
-                    scores = rollout.pool_scores
-                    record["pool/games"] = len(scores)
-                    record["pool/learner_score"] = sum(scores) / len(scores) if scores else float("nan")
+                    record["pool/games"] = len(pool_scores)
+                    record["pool/learner_score"] = (sum(pool_scores) / len(pool_scores) if pool_scores
+                                                    else float("nan"))
                 if t.opponent_pool.heuristic_fraction:
-                    scores = rollout.heuristic_scores
-                    record["pool/heuristic_games"] = len(scores)
-                    record["pool/heuristic_score"] = sum(scores) / len(scores) if scores else float("nan")
-                if ranks.main:  # rank 0's own rollout stands for the run in the metrics
+                    record["pool/heuristic_games"] = len(heuristic_scores)
+                    record["pool/heuristic_score"] = (sum(heuristic_scores) / len(heuristic_scores)
+                                                      if heuristic_scores else float("nan"))
+                if ranks.main:
                     logger.log(record)
                     last = state.global_step >= t.total_timesteps
                     for evaluation_record in evaluation.after_update(policy.model, state.global_step, batch_size,

@@ -117,6 +117,27 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_last_pt_written_once(tmp_path
     assert "Traceback" not in err.split("stopped by signal")[0]  # the ranks stopped cleanly
 
 
+def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:
+    """Games cut at 10 plies: every env finishes a game every 10 steps whatever the policy plays, so 2
+    ranks of 8 envs finish as many games per update as one process of 16 envs (they were rank 0's
+    alone: half as many)."""
+    cut = ["env.max_plies=10", "training.total_timesteps=1024"]
+    ok(torchrun(tmp_path, *cut, f"hydra.run.dir={tmp_path / 'two'}"))
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+    proc = subprocess.run([sys.executable, "train.py", *TINY, *cut, "env.num_envs=16",
+                           f"hydra.run.dir={tmp_path / 'one'}"], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def games(run: str) -> list[tuple[int, int, int]]:
+        lines = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(x["games/finished"], x["games/finished_total"], x["games/termination_max_plies"]) for x in lines]
+
+    two, one = games("two"), games("one")
+    assert len(two) == 4 and two == one
+    assert two[-1][1] == 16 * 6  # 16 envs x 64 steps: 6 games cut at 10 plies each
+
+
 # --- the all-reduced gradient ------------------------------------------------------------------
 
 def _batch(size: int) -> Batch:
