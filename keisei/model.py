@@ -59,7 +59,7 @@ class SqueezeExcitation(nn.Module):
 
 class StemConv(nn.Conv2d):
     """The first convolution, computed in two parts: the same function, parameters and checkpoint keys
-    as ``nn.Conv2d``, at about half its cost.
+    as ``nn.Conv2d`` on real observations, at about half its cost.
 
     Input planes ``[BOARD_PLANES, NUM_PLANES)`` are constant over the board (one number per position:
     hands, check, side to move, repetition). A 3x3 convolution of a constant plane is that number
@@ -68,8 +68,8 @@ class StemConv(nn.Conv2d):
     (their footprints, computed once per call from the weights) instead of a convolution over 60
     channels: on the 2x32 ResNet the stem is the largest layer (122 input channels against 32).
     Its output is channels-last (NHWC), the layout in which oneDNN's CPU convolutions of the tower
-    run fastest; the layers after it keep that layout. Together about 1.3x faster training steps on
-    the CPU (``benchmarks/stem.py``, docs/training.md).
+    run fastest; the layers after it keep that layout. Together about 1.2x faster training on the
+    CPU (``benchmarks/stem.py``, docs/training.md).
     """
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
