@@ -15,34 +15,26 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
 from keisei.config import register_configs, validate
 from keisei.model import StemConv, build_model
-from keisei.shogi import Game, encode
+from keisei.shogi import Game, encode, random_opening
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def positions(count: int, seed: int = 0) -> torch.Tensor:
     """Observations of ``count`` positions from random games (hands, checks and both sides to move)."""
-    rng = random.Random(seed)
-    games: list[Game] = []
-    while len(games) < count:
-        game = Game(max_plies=400)
-        for _ in range(rng.randrange(0, 160)):
-            if game.is_over:
-                break
-            game.push(rng.choice(game.legal_moves()))
-        if not game.is_over:
-            games.append(game)
+    rng = np.random.default_rng(seed)
+    games = [random_opening(Game(max_plies=400), int(rng.integers(0, 160)), rng) for _ in range(count)]
     return torch.from_numpy(encode(games)[0])
 
 

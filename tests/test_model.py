@@ -6,6 +6,7 @@ import pickle
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from keisei.checkpoint import (
 from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
 from keisei.model import SqueezeExcitation, StemConv, build_model
 from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
-from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action
+from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action, random_opening
 from keisei.shogi.features import BOARD_PLANES, PIECE_VALUES, PLANE_NAMES
 
 SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
@@ -425,16 +426,8 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
 def _varied_games() -> list[Game]:
     """Positions where every constant plane takes both values: pieces in hand, checks, White to move,
     and a position repeated twice (the kings stepped out and back)."""
-    rng = random.Random(1)
-    games = []
-    for _ in range(40):
-        game = Game(max_plies=400)
-        for _ in range(rng.randrange(0, 200)):
-            if game.is_over:
-                break
-            game.push(rng.choice(game.legal_moves()))
-        if not game.is_over:
-            games.append(game)
+    rng = np.random.default_rng(1)
+    games = [random_opening(Game(max_plies=400), int(rng.integers(0, 200)), rng) for _ in range(40)]
     repeated = Game()
     for move in ["5i5h", "5a5b", "5h5i", "5b5a"] * 2:
         repeated.push(move)

@@ -146,11 +146,11 @@ def test_checkpoints_by_time_before_the_step_interval(tmp_path: Path) -> None:
         proc.communicate()
 
 
-def test_ctrl_c_during_evaluate_keeps_the_games_played(finished: tuple[Path, str], tmp_path: Path) -> None:
-    out_dir = tmp_path / "eval"
-    proc = subprocess.Popen([sys.executable, "evaluate.py", f"checkpoint={finished[0]}", "opponent=heuristic",
-                             "evaluation.games=400", f"hydra.run.dir={out_dir}"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env())
+def ctrl_c_after_the_first_game(*args: str) -> tuple[str, str]:
+    """Run ``evaluate.py ARGS`` (400 games a match), press Ctrl-C once the progress bar shows a finished
+    game, and check that it exits with 130 and no traceback; returns (stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "evaluate.py", *args, "evaluation.games=400"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     seen: list[str] = []
 
     def read() -> None:  # the progress bar (stderr): "k/400" once k games have finished
@@ -171,6 +171,12 @@ def test_ctrl_c_during_evaluate_keeps_the_games_played(finished: tuple[Path, str
     err = "".join(seen)
     assert proc.returncode == 130, (out[-2000:], err[-2000:])
     assert "Traceback" not in err + out, err
+    return out, err
+
+
+def test_ctrl_c_during_evaluate_keeps_the_games_played(finished: tuple[Path, str], tmp_path: Path) -> None:
+    out_dir = tmp_path / "eval"
+    _, err = ctrl_c_after_the_first_game(f"checkpoint={finished[0]}", "opponent=heuristic", f"hydra.run.dir={out_dir}")
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     assert results["partial"] is True and results["games_planned"] == 400
     assert 1 <= results["games"] < 400
@@ -185,30 +191,8 @@ def test_ctrl_c_in_a_round_robin_before_a_player_played_leaves_it_unrated(finish
     played: it is listed as unrated, not given a made-up rating (it used to get one virtual draw
     against the first player, so Elo 0)."""
     out_dir = tmp_path / "rr"
-    proc = subprocess.Popen([sys.executable, "evaluate.py", f"checkpoint={finished[0]}", "evaluation=round_robin",
-                             "evaluation.players=[random,heuristic]", "evaluation.games=400",
-                             f"hydra.run.dir={out_dir}"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env())
-    seen: list[str] = []
-
-    def read() -> None:
-        assert proc.stderr is not None
-        while chunk := proc.stderr.read(1):
-            seen.append(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    wait_until(lambda: re.search(r"\b([1-9]\d*)/400\b", "".join(seen[-400:])) is not None, proc, timeout=180)
-    proc.send_signal(signal.SIGINT)
-    try:
-        out = proc.stdout.read() if proc.stdout else ""
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    reader.join(timeout=10)
-    err = "".join(seen)
-    assert proc.returncode == 130, (out[-2000:], err[-2000:])
-    assert "Traceback" not in err + out, err
+    ctrl_c_after_the_first_game(f"checkpoint={finished[0]}", "evaluation=round_robin",
+                                "evaluation.players=[random,heuristic]", f"hydra.run.dir={out_dir}")
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     assert results["partial"] is True and len(results["pairings"]) == 1
     assert results["pairings"][0]["opponent"] == "random" and 1 <= results["pairings"][0]["games"] < 400
