@@ -333,12 +333,12 @@ def _worker(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # leave the cores to training
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engines below
     agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent", search=ev.search)
-    players: list[Player] = []
+    players: list[Player] = []  # seeded by periodic_matches
     try:
         players.append(build_opponent(opponent_config(spec["opponent"]), device, spec["seed"]))
         others: dict[str, Player] = {}
-        for k, (name, data) in enumerate(spec.get("periodic_opponents", {}).items(), start=1):
-            others[name] = build_opponent(opponent_config(data), device, spec["seed"] + k)
+        for name, data in spec.get("periodic_opponents", {}).items():
+            others[name] = build_opponent(opponent_config(data), device, spec["seed"])
             players.append(others[name])
         periodic_matches(agent, players[0], others, ev, args.out_dir, seed=spec["seed"])
     finally:

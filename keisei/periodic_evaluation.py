@@ -42,11 +42,11 @@ class Inline:
 
     def check(self) -> None:
         """Build the opponents now (an engine that cannot start fails before training, not at the first
-        evaluation) and keep them for the evaluations."""
-        self.opponent = build_opponent(self.cfg.opponent, self.device, self.cfg.seed + 1)
+        evaluation) and keep them for the evaluations; ``periodic_matches`` reseeds them each time."""
+        self.opponent = build_opponent(self.cfg.opponent, self.device, self.cfg.seed)
         try:
-            for k, (name, op) in enumerate(self.others.items(), start=2):
-                self.other_players[name] = build_opponent(op, self.device, self.cfg.seed + k)
+            for name, op in self.others.items():
+                self.other_players[name] = build_opponent(op, self.device, self.cfg.seed)
         except BaseException:
             self.close()  # the engines already started
             raise

@@ -134,7 +134,7 @@ class AgentPlayer(Player):
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
         if self.search is not None:
-            self.search.rng = np.random.default_rng(seed)
+            self.search.reseed(seed)
 
     @property
     def model(self) -> nn.Module:

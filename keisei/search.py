@@ -370,9 +370,13 @@ class Search:
         self.policy = policy
         self.cfg = cfg
         self.device = torch.device(device) if device is not None else policy.device
-        self.rng = np.random.default_rng(seed)
+        self.reseed(seed)
         self.encoder = Encoder(max(cfg.batch_size, 1))
         self._trees: dict[Key, Node] = {}
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random generator (noise, sampled moves) from ``seed``."""
+        self.rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
         """Forget the kept trees (a new game)."""

@@ -30,8 +30,12 @@ TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16"
         "logging.progress_bar=false", "training.lr_schedule=constant"]
 
 
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+
+
 def torchrun(cwd: Path, *overrides: str, nproc: int = 2) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+    env = clean_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
            str(REPO / "train.py"), *TINY, *overrides]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -123,10 +127,9 @@ def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:
     alone: half as many)."""
     cut = ["env.max_plies=10", "training.total_timesteps=1024"]
     ok(torchrun(tmp_path, *cut, f"hydra.run.dir={tmp_path / 'two'}"))
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
     proc = subprocess.run([sys.executable, "train.py", *TINY, *cut, "env.num_envs=16",
-                           f"hydra.run.dir={tmp_path / 'one'}"], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=240)
+                           f"hydra.run.dir={tmp_path / 'one'}"], cwd=REPO, capture_output=True, text=True,
+                          env=clean_env(), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def games(run: str) -> list[tuple[int, int, int]]:
