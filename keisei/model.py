@@ -20,6 +20,17 @@ from keisei.shogi.features import BOARD_PLANES, material_weights
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 
+def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observation as the network reads it: the board planes ``[0, BOARD_PLANES)`` as ``dtype``,
+    channels-last (B, 62, 9, 9), and the value of each plane that is constant over the board (B, 60).
+
+    From the encoded uint8 planes (or floats) in one strided conversion: converting all 122 planes
+    to float first, then the board to channels-last, cost a fifth of the forward pass on the CPU.
+    """
+    return (planes[:, :BOARD_PLANES].to(dtype, memory_format=torch.channels_last),
+            planes[:, BOARD_PLANES:, 0, 0].to(dtype))
+
+
 class MaterialPotential(nn.Module):
     """A potential of the material balance of each position (side to move's view, in pawns):
     ``bound * tanh(coef * material / bound)``, about ``coef`` per pawn for small balances and never
@@ -43,8 +54,11 @@ class MaterialPotential(nn.Module):
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         if not self.coef:
-            return planes.new_zeros(planes.shape[0])
-        return self.bound * torch.tanh(planes.sum(dim=(2, 3)) @ self.weights / self.bound)
+            return self.weights.new_zeros(planes.shape[0])
+        board, constant = split_planes(planes, self.weights.dtype)
+        squares = planes.shape[2] * planes.shape[3]
+        counts = torch.cat([board.sum(dim=(2, 3)), constant * squares], dim=1)  # each plane's sum
+        return self.bound * torch.tanh(counts @ self.weights / self.bound)
 
 
 class SqueezeExcitation(nn.Module):
@@ -73,14 +87,15 @@ class StemConv(nn.Conv2d):
     """
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
-        board_planes = planes[:, :BOARD_PLANES].contiguous(memory_format=torch.channels_last)
+        """``planes``: the observations as encoded (uint8) or as floats."""
+        board_planes, constant = split_planes(planes, self.weight.dtype)
         board = F.conv2d(board_planes, self.weight[:, :BOARD_PLANES], self.bias, padding=self.padding)
         k = self.in_channels - BOARD_PLANES
         taps = self.weight[:, BOARD_PLANES:].transpose(0, 1).reshape(k * self.out_channels, 1,
                                                                        *self.kernel_size)
-        ones = planes.new_ones(1, k, *planes.shape[2:])
+        ones = self.weight.new_ones(1, k, *planes.shape[2:])
         footprints = F.conv2d(ones, taps, padding=self.padding, groups=k)  # (1, k * out, 9, 9)
-        spread = planes[:, BOARD_PLANES:, 0, 0] @ footprints.view(k, -1)
+        spread = constant @ footprints.view(k, -1)
         return board + spread.view_as(board)
 
 
@@ -122,9 +137,8 @@ class ResNet(nn.Module):
         self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        planes = obs.float()
-        x = self.tower(self.stem(planes))
-        return self.policy(x).flatten(1), self.value(x).squeeze(1) + self.material(planes)
+        x = self.tower(self.stem(obs))  # the stem converts the uint8 planes it convolves
+        return self.policy(x).flatten(1), self.value(x).squeeze(1) + self.material(obs)
 
 
 class MLP(nn.Module):

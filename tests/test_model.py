@@ -423,6 +423,19 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
         assert torch.allclose(shaped(start)[1], plain(start)[1], atol=1e-6)  # the start position is balanced
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_networks_read_uint8_planes_as_their_floats(name: str) -> None:
+    """The encoder's uint8 planes go into the network as they are (the ResNet converts only the
+    board planes it convolves): the same logits and values as the same planes given as floats."""
+    obs = torch.from_numpy(encode(_varied_games())[0])
+    model = build_model(ModelConfig(**{**to_container(CONFIGS[name]), "material_potential": 0.03})).eval()
+    with torch.no_grad():
+        (logits_u8, value_u8), (logits_f, value_f) = model(obs), model(obs.float())
+    assert torch.equal(logits_u8, logits_f)
+    assert torch.equal(value_u8, value_f)
+    assert value_u8.std() > 0
+
+
 def _varied_games() -> list[Game]:
     """Positions where every constant plane takes both values: pieces in hand, checks, White to move,
     and a position repeated twice (the kings stepped out and back)."""

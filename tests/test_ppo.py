@@ -14,10 +14,10 @@ from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, Sche
 from keisei.env import VecEnv
 from keisei.model import build_model
 from keisei.players import HeuristicPlayer
-from keisei.policy import Policy, masked_logits
+from keisei.policy import Policy, masked_logits, sample
 from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, refresh_batch_norm, two_player_gae
 from keisei.rollout import HEURISTIC, OpponentPool, collect
-from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game
+from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game, legal_mask
 
 # ---------------------------------------------------------------------------------------------
 # two_player_gae
@@ -486,6 +486,33 @@ def test_masked_logits_give_illegal_actions_zero_probability() -> None:
     Categorical(logits=masked_logits(x, mask)).entropy().sum().backward()
     assert torch.isfinite(x.grad).all()
     assert torch.all(x.grad[~mask] == 0)
+
+
+def test_sample_draws_legal_moves_with_the_policy_probabilities() -> None:
+    """``sample`` against the exact probabilities: real legal-move masks, a frequency test per move."""
+    rng = random.Random(0)
+    game = Game()
+    masks = []
+    for _ in range(4):
+        masks.append(torch.from_numpy(legal_mask(game)))
+        game.push(rng.choice(game.legal_moves()))
+    mask = torch.stack(masks)
+    mask[3] = False
+    mask[3, [0, NUM_ACTIONS - 1]] = True  # the first and the last label, nothing between
+    torch.manual_seed(0)
+    probs = torch.softmax(masked_logits(torch.randn(4, NUM_ACTIONS) * 2, mask), dim=1)
+    draws = 40_000
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros_like(probs)
+    for _ in range(draws // 1000):
+        picks = sample(probs.repeat(1000, 1), generator).view(1000, 4)
+        counts += torch.nn.functional.one_hot(picks, NUM_ACTIONS).sum(0).float()
+    assert counts.sum() == draws * 4
+    assert torch.all(counts[~mask] == 0)
+    expected = probs * draws
+    sigma = (expected * (1 - probs)).sqrt()
+    assert torch.all((counts - expected).abs() <= 5 * sigma + 1)
+    assert torch.equal(sample(probs, torch.Generator().manual_seed(1)), sample(probs, torch.Generator().manual_seed(1)))
 
 
 # ---------------------------------------------------------------------------------------------
