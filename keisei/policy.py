@@ -28,7 +28,7 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     An index of probability 0 (an illegal move) is never drawn: its cumulative sum equals the one
     before it, and the draw is the first index whose sum exceeds the number, which is kept below the
     row's total. One number per row where ``torch.multinomial`` draws one per entry (2187), which made
-    sampling a third of the rollout's forward pass on the CPU (``benchmarks/sampling.py``).
+    sampling a third of the rollout's forward pass on the CPU (``benchmarks/forward_glue.py``).
     """
     cdf = probs.cumsum(dim=1)
     total = cdf[:, -1:]
