@@ -1,12 +1,15 @@
-"""Evaluation throughput: agent vs random, all games batched vs one game at a time.
+"""Evaluation throughput: agent vs random, all games batched vs one game at a time; and a match of
+two networks in this process vs on env worker processes.
 
 The agent is a freshly initialised network (its strength does not matter here, only
 the cost of playing). (a) ``play_match`` with all N games in parallel, the agent's moves
 for every game in one forward pass per ply; (b) the same N games one after another,
 one position per forward pass. Both in this process, alternating rounds; prints games/s
-of each and the speed-up a/b.
+of each and the speed-up a/b. Then (c) the agent against a second network, the games stepped
+in this process, and (d) the same match with its games stepped by ``--workers`` env worker
+processes (``play_match(workers=K)``: the same games); prints games/s of each and d/c.
 
-    python benchmarks/eval_throughput.py [--games 64] [--max-plies 160] [--rounds 2] [OVERRIDE ...]
+    python benchmarks/eval_throughput.py [--games 64] [--max-plies 160] [--rounds 2] [--workers 2] [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=64)
     parser.add_argument("--max-plies", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="env worker processes of (d)")
     parser.add_argument("overrides", nargs="*", help="model overrides, e.g. model.blocks=2 model.channels=32")
     args = parser.parse_args()
     register_configs()
@@ -55,6 +59,19 @@ def main() -> None:
         single.append(args.games / (time.perf_counter() - start))
     a, b = float(np.median(batched)), float(np.median(single))
     print(f"batched: {a:.2f} games/s; one at a time: {b:.2f} games/s; speed-up {a / b:.1f}x")
+
+    torch.manual_seed(1)
+    other = build_model(cfg.model).eval()
+    here, there = [], []
+    for r in range(args.rounds):
+        for workers, out in ((1, here), (args.workers, there)):
+            start = time.perf_counter()
+            play_match(AgentPlayer(model, seed=r), AgentPlayer(other, seed=r), args.games,
+                       max_plies=args.max_plies, seed=r, workers=workers)
+            out.append(args.games / (time.perf_counter() - start))
+    c, d = float(np.median(here)), float(np.median(there))
+    print(f"network vs network: stepped here {c:.2f} games/s; on {args.workers} env workers {d:.2f} games/s; "
+          f"ratio {d / c:.2f}x")
 
 
 if __name__ == "__main__":

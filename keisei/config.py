@@ -209,6 +209,7 @@ class EvaluationConfig:
     search: SearchConfig = field(default_factory=SearchConfig)  # the agent's search (simulations 0: none)
     players: list[str] = field(default_factory=list)  # round_robin, gauntlet: checkpoints/run dirs or opponent presets
     save_records: bool = True  # every game as KIF, CSA and USI moves
+    workers: int = 1  # >1: env worker processes step the games of network-vs-network matches without search
     interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
     periodic: PeriodicMode = PeriodicMode.inline  # train.py: inline blocks; background runs a process
     periodic_opponents: list[str] = field(default_factory=list)  # train.py: opponent presets played too
@@ -280,6 +281,7 @@ def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
     _check(0 <= ev.opening_plies < ev.max_plies, "evaluation.opening_plies", ev.opening_plies,
            "must be >= 0 and below evaluation.max_plies")
     _check(ev.temperature >= 0, "evaluation.temperature", ev.temperature, "must be >= 0")
+    _check(ev.workers >= 1, "evaluation.workers", ev.workers, "must be >= 1 (1: in this process)")
     _check(op.temperature >= 0, "opponent.temperature", op.temperature, "must be >= 0")
     validate_search(ev.search, "evaluation.search")
     validate_search(op.search, "opponent.search")

@@ -38,7 +38,7 @@ from keisei.config import (
     validate_evaluate,
 )
 from keisei.elo import ratings
-from keisei.match import MatchInterrupted, match_results, play_match, save_records
+from keisei.match import MatchInterrupted, match_results, on_workers, play_match, save_records
 from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
 from keisei.usi_client import UsiPlayer
 
@@ -80,9 +80,10 @@ def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_d
     Interrupted (Ctrl-C), it writes the games that had finished and ``results.json`` with
     ``"partial": true`` and ``"games_planned"``, then raises ``MatchInterrupted`` again."""
     interrupted = None
+    say_where(agent, opponent, cfg)
     try:
         games = play_match(agent, opponent, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
-                           opening_plies=cfg.opening_plies, seed=seed, progress=progress)
+                           opening_plies=cfg.opening_plies, seed=seed, progress=progress, workers=cfg.workers)
     except MatchInterrupted as exc:
         interrupted, games = exc, exc.games
         if not games:
@@ -103,6 +104,14 @@ def evaluate_agent(agent: Player, opponent: Player, cfg: EvaluationConfig, out_d
     return results
 
 
+def say_where(a: Player, b: Player, cfg: EvaluationConfig) -> None:
+    """With ``evaluation.workers`` > 1, say whether this match's games run on the env workers."""
+    if cfg.workers > 1:
+        where = (f"games stepped by {cfg.workers} env worker processes" if on_workers(a, b) else
+                 "played in this process (evaluation.workers applies to two networks without search)")
+        print(f"{a.name} vs {b.name}: {where}", flush=True)
+
+
 def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, seed: int,
                 progress: bool = False) -> dict[str, Any]:
     """Every pair plays ``cfg.games`` games; pairwise results and an Elo table (first player at 0)."""
@@ -114,9 +123,11 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
     (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
     interrupted = None
     for k, (a, b) in enumerate(itertools.combinations(players, 2)):
+        say_where(a, b, cfg)
         try:
             games = play_match(a, b, cfg.games, max_plies=cfg.max_plies, declaration=cfg.declaration,
-                               opening_plies=cfg.opening_plies, seed=seed + k, progress=progress)
+                               opening_plies=cfg.opening_plies, seed=seed + k, progress=progress,
+                               workers=cfg.workers)
         except MatchInterrupted as exc:  # keep what was played: the pairings so far and this one's games
             interrupted, games = exc, exc.games
             if not games:

@@ -155,9 +155,17 @@ class AgentPlayer(Player):
         if len(games) > self.encoder.capacity:
             self.encoder = Encoder(len(games))
         obs, mask = self.encoder.encode(games)
+        actions, values = self.act_encoded(obs, mask)
+        moves = [self.encoder.move(i, a).to_usi() for i, a in enumerate(actions.tolist())]
+        return moves, values.tolist()
+
+    @torch.no_grad()
+    def act_encoded(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The policy's action labels (int64) and values (float32) for encoded positions (uint8 planes,
+        bool legal masks): what ``act`` plays without search, for games stepped elsewhere (e.g. by env
+        worker processes, ``keisei.match``)."""
         self.policy.model.eval()
         actions, _, values = self.policy.act(torch.from_numpy(obs).to(self.device),
                                              torch.from_numpy(mask).to(self.device),
                                              temperature=self.temperature, generator=self.generator)
-        moves = [self.encoder.move(i, a).to_usi() for i, a in enumerate(actions.tolist())]
-        return moves, values.tolist()
+        return actions.cpu().numpy(), values.cpu().numpy()

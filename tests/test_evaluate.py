@@ -289,6 +289,31 @@ def test_round_robin(trained_run: Path, tmp_path: Path) -> None:
     assert sum(" vs " in line for line in proc.stdout.splitlines()) == 3
 
 
+def test_env_workers_play_the_same_round_robin(trained_run: Path, tmp_path: Path) -> None:
+    """evaluation.workers=2: the match of the two checkpoints runs its games in env worker processes,
+    the matches against random (which needs the games here) in this process, as the output says;
+    results and game records are those of evaluation.workers=1."""
+    final = f"{trained_run}/checkpoints/final.pt"
+    played = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        proc = evaluate(out, f"checkpoint={trained_run}", "evaluation=round_robin",
+                        f"evaluation.players=[{final},random]", "evaluation.games=4", "evaluation.max_plies=60",
+                        "evaluation.opening_plies=2", "evaluation.temperature=1", f"evaluation.workers={workers}")
+        played[workers] = (results(out), game_index(out))
+        lines = [line for line in proc.stdout.splitlines() if ": games stepped by" in line or ": played in" in line]
+        if workers == 1:
+            assert lines == []
+        else:
+            assert lines == [f"{trained_run} vs {final}: games stepped by 2 env worker processes",
+                             f"{trained_run} vs random: played in this process (evaluation.workers applies to "
+                             "two networks without search)",
+                             f"{final} vs random: played in this process (evaluation.workers applies to "
+                             "two networks without search)"]
+    assert played[2] == played[1]
+    assert played[1][0]["pairings"][0]["games"] == 4
+
+
 @pytest.mark.parametrize("order", ["group_first", "value_first"])
 def test_config_file_values_kept_unless_overridden(trained_run: Path, tmp_path: Path, order: str) -> None:
     """conf/evaluation/round_robin.yaml says ``games: 20`` and ``players: [random, heuristic]``:

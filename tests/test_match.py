@@ -7,11 +7,14 @@ import multiprocessing
 from collections import Counter
 
 import pytest
+import torch
 from rsshogi.record import Record
 
+from keisei.config import ModelConfig
 from keisei.elo import elo_from_score
 from keisei.match import match_results, play_match, save_records
-from keisei.players import HeuristicPlayer, Player, RandomPlayer
+from keisei.model import build_model
+from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
 from keisei.shogi import STARTPOS, Color, Game, Termination
 
 
@@ -63,6 +66,27 @@ def test_colours_alternate_and_each_player_moves_only_its_own_side():
     for k, m in enumerate(games):
         assert ((id(m.game), Color.BLACK, 0) in a.seen) == (k % 2 == 0)
         assert ((id(m.game), Color.BLACK, 0) in b.seen) == (k % 2 == 1)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_networks_on_env_workers_play_the_games_played_here(temperature: float) -> None:
+    """Two networks (the default ResNet kind) stepped by 2 env worker processes play the same games
+    as in this process: moves, results and how they ended, sampled moves included. Games end in
+    different rounds (mates, the ply limit), so finished envs go on with filler games meanwhile."""
+    torch.manual_seed(0)
+    nets = [build_model(ModelConfig(blocks=1, channels=16, value_hidden=16)).eval() for _ in range(2)]
+
+    def match(workers: int) -> list:
+        a = AgentPlayer(nets[0], name="a", temperature=temperature, seed=1)
+        b = AgentPlayer(nets[1], name="b", temperature=temperature, seed=2)
+        return play_match(a, b, games=12, max_plies=160, opening_plies=2, seed=3, workers=workers)
+
+    here, there = match(1), match(2)
+    played = [(m.a_colour, m.game.moves, m.game.result, m.game.termination) for m in here]
+    assert [(m.a_colour, m.game.moves, m.game.result, m.game.termination) for m in there] == played
+    assert all(m.game.is_over for m in there)
+    assert len({m.game.ply for m in here}) > 1  # not every game lasted the same number of rounds
+    assert match_results(there, "a", "b") == match_results(here, "a", "b")
 
 
 def test_pairs_of_games_share_their_opening():

@@ -146,9 +146,30 @@ def test_checkpoints_by_time_before_the_step_interval(tmp_path: Path) -> None:
         proc.communicate()
 
 
-def ctrl_c_after_the_first_game(*args: str) -> tuple[str, str]:
+def children(pid: int) -> dict[int, bytes]:
+    """The processes whose parent is ``pid`` and their command lines (from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def ctrl_c_after_the_first_game(*args: str, helpers: dict[int, bytes] | None = None) -> tuple[str, str]:
     """Run ``evaluate.py ARGS`` (400 games a match), press Ctrl-C once the progress bar shows a finished
-    game, and check that it exits with 130 and no traceback; returns (stdout, stderr)."""
+    game, and check that it exits with 130 and no traceback; returns (stdout, stderr). ``helpers``
+    receives its child processes (pid: command line) at the moment of the Ctrl-C."""
     proc = subprocess.Popen([sys.executable, "evaluate.py", *args, "evaluation.games=400"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     seen: list[str] = []
@@ -161,6 +182,8 @@ def ctrl_c_after_the_first_game(*args: str) -> tuple[str, str]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     wait_until(lambda: re.search(r"\b([1-9]\d*)/400\b", "".join(seen[-400:])) is not None, proc, timeout=180)
+    if helpers is not None:
+        helpers.update(children(proc.pid))
     proc.send_signal(signal.SIGINT)
     try:
         out = proc.stdout.read() if proc.stdout else ""
@@ -198,6 +221,28 @@ def test_ctrl_c_in_a_round_robin_before_a_player_played_leaves_it_unrated(finish
     assert results["pairings"][0]["opponent"] == "random" and 1 <= results["pairings"][0]["games"] < 400
     assert set(results["elo"]) == {results["players"][0], "random"}
     assert results["unrated"] == ["heuristic"]
+
+
+def test_ctrl_c_during_a_match_on_env_workers_keeps_the_games_and_stops_the_workers(
+        finished: tuple[Path, str], tmp_path: Path) -> None:
+    """evaluation.workers=2, two networks: the games run in env worker processes. Ctrl-C keeps the games
+    that had finished, as in this process, and every child process is gone once evaluate.py has exited."""
+    out_dir = tmp_path / "eval"
+    helpers: dict[int, bytes] = {}
+    ctrl_c_after_the_first_game(f"checkpoint={finished[0]}", "opponent=checkpoint",
+                                f"opponent.checkpoint={finished[0]}", "opponent.name=mirror",
+                                "evaluation.workers=2", "evaluation.temperature=1", "opponent.temperature=1",
+                                "evaluation.opening_plies=2", f"hydra.run.dir={out_dir}",
+                                helpers=helpers)
+    assert sum(b"keisei.env_workers" in cmdline for cmdline in helpers.values()) == 2
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [helpers[pid] for pid in helpers if alive(pid)]
+    results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    assert results["partial"] is True and results["games_planned"] == 400
+    assert 1 <= results["games"] < 400
+    assert len((out_dir / "games" / "games.jsonl").read_text(encoding="utf-8").splitlines()) == results["games"]
 
 
 # --- refused relaunches keep the run's record ---------------------------------------------------
