@@ -513,6 +513,21 @@ def test_periodic_evaluation(tmp_path: Path, periodic: str, opponent: str) -> No
     assert float(match.group(1)) == pytest.approx(last["eval/win_rate"], abs=5e-5)
 
 
+@pytest.mark.parametrize("periodic", ["inline", "background"])
+def test_periodic_evaluation_with_search(tmp_path: Path, periodic: str) -> None:
+    """evaluation.search.simulations=N: the periodic matches are played by the searching agent, as its
+    name in the results and records says."""
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=256", "evaluation.interval_timesteps=256", "evaluation.games=2",
+          "evaluation.max_plies=30", f"evaluation.periodic={periodic}", "evaluation.search.simulations=4")
+    step_dir = run_dir / "eval" / "step_000000256"
+    r = results(step_dir)
+    assert_match_results(r, 2)
+    assert r["player"] == "agent+search4"
+    assert_records(step_dir, 2, {"agent+search4", "random"})
+    assert [line["eval/games"] for line in metrics(run_dir) if "eval/global_step" in line] == [2]
+
+
 # --- periodic evaluation against several opponents (evaluation.periodic_opponents) -------------
 
 OTHER_KEYS = {f"eval/heuristic/{k.removeprefix('eval/')}" for k in EVAL_KEYS - {"update", "eval/global_step"}}
