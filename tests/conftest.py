@@ -1,8 +1,11 @@
-"""Shared fixtures: positions reached by random legal play (real rsshogi, fixed seeds)."""
+"""Shared fixtures and helpers: positions reached by random legal play (real rsshogi, fixed seeds),
+and checks that processes are gone."""
 
 from __future__ import annotations
 
 import random
+import time
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +29,19 @@ def play_random_games(seed: int, games: int, max_plies: int = 200) -> list[Game]
 def random_positions() -> list[Game]:
     """About 2,000 positions from 12 random games (captures, drops, promotions, both colours)."""
     return play_random_games(seed=20261124, games=12, max_plies=160)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """Wait up to ``seconds`` for the processes to end; the pids still alive then."""
+    deadline = time.monotonic() + seconds
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
@@ -158,14 +159,6 @@ def children(pid: int) -> dict[int, bytes]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def ctrl_c_after_the_first_game(*args: str, helpers: dict[int, bytes] | None = None) -> tuple[str, str]:
     """Run ``evaluate.py ARGS`` (400 games a match), press Ctrl-C once the progress bar shows a finished
     game, and check that it exits with 130 and no traceback; returns (stdout, stderr). ``helpers``
@@ -235,10 +228,8 @@ def test_ctrl_c_during_a_match_on_env_workers_keeps_the_games_and_stops_the_work
                                 "evaluation.opening_plies=2", f"hydra.run.dir={out_dir}",
                                 helpers=helpers)
     assert sum(b"keisei.env_workers" in cmdline for cmdline in helpers.values()) == 2
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [helpers[pid] for pid in helpers if alive(pid)]
+    left = wait_gone(list(helpers), 10)
+    assert not left, [helpers[pid] for pid in left]
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     assert results["partial"] is True and results["games_planned"] == 400
     assert 1 <= results["games"] < 400
