@@ -38,13 +38,21 @@ def positions(count: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(encode(games)[0])
 
 
+class PlainStem(nn.Conv2d):
+    """The first convolution as it was before ``StemConv``: all 122 planes converted to float and
+    convolved channels-first."""
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        return super().forward(planes.float())
+
+
 def plain_stem(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose ``StemConv`` is an ``nn.Conv2d`` with the same parameters."""
+    """A copy of ``model`` whose ``StemConv`` is a ``PlainStem`` with the same parameters."""
     plain = copy.deepcopy(model)
     for module in plain.modules():
         for child_name, child in module.named_children():
             if isinstance(child, StemConv):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
+                conv = PlainStem(child.in_channels, child.out_channels, child.kernel_size,
                                  padding=child.padding, bias=child.bias is not None)
                 conv.load_state_dict(child.state_dict())
                 setattr(module, child_name, conv)
