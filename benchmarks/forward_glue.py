@@ -8,7 +8,7 @@ On real positions (random games, encoded) and legal-move masks, times alternatin
 - the entropy of a minibatch-sized batch, forward and backward: ``softmax(logits) * log_softmax``
   against ``log_softmax(...).exp() * log_softmax`` (exp of the masked labels' huge negative logs is slow);
 - reading the uint8 planes: ``keisei.model.split_planes`` (the board planes straight to float
-  channels-last) against converting all 122 planes to float and then the board planes to channels-last.
+  channels-last) against converting all 125 planes to float and then the board planes to channels-last.
 
 Prints the median time of each form and the speed-up; docs/training.md#throughput has the figures.
 

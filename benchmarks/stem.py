@@ -39,7 +39,7 @@ def positions(count: int, seed: int = 0) -> torch.Tensor:
 
 
 class PlainStem(nn.Conv2d):
-    """The first convolution as it was before ``StemConv``: all 122 planes converted to float and
+    """The first convolution as it was before ``StemConv``: all 125 planes converted to float and
     convolved channels-first."""
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,9 @@ NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The observation as the network reads it: the board planes ``[0, BOARD_PLANES)`` as ``dtype``,
-    channels-last (B, 62, 9, 9), and the value of each plane that is constant over the board (B, 60).
+    channels-last (B, 65, 9, 9), and the value of each plane that is constant over the board (B, 60).
 
-    From the encoded uint8 planes (or floats) in one strided conversion: converting all 122 planes
+    From the encoded uint8 planes (or floats) in one strided conversion: converting all 125 planes
     to float first, then the board to channels-last, cost a fifth of the forward pass on the CPU.
     """
     return (planes[:, :BOARD_PLANES].to(dtype, memory_format=torch.channels_last),
@@ -80,7 +80,7 @@ class StemConv(nn.Conv2d):
     times the sum of the kernel taps that land on the board, which depends on the square only
     (corners and edges see fewer taps). So those 60 planes cost one small matrix product per position
     (their footprints, computed once per call from the weights) instead of a convolution over 60
-    channels: on the 2x32 ResNet the stem is the largest layer (122 input channels against 32).
+    channels: on the 2x32 ResNet the stem is the largest layer (125 input channels against 32).
     Its output is channels-last (NHWC), the layout in which oneDNN's CPU convolutions of the tower
     run fastest; the layers after it keep that layout. Together about 1.2x faster training on the
     CPU (``benchmarks/stem.py``, docs/training.md).
@@ -158,6 +158,6 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network described by ``cfg``: ``forward(obs (B, 122, 9, 9)) -> (logits (B, 2187), value (B,))``."""
+    """The network described by ``cfg``: ``forward(obs (B, 125, 9, 9)) -> (logits (B, 2187), value (B,))``."""
     return {ModelName.resnet: ResNet, ModelName.mlp: MLP}[cfg.name](cfg)
 

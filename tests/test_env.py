@@ -24,6 +24,7 @@ from keisei.shogi import (
 )
 from keisei.shogi.actions import label_table
 from keisei.shogi.encoding import MOVE_LAYOUT
+from keisei.shogi.features import MATE_PLANE
 
 # Black to move mates with G*5b (the gold is protected by the pawn on 5c).
 MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
@@ -67,7 +68,7 @@ KING_SHUFFLE = ["5i5h", "5a5b", "5h5i", "5b5a"]
 def test_reset_shapes_and_masks() -> None:
     env = VecEnv(4)
     out = env.reset(seed=0)
-    assert out.obs.shape == (4, 122, 9, 9) and out.obs.dtype == np.uint8
+    assert out.obs.shape == (4, 125, 9, 9) and out.obs.dtype == np.uint8
     assert out.legal_mask.shape == (4, 2187) and out.legal_mask.dtype == np.bool_
     assert (out.legal_mask.sum(axis=1) == 30).all()
     assert (out.to_play == 0).all()
@@ -230,7 +231,8 @@ def test_buffers_are_written_in_place_and_checked() -> None:
 
 def test_packed_sfen_planes_equal_sfen_planes() -> None:
     """The encoder reads rsshogi's packed SFEN; the SFEN parser is an independent path to the same planes,
-    including positions with pieces in the box (handicap) and with more pieces in hand than planes."""
+    including positions with pieces in the box (handicap) and with more pieces in hand than planes. Both
+    write the mate planes 0 (``fill_mate_planes`` sets them, from a board)."""
     rng = np.random.default_rng(3)
     starts = [None, MATE_IN_ONE, "lnsgkgsnl/9/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL w - 1",
               "8k/9/9/9/9/9/9/9/K8 b 2r2b4g4s4n4l18p 1"]
@@ -241,7 +243,13 @@ def test_packed_sfen_planes_equal_sfen_planes() -> None:
     packed = np.zeros((len(sfens), *OBSERVATION_SHAPE), dtype=np.uint8)
     turns = np.zeros(len(sfens), dtype=np.uint8)
     _native.encode_packed([Board(s).to_packed_sfen() for s in sfens], packed, turns)
-    assert np.array_equal(packed, encode_observations(sfens))
+    parsed = np.zeros_like(packed)
+    _native.encode_planes(sfens, parsed, turns)
+    assert np.array_equal(packed, parsed)
+    mates = encode_observations(sfens)
+    assert mates[:, MATE_PLANE].any() and not packed[:, MATE_PLANE:MATE_PLANE + 3].any()
+    assert np.array_equal(np.delete(packed, range(MATE_PLANE, MATE_PLANE + 3), axis=1),
+                          np.delete(mates, range(MATE_PLANE, MATE_PLANE + 3), axis=1))
     assert turns.tolist() == [0 if s.split()[1] == "b" else 1 for s in sfens]
     with pytest.raises(ValueError, match="packed SFEN"):
         _native.encode_packed([bytes(32)], packed[:1], turns[:1])

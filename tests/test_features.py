@@ -1,5 +1,6 @@
-"""Observation planes, checked against rsshogi's own attack and check queries; the side-to-move and
-repetition planes against the games they come from."""
+"""Observation planes, checked against rsshogi's own attack and check queries; the mate planes against
+a brute-force search over the legal moves; the side-to-move and repetition planes against the games
+they come from."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from keisei.shogi import (
     encode,
     encode_observation,
     encode_observations,
+    random_opening,
 )
-from keisei.shogi.features import HAND_PLANES, PIECE_NAMES
+from keisei.shogi.features import BOARD_PLANES, HAND_PLANES, PIECE_NAMES
 
 PIECE_TYPES = [PieceType(v) for v in range(1, 15)]  # rsshogi order, as PIECE_NAMES
 HAND_LETTERS = "PLNSGBR"  # dlshogi hand order, as HAND_PLANES
@@ -45,12 +47,14 @@ def bitboard_in_frame(board: Board, bb) -> np.ndarray:
 
 
 def test_layout_and_version() -> None:
-    assert NUM_PLANES == len(PLANE_NAMES) == 122
+    assert NUM_PLANES == len(PLANE_NAMES) == 125
     assert len(set(PLANE_NAMES)) == NUM_PLANES
-    assert PLANE_NAMES[118:] == ("in_check", "white_to_move", "repeated_ge1", "repeated_ge2")
-    assert ENCODING_VERSION == "keisei-obs122-dlshogi2187-v2"
+    assert PLANE_NAMES[62:65] == ("mate_in_one_to", "mate_in_one_from", "opp_mate_in_one_to")
+    assert PLANE_NAMES[BOARD_PLANES] == "own_hand_pawn_ge1" and BOARD_PLANES == 65
+    assert PLANE_NAMES[121:] == ("in_check", "white_to_move", "repeated_ge1", "repeated_ge2")
+    assert ENCODING_VERSION == "keisei-obs125-dlshogi2187-v3"
     obs = encode_observation(STARTPOS)
-    assert obs.shape == (122, 9, 9) and obs.dtype == np.uint8
+    assert obs.shape == (125, 9, 9) and obs.dtype == np.uint8
     assert set(np.unique(obs)) <= {0, 1}
 
 
@@ -67,6 +71,7 @@ def test_start_position_by_hand() -> None:
     assert plane(obs, "own_pawn")[6 * 9 + 6] == 1  # a pawn on 7g
     assert sum(v for k, v in counts.items() if "hand" in k) == 0
     assert counts["in_check"] == 0
+    assert counts["mate_in_one_to"] == counts["mate_in_one_from"] == counts["opp_mate_in_one_to"] == 0
     assert counts["white_to_move"] == counts["repeated_ge1"] == counts["repeated_ge2"] == 0
     # Symmetric start: White sees exactly what Black sees, but for the side-to-move plane.
     white = encode_observation(STARTPOS.replace(" b ", " w "))
@@ -118,6 +123,65 @@ def test_planes_match_rsshogi(random_positions: list[Game]) -> None:
         assert set(plane(obs, "white_to_move")) == {int(board.turn == RsColor.WHITE)}
         assert set(plane(obs, "repeated_ge1")) == set(plane(obs, "repeated_ge2")) == {0}  # an SFEN has no history
     assert checks_seen > 0
+
+
+MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b
+WHITE_MATE_IN_ONE = "4k4/9/9/9/9/9/4p4/9/4K4 w g 1"  # G*5h
+
+
+def mating_moves(sfen: str) -> list[tuple[int, int | None]]:
+    """(to, from) squares (board numbering; from None for a drop) of every legal move of ``sfen`` that
+    ends the game by checkmate, each move played in a fresh ``Game``."""
+    found = []
+    for move in Game(sfen).legal:
+        game = Game(sfen)
+        game.play(move)
+        if game.termination is Termination.CHECKMATE:
+            found.append((move.to_sq.value, None if move.is_drop() else move.from_sq.value))
+    return found
+
+
+def passed(sfen: str) -> str:
+    """The position with the other side to move (nothing else changed)."""
+    fields = sfen.split(" ")
+    fields[1] = {"b": "w", "w": "b"}[fields[1]]
+    return " ".join(fields)
+
+
+def squares(obs: np.ndarray, name: str) -> set[int]:
+    return set(np.flatnonzero(plane(obs, name)).tolist())
+
+
+def test_mate_planes_mark_every_mating_move(random_positions: list[Game]) -> None:
+    """For every position: ``mate_in_one_to``/``_from`` mark the to- and from-squares of all legal moves
+    that mate (no from-square for a drop); ``opp_mate_in_one_to`` the to-squares of the opponent's mating
+    moves with the side to move passing, nothing while in check. Checked by playing every legal move, on
+    random positions and on positions played out from mate-in-one starts."""
+    rng = np.random.default_rng(5)
+    sfens = [g.sfen() for g in random_positions[::4]]
+    for start in (MATE_IN_ONE, WHITE_MATE_IN_ONE, "8k/9/9/9/9/9/9/9/K8 b 2r2b4g4s4n4l18p 1"):
+        template = Game(start, max_plies=400)
+        sfens += [random_opening(template, int(rng.integers(0, 6)), rng, tries=10_000).sfen() for _ in range(30)]
+    seen = {"mate": 0, "several": 0, "drop": 0, "threat": 0, "none": 0}
+    for sfen in sfens:
+        board = Board(sfen)
+        obs = encode_observation(sfen)
+        mates = mating_moves(sfen)
+        assert squares(obs, "mate_in_one_to") == {frame_square(board, to) for to, _ in mates}, sfen
+        assert squares(obs, "mate_in_one_from") == {frame_square(board, frm) for _, frm in mates
+                                                    if frm is not None}, sfen
+        seen["mate"] += bool(mates)
+        seen["several"] += len({to for to, _ in mates}) > 1
+        seen["drop"] += any(frm is None for _, frm in mates)
+        seen["none"] += not mates
+        threat = squares(obs, "opp_mate_in_one_to")
+        if board.is_in_check():
+            assert threat == set(), sfen
+            continue
+        threats = {frame_square(board, to) for to, _ in mating_moves(passed(sfen))}
+        assert threat == threats, sfen
+        seen["threat"] += bool(threats)
+    assert min(seen.values()) > 0, seen  # every case met
 
 
 def test_batch_equals_single(random_positions: list[Game]) -> None:

@@ -107,8 +107,8 @@ def test_mlp_and_resnet_are_different_networks() -> None:
     mlp, resnet = _model(SMALL_MLP), _model(SMALL_RESNET)
     assert not any(isinstance(m, nn.Conv2d) for m in mlp.modules())
     assert any(isinstance(m, nn.Conv2d) for m in resnet.modules())
-    # MLP input layer reads all 122 * 81 plane values
-    assert mlp.body[1].in_features == NUM_PLANES * 81 == 9882
+    # MLP input layer reads all 125 * 81 plane values
+    assert mlp.body[1].in_features == NUM_PLANES * 81 == 10125
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,10 @@
  * before in its game. The repetitions need the game's history, which only rsshogi's Board
  * has: they are read from it (board.is_repetition, the counter that adjudicates sennichite)
  * wherever a Game is at hand, and are 0 for bare SFENs and packed positions.
+ *
+ * The three mate planes (mate_in_one_to/from, opp_mate_in_one_to) come from rsshogi's
+ * mate-in-one solver, which this module does not call: it writes them 0 and
+ * keisei.shogi.features.fill_mate_planes sets them from the boards.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,12 +50,13 @@
 #define P_OPP_ATTACKS 42
 #define P_OWN_COUNT 56
 #define P_OPP_COUNT 59
-#define P_OWN_HAND 62
-#define P_OPP_HAND 90
-#define P_CHECK 118
-#define P_WHITE 119        /* white_to_move */
-#define P_REPEATED 120     /* repeated_ge1, repeated_ge2 */
-#define NUM_PLANES 122
+#define P_MATE 62          /* mate_in_one_to, mate_in_one_from, opp_mate_in_one_to: written 0 here */
+#define P_OWN_HAND 65
+#define P_OPP_HAND 93
+#define P_CHECK 121
+#define P_WHITE 122        /* white_to_move */
+#define P_REPEATED 123     /* repeated_ge1, repeated_ge2 */
+#define NUM_PLANES 125
 
 /* rsshogi PieceType values. */
 enum { PAWN = 1, LANCE, KNIGHT, SILVER, BISHOP, ROOK, GOLD, KING,
@@ -466,6 +471,7 @@ static void encode_position(const Position *pos, int repeats, uint8_t *out) {
         expand(ge2[colour], planes + NSQ, me);
         expand(ge3[colour], planes + 2 * NSQ, me);
     }
+    memset(out + P_MATE * NSQ, 0, 3 * NSQ);
     hand_planes(out + P_OWN_HAND * NSQ, pos->hands[me]);
     hand_planes(out + P_OPP_HAND * NSQ, pos->hands[1 - me]);
     memset(out + P_CHECK * NSQ, kings[me] >= 0 && (int)((ge1[1 - me] >> kings[me]) & 1), NSQ);

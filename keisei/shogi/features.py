@@ -1,14 +1,17 @@
-"""Observations: a stack of 122 binary 9x9 planes from the side to move's view.
+"""Observations: a stack of 125 binary 9x9 planes from the side to move's view.
 
-The first 119 follow dlshogi's input features (62 board planes + 57 hand/check planes);
-then ``white_to_move`` and the repetition planes ``repeated_ge1``/``repeated_ge2``;
+dlshogi's input features (62 board planes + 57 hand/check planes) with three mate planes
+after the board planes (``mate_in_one_to``/``_from``: the squares of a move that mates at once;
+``opp_mate_in_one_to``: where the opponent would mate at once if it were its move); then
+``white_to_move`` and the repetition planes ``repeated_ge1``/``repeated_ge2``;
 docs/observations.md describes every plane. Square ``s`` of a plane is
 ``file_index * 9 + rank_index`` in the side-to-move frame (White's view is the board
 rotated 180 degrees), the same numbering as the to-square of an action label, so
-``obs.reshape(122, 9, 9)[c, file_index, rank_index]``.
+``obs.reshape(125, 9, 9)[c, file_index, rank_index]``.
 
-The repetition planes need the game's history: ``keisei.shogi.encoding`` fills them from
-the ``Game``; the planes of bare SFENs here have them at 0.
+The C extension writes the mate planes 0; ``fill_mate_planes`` sets them from rsshogi's
+mate-in-one solver. The repetition planes need the game's history: ``keisei.shogi.encoding``
+fills them from the ``Game``; the planes of bare SFENs here have them at 0.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from rsshogi.core import Board
 
 from keisei.shogi import _native
 
@@ -24,7 +28,7 @@ OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
 
 #: Version of the observation planes *and* the action labels. Checkpoints store it;
 #: bump it whenever either encoding changes.
-ENCODING_VERSION = "keisei-obs122-dlshogi2187-v2"
+ENCODING_VERSION = "keisei-obs125-dlshogi2187-v3"
 
 PIECE_NAMES = ("pawn", "lance", "knight", "silver", "bishop", "rook", "gold", "king",
                "pro_pawn", "pro_lance", "pro_knight", "pro_silver", "horse", "dragon")
@@ -41,6 +45,7 @@ def _plane_names() -> tuple[str, ...]:
     names = [f"own_{p}" for p in PIECE_NAMES] + [f"opp_{p}" for p in PIECE_NAMES]
     names += [f"own_attacks_by_{p}" for p in PIECE_NAMES] + [f"opp_attacks_by_{p}" for p in PIECE_NAMES]
     names += [f"own_attackers_ge{k}" for k in (1, 2, 3)] + [f"opp_attackers_ge{k}" for k in (1, 2, 3)]
+    names += ["mate_in_one_to", "mate_in_one_from", "opp_mate_in_one_to"]
     for side in ("own", "opp"):
         names += [f"{side}_hand_{p}_ge{k}" for p, n in HAND_PLANES for k in range(1, n + 1)]
     names.append("in_check")
@@ -53,14 +58,61 @@ def _plane_names() -> tuple[str, ...]:
 PLANE_NAMES = _plane_names()
 assert len(PLANE_NAMES) == NUM_PLANES
 
+#: The three mate planes (``fill_mate_planes``).
+MATE_PLANE = PLANE_NAMES.index("mate_in_one_to")
+assert PLANE_NAMES[MATE_PLANE:MATE_PLANE + 3] == ("mate_in_one_to", "mate_in_one_from", "opp_mate_in_one_to")
+
 #: Planes ``[BOARD_PLANES, NUM_PLANES)`` (hands, check, side to move, repetition) are all ones or all
 #: zeros: one number per position spread over the board. The network's first convolution uses that
 #: (``keisei.model.StemConv``).
 BOARD_PLANES = PLANE_NAMES.index("own_hand_pawn_ge1")
 
 
+def fill_mate_planes(boards: Sequence[Board], turns: np.ndarray, obs: np.ndarray) -> None:
+    """Set the mate planes of ``obs`` (uint8 (n, 125, 9, 9), the rest written by the C extension, which
+    leaves these 0) from ``boards[i]`` (side to move ``turns[i]``, 0 Black, 1 White): ``mate_in_one_to``
+    and ``_from`` mark the to- and from-squares of every legal move that mates at once (a drop has no
+    from-square), ``opp_mate_in_one_to`` the to-squares of the opponent's mating moves if the side to
+    move passed (nothing while in check: passing then is not a position). Every mating move, not one:
+    the planes of a position and of its colour-flipped twin are the same.
+
+    rsshogi's mate-in-one solver says first whether there is a mate (about a microsecond); only then
+    are the legal moves tried one by one."""
+    planes = obs.reshape(len(obs), NUM_PLANES, 81)
+    for i, board in enumerate(boards):
+        flip = 80 if turns[i] else 0  # White's view: square s becomes 80 - s
+        if board.solve_mate_in_one() is not None:
+            for value in _mating_moves(board.copy()):
+                planes[i, MATE_PLANE, abs(flip - (value & 127))] = 1
+                if not value & _DROP_FLAG:
+                    planes[i, MATE_PLANE + 1, abs(flip - (value >> 7 & 127))] = 1
+        if board.is_in_check():
+            continue
+        fields = board.to_sfen().split(" ")
+        fields[1] = "b" if fields[1] == "w" else "w"
+        passed = Board(" ".join(fields))
+        if passed.solve_mate_in_one() is not None:
+            for value in _mating_moves(passed):
+                planes[i, MATE_PLANE + 2, abs(flip - (value & 127))] = 1
+
+
+_DROP_FLAG = 1 << 14  # rsshogi's 16-bit move: to-square bits 0-6, from-square 7-13, drop 14, promotion 15
+
+
+def _mating_moves(board: Board) -> list[int]:
+    """The 16-bit values of the legal moves of ``board`` that checkmate (``board`` is played on and
+    restored: pass a copy of a game's board)."""
+    found = []
+    for move in board.legal_moves():
+        board.push_move(move)
+        if board.is_mated():
+            found.append(move.value)
+        board.undo_move(move)
+    return found
+
+
 def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
-    """Planes of many positions at once: uint8 array of shape (len(sfens), 122, 9, 9).
+    """Planes of many positions at once: uint8 array of shape (len(sfens), 125, 9, 9).
 
     An SFEN carries no history, so ``repeated_ge1``/``repeated_ge2`` are 0 here (as for a game
     that starts at that SFEN); ``keisei.shogi.encode(games)`` fills them from each game."""
@@ -72,11 +124,12 @@ def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> 
                          f"got {out.dtype} {out.shape}")
     turns = np.empty(n, dtype=np.uint8)
     _native.encode_planes(sfens, out, turns)
+    fill_mate_planes([Board(sfen) for sfen in sfens], turns, out)
     return out
 
 
 def encode_observation(sfen: str) -> np.ndarray:
-    """Planes of one position: uint8 array of shape (122, 9, 9) (repetition planes 0, as
+    """Planes of one position: uint8 array of shape (125, 9, 9) (repetition planes 0, as
     ``encode_observations``)."""
     return encode_observations([sfen])[0]
 
