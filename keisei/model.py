@@ -15,7 +15,7 @@ from torch import nn
 
 from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
-from keisei.shogi.features import BOARD_PLANES, material_weights
+from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
@@ -122,6 +122,27 @@ class ResidualBlock(nn.Module):
         return torch.relu(x + self.se(self.body(x)))
 
 
+class PolicyHead(nn.Module):
+    """Per square, the logits of the 27 ways to arrive there, from the tower's features at that square;
+    with ``mates``, also from the input's three mate planes at that square (``mate_in_one_to``,
+    ``_from``, ``opp_mate_in_one_to``), fed to the last 1x1 convolution past the tower: a move onto a
+    square where a mate lands is a few weights away from its logit, instead of a signal the tower has
+    to carry through every layer (docs/training.md)."""
+
+    def __init__(self, channels: int, norm: Norm, mates: bool) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(*conv_norm(channels, channels, 1, norm), nn.ReLU(inplace=True))
+        self.mates = mates
+        self.out = nn.Conv2d(channels + 3 * mates, NUM_DIRECTIONS, 1)
+
+    def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        h = self.hidden(x)
+        if self.mates:
+            mates = obs[:, MATE_PLANE:MATE_PLANE + 3].to(h.dtype, memory_format=torch.channels_last)
+            h = torch.cat([h, mates], 1)
+        return self.out(h).flatten(1)
+
+
 class ResNet(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -130,7 +151,7 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(*conv_norm(NUM_PLANES, c, 3, norm, StemConv), nn.ReLU(inplace=True))
         se = cfg.se_reduction if cfg.squeeze_excitation else None
         self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
-        self.policy = nn.Sequential(*conv_norm(c, c, 1, norm), nn.ReLU(inplace=True), nn.Conv2d(c, NUM_DIRECTIONS, 1))
+        self.policy = PolicyHead(c, norm, cfg.policy_mates)
         self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
@@ -138,7 +159,7 @@ class ResNet(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.tower(self.stem(obs))  # the stem converts the uint8 planes it convolves
-        return self.policy(x).flatten(1), self.value(x).squeeze(1) + self.material(obs)
+        return self.policy(x, obs), self.value(x).squeeze(1) + self.material(obs)
 
 
 class MLP(nn.Module):

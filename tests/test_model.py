@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_mlp_and_resnet_are_different_networks() -> None:
 
 
 def _policy_conv(model: nn.Module) -> nn.Conv2d:
-    conv = model.policy[-1]
+    conv = model.policy.out
     assert isinstance(conv, nn.Conv2d)
     return conv
 
@@ -162,7 +163,7 @@ def test_policy_plane_and_square_give_the_label(direction: int, file_index: int,
         x[:, 0, file_index, rank_index] = 1.0
         return x
 
-    handle = model.policy[-2].register_forward_hook(one_hot_features)
+    handle = model.policy.hidden.register_forward_hook(one_hot_features)
     try:
         with torch.no_grad():
             conv.weight.zero_()
@@ -172,13 +173,36 @@ def test_policy_plane_and_square_give_the_label(direction: int, file_index: int,
     finally:
         handle.remove()
     label = direction * 81 + file_index * 9 + rank_index
-    assert channels == 8
+    assert channels == 8 + 3  # the tower's channels, then the mate planes
     for row in logits:
         assert int(row.argmax()) == label
         assert row[label] == 7.0
         assert int((row != 0).sum()) == 1
     if move is not None:
         assert move_to_action(move, "b") == label
+
+
+def test_policy_head_reads_the_mate_planes_directly() -> None:
+    """With every weight of the last convolution 0 but those from ``mate_in_one_to``, the logits are
+    that weight on the labels that arrive on a mating square (all 27 ways), 0 elsewhere, whatever the
+    tower computes; ``model.policy_mates=false`` leaves the mate planes to the tower."""
+    game = Game("4k4/9/4P4/9/9/9/9/9/4K4 b G 1")  # G*5b mates
+    obs = torch.from_numpy(encode([game])[0])
+    model = _model(SMALL_RESNET).eval()
+    conv = _policy_conv(model)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[:, SMALL_RESNET.channels, 0, 0] = 3.0  # input channel c: mate_in_one_to
+        logits, _ = model(obs)
+    mate_label = move_to_action("G*5b", "b")
+    square = mate_label % 81
+    assert square == 4 * 9 + 1  # 5b
+    expected = torch.zeros(NUM_ACTIONS)
+    expected[square::81] = 3.0
+    assert torch.equal(logits[0], expected)
+    plain = _model(dataclasses.replace(SMALL_RESNET, policy_mates=False))
+    assert _policy_conv(plain).in_channels == SMALL_RESNET.channels
 
 
 # ---------------------------------------------------------------------------------------------
