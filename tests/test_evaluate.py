@@ -198,7 +198,9 @@ def test_heuristic_beats_barely_trained_agent(trained_run: Path, tmp_path: Path)
     assert_match_results(r, 10)
     assert r["opponent"] == "heuristic"
     assert r["wins"] <= 3
-    assert r["losses"] >= 6, r  # a real strength check: the greedy capturer mates a random-ish agent
+    # a real strength check: the greedy capturer mates a random-ish agent (which, since the mate planes,
+    # holds some games to the 120-ply cut: 5 draws and 5 losses on 2026-11-30)
+    assert r["losses"] >= 4 and r["losses"] > 2 * r["wins"], r
     assert r["score"] < 0.5 and r["elo"] < 0
     assert r["terminations"].get("checkmate", 0) >= 1
     assert f"{trained_run} vs heuristic" in proc.stdout

@@ -429,7 +429,7 @@ def test_ppo_update_first_minibatch_losses_by_hand() -> None:
     assert metrics["losses/entropy"] == pytest.approx(sum(ents) / len(ents), rel=1e-5)
     # explained variance = 1 - Var(R - V) / Var(R) = 1 - Var(A) / Var(A + V)
     ev = 1 - batch.advantages.double().var().item() / batch.returns.double().var().item()
-    assert metrics["losses/explained_variance"] == pytest.approx(ev, rel=1e-5)
+    assert metrics["losses/explained_variance"] == pytest.approx(ev, rel=1e-5, abs=1e-6)  # ev near 0: float32 error
 
 
 def test_ppo_update_normalised_advantages_give_zero_first_policy_loss() -> None:
