@@ -112,7 +112,11 @@ def test_checkmate_rewards_the_mating_move() -> None:
     out = env.reset(seed=0)
     mate = move_to_action("G*5b", "b")
     quiet = move_to_action("5i4i", "b")
+    # the mate planes of the environment's own encoding: the mating drop lands on 5b (square 37)
+    assert [np.flatnonzero(out.obs[i, MATE_PLANE]).tolist() for i in range(2)] == [[mate % 81]] * 2 == [[37]] * 2
     out = env.step(np.array([mate, quiet]))
+    # White to move after 5i4i (its view, rotated): no mate of its own, Black's G*5b still threatened
+    assert not out.obs[1, MATE_PLANE].any() and np.flatnonzero(out.obs[1, MATE_PLANE + 2]).tolist() == [80 - 37]
     assert out.terminated.tolist() == [True, False]
     assert out.reward.tolist() == [1.0, 0.0]
     assert out.termination[0] == Termination.CHECKMATE

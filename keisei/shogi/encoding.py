@@ -23,9 +23,9 @@ from keisei.shogi.actions import NUM_ACTIONS, label_table
 from keisei.shogi.features import OBSERVATION_SHAPE, PLANE_NAMES, fill_mate_planes
 from keisei.shogi.game import Game, IllegalMoveError
 
+_WHITE_TO_MOVE = PLANE_NAMES.index("white_to_move")
 # Where a Move keeps its 16-bit value, so that masks read it without a Python call per move
 # (probed on Moves of known values; the slow path, same labels, stays when no offset fits).
-_WHITE_TO_MOVE = PLANE_NAMES.index("white_to_move")
 MOVE_LAYOUT = _native.set_move_layout([Move(v) for v in (0x0305, 0x4A2C, 0x8B17, 0x1234, 0xFEDC, 0x40A1)])
 
 

@@ -1,7 +1,7 @@
 """Observations: a stack of 125 binary 9x9 planes from the side to move's view.
 
 dlshogi's input features (62 board planes + 57 hand/check planes) with three mate planes
-after the board planes (``mate_in_one_to``/``_from``: the squares of a move that mates at once;
+after the board planes (``mate_in_one_to``/``_from``: the squares of every move that mates at once;
 ``opp_mate_in_one_to``: where the opponent would mate at once if it were its move); then
 ``white_to_move`` and the repetition planes ``repeated_ge1``/``repeated_ge2``;
 docs/observations.md describes every plane. Square ``s`` of a plane is
