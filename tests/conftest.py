@@ -25,6 +25,10 @@ def play_random_games(seed: int, games: int, max_plies: int = 200) -> list[Game]
     return positions
 
 
+#: Black to move mates with G*5b (the gold is protected by the pawn on 5c).
+MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
+
+
 @pytest.fixture(scope="session")
 def random_positions() -> list[Game]:
     """About 2,000 positions from 12 random games (captures, drops, promotions, both colours)."""

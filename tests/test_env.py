@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import MATE_IN_ONE
 from rsshogi.core import Board
 
 from keisei.env import StepResult, VecEnv
@@ -25,9 +26,6 @@ from keisei.shogi import (
 from keisei.shogi.actions import label_table
 from keisei.shogi.encoding import MOVE_LAYOUT
 from keisei.shogi.features import MATE_PLANE
-
-# Black to move mates with G*5b (the gold is protected by the pawn on 5c).
-MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
 
 
 def random_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

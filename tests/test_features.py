@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import MATE_IN_ONE
 from rsshogi.core import Board
 from rsshogi.types import Color as RsColor
 from rsshogi.types import PieceType, Square
@@ -125,7 +126,6 @@ def test_planes_match_rsshogi(random_positions: list[Game]) -> None:
     assert checks_seen > 0
 
 
-MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"  # G*5b
 WHITE_MATE_IN_ONE = "4k4/9/9/9/9/9/4p4/9/4K4 w g 1"  # G*5h
 
 

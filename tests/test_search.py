@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from conftest import MATE_IN_ONE
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rsshogi.core import Move
@@ -31,8 +32,6 @@ from keisei.search import Limits, Search, SearchResult, find_mate
 from keisei.shogi import NUM_ACTIONS, Game, Termination, encode, move_to_action
 from keisei.shogi.game import FORFEITS
 
-# Black to move; White king 5a, a Black pawn on 5c, a gold in hand: G*5b mates.
-MATE_IN_ONE = "4k4/9/4P4/9/9/9/9/9/4K4 b G 1"
 # Black to move and mate in three plies, but in no fewer (checked below by the rules alone).
 MATE_IN_THREE = ["8k/9/8G/8n/9/9/9/9/4K4 b B 1", "1k7/2L6/1sG6/9/9/9/9/9/4K4 b 2S 1"]
 # Black to move; White threatens G*5h (guarded by its pawn on 5g), mate. 15 of Black's 23 moves allow it.

@@ -21,8 +21,9 @@ from keisei.shogi import _native
 NUM_ACTIONS = MOVE_LABEL_COUNT
 assert NUM_ACTIONS == _native.NUM_LABELS == 2187
 
-_DROP_FLAG = 1 << 14
-_PROMOTE_FLAG = 1 << 15
+#: rsshogi's 16-bit move: to-square in bits 0-6, from-square (or dropped piece type) 7-13, these flags.
+DROP_FLAG = 1 << 14
+PROMOTE_FLAG = 1 << 15
 _DROPPABLE = range(1, 8)  # rsshogi PieceType values P, L, N, S, B, R, G
 
 
@@ -35,8 +36,8 @@ def label_table() -> np.ndarray:
     """
     table = np.full((2, 1 << 16), -1, dtype=np.int16)
     values = [frm << 7 | to | promo for frm in range(81) for to in range(81) if frm != to
-              for promo in (0, _PROMOTE_FLAG)]
-    values += [_DROP_FLAG | pt << 7 | to for pt in _DROPPABLE for to in range(81)]
+              for promo in (0, PROMOTE_FLAG)]
+    values += [DROP_FLAG | pt << 7 | to for pt in _DROPPABLE for to in range(81)]
     for turn, color in enumerate((RsColor.BLACK, RsColor.WHITE)):
         for value in values:
             try:

@@ -22,6 +22,7 @@ import numpy as np
 from rsshogi.core import Board
 
 from keisei.shogi import _native
+from keisei.shogi.actions import DROP_FLAG
 
 NUM_PLANES = _native.NUM_PLANES
 OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
@@ -86,7 +87,7 @@ def fill_mate_planes(boards: Sequence[Board], turns: np.ndarray, obs: np.ndarray
         if board.solve_mate_in_one() is not None:
             for value in _mating_moves(board.copy()):
                 planes[i, MATE_PLANE, abs(flip - (value & 127))] = 1
-                if not value & _DROP_FLAG:
+                if not value & DROP_FLAG:
                     planes[i, MATE_PLANE + 1, abs(flip - (value >> 7 & 127))] = 1
         if board.is_in_check():
             continue
@@ -96,9 +97,6 @@ def fill_mate_planes(boards: Sequence[Board], turns: np.ndarray, obs: np.ndarray
         if passed.solve_mate_in_one() is not None:
             for value in _mating_moves(passed):
                 planes[i, MATE_PLANE + 2, abs(flip - (value & 127))] = 1
-
-
-_DROP_FLAG = 1 << 14  # rsshogi's 16-bit move: to-square bits 0-6, from-square 7-13, drop 14, promotion 15
 
 
 def _mating_moves(board: Board) -> list[int]:
