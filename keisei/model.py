@@ -15,16 +15,16 @@ from torch import nn
 
 from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
-from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, material_weights
+from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, MATE_PLANES, material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 
 def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The observation as the network reads it: the board planes ``[0, BOARD_PLANES)`` as ``dtype``,
-    channels-last (B, 65, 9, 9), and the value of each plane that is constant over the board (B, 60).
+    channels-last (B, 92, 9, 9), and the value of each plane that is constant over the board (B, 60).
 
-    From the encoded uint8 planes (or floats) in one strided conversion: converting all 125 planes
+    From the encoded uint8 planes (or floats) in one strided conversion: converting all 152 planes
     to float first, then the board to channels-last, cost a fifth of the forward pass on the CPU.
     """
     return (planes[:, :BOARD_PLANES].to(dtype, memory_format=torch.channels_last),
@@ -80,7 +80,7 @@ class StemConv(nn.Conv2d):
     times the sum of the kernel taps that land on the board, which depends on the square only
     (corners and edges see fewer taps). So those 60 planes cost one small matrix product per position
     (their footprints, computed once per call from the weights) instead of a convolution over 60
-    channels: on the 2x32 ResNet the stem is the largest layer (125 input channels against 32).
+    channels: on the 2x32 ResNet the stem is the largest layer (152 input channels against 32).
     Its output is channels-last (NHWC), the layout in which oneDNN's CPU convolutions of the tower
     run fastest; the layers after it keep that layout. Together about 1.2x faster training on the
     CPU (``benchmarks/stem.py``, docs/training.md).
@@ -124,21 +124,22 @@ class ResidualBlock(nn.Module):
 
 class PolicyHead(nn.Module):
     """Per square, the logits of the 27 ways to arrive there, from the tower's features at that square;
-    with ``mates``, also from the input's three mate planes at that square (``mate_in_one_to``,
-    ``_from``, ``opp_mate_in_one_to``), fed to the last 1x1 convolution past the tower: a move onto a
-    square where a mate lands is a few weights away from its logit, instead of a signal the tower has
-    to carry through every layer (docs/training.md)."""
+    with ``mates``, also from the input's 30 mate planes at that square (``mate_in_one_to``, ``_from``,
+    ``opp_mate_in_one_to`` and ``allows_mate_0`` .. ``_26``), fed to the last 1x1 convolution past the
+    tower: a move onto a square where a mate lands, or a move that lets the opponent mate (plane
+    ``allows_mate_d`` lines up with output ``d``), is a few weights away from its logit, instead of a
+    signal the tower has to carry through every layer (docs/training.md)."""
 
     def __init__(self, channels: int, norm: Norm, mates: bool) -> None:
         super().__init__()
         self.hidden = nn.Sequential(*conv_norm(channels, channels, 1, norm), nn.ReLU(inplace=True))
         self.mates = mates
-        self.out = nn.Conv2d(channels + 3 * mates, NUM_DIRECTIONS, 1)
+        self.out = nn.Conv2d(channels + MATE_PLANES * mates, NUM_DIRECTIONS, 1)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         h = self.hidden(x)
         if self.mates:
-            mates = obs[:, MATE_PLANE:MATE_PLANE + 3].to(h.dtype, memory_format=torch.channels_last)
+            mates = obs[:, MATE_PLANE:MATE_PLANE + MATE_PLANES].to(h.dtype, memory_format=torch.channels_last)
             h = torch.cat([h, mates], 1)
         return self.out(h).flatten(1)
 
@@ -179,6 +180,6 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network described by ``cfg``: ``forward(obs (B, 125, 9, 9)) -> (logits (B, 2187), value (B,))``."""
+    """The network described by ``cfg``: ``forward(obs (B, 152, 9, 9)) -> (logits (B, 2187), value (B,))``."""
     return {ModelName.resnet: ResNet, ModelName.mlp: MLP}[cfg.name](cfg)
 

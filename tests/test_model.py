@@ -26,7 +26,7 @@ from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_
 from keisei.model import SqueezeExcitation, StemConv, build_model
 from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action, random_opening
-from keisei.shogi.features import BOARD_PLANES, PIECE_VALUES, PLANE_NAMES
+from keisei.shogi.features import ALLOWS_MATE_PLANE, BOARD_PLANES, MATE_PLANES, PIECE_VALUES, PLANE_NAMES
 
 SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
 SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, squeeze_excitation=True)
@@ -108,8 +108,8 @@ def test_mlp_and_resnet_are_different_networks() -> None:
     mlp, resnet = _model(SMALL_MLP), _model(SMALL_RESNET)
     assert not any(isinstance(m, nn.Conv2d) for m in mlp.modules())
     assert any(isinstance(m, nn.Conv2d) for m in resnet.modules())
-    # MLP input layer reads all 125 * 81 plane values
-    assert mlp.body[1].in_features == NUM_PLANES * 81 == 10125
+    # MLP input layer reads all 152 * 81 plane values
+    assert mlp.body[1].in_features == NUM_PLANES * 81 == 12312
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_policy_plane_and_square_give_the_label(direction: int, file_index: int,
     finally:
         handle.remove()
     label = direction * 81 + file_index * 9 + rank_index
-    assert channels == 8 + 3  # the tower's channels, then the mate planes
+    assert channels == 8 + MATE_PLANES  # the tower's channels, then the mate planes
     for row in logits:
         assert int(row.argmax()) == label
         assert row[label] == 7.0
@@ -185,7 +185,8 @@ def test_policy_plane_and_square_give_the_label(direction: int, file_index: int,
 def test_policy_head_reads_the_mate_planes_directly() -> None:
     """With every weight of the last convolution 0 but those from ``mate_in_one_to``, the logits are
     that weight on the labels that arrive on a mating square (all 27 ways), 0 elsewhere, whatever the
-    tower computes; ``model.policy_mates=false`` leaves the mate planes to the tower."""
+    tower computes; the same for the ``allows_mate`` planes, label by label;
+    ``model.policy_mates=false`` leaves the mate planes to the tower."""
     game = Game("4k4/9/4P4/9/9/9/9/9/4K4 b G 1")  # G*5b mates
     obs = torch.from_numpy(encode([game])[0])
     model = _model(SMALL_RESNET).eval()
@@ -201,6 +202,18 @@ def test_policy_head_reads_the_mate_planes_directly() -> None:
     expected = torch.zeros(NUM_ACTIONS)
     expected[square::81] = 3.0
     assert torch.equal(logits[0], expected)
+    # allows_mate_d lines up with output direction d: weights -5 on that diagonal put -5 on exactly the
+    # labels of the moves that let the opponent mate (G*5h after P-1f here, not after a king move).
+    game = Game("4k4/9/9/9/9/9/4p3P/9/4K4 b g 1")
+    obs, mask = encode([game])
+    allows = torch.from_numpy(obs[0, ALLOWS_MATE_PLANE:ALLOWS_MATE_PLANE + 27]).flatten().float()
+    assert 0 < int(allows.sum()) < int(mask[0].sum())
+    with torch.no_grad():
+        conv.weight.zero_()
+        for d in range(27):
+            conv.weight[d, SMALL_RESNET.channels + 3 + d, 0, 0] = -5.0
+        logits, _ = model(torch.from_numpy(obs))
+    assert torch.equal(logits[0], -5.0 * allows)
     plain = _model(dataclasses.replace(SMALL_RESNET, policy_mates=False))
     assert _policy_conv(plain).in_channels == SMALL_RESNET.channels
 
