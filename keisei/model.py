@@ -15,19 +15,28 @@ from torch import nn
 
 from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
-from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, MATE_PLANES, material_weights
+from keisei.shogi.features import ALLOWS_MATE_PLANE, BOARD_PLANES, MATE_PLANE, MATE_PLANES, material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 
-def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observation as the network reads it: the board planes ``[0, BOARD_PLANES)`` as ``dtype``,
-    channels-last (B, 92, 9, 9), and the value of each plane that is constant over the board (B, 60).
+#: The input planes the tower reads (through ``StemConv``): every plane but ``allows_mate_0`` .. ``_26``.
+#: Those speak of moves, not squares: the policy head reads each beside the logits it is about
+#: (``PolicyHead``), and keeping them out of the stem's 3x3 convolution, the network's largest layer,
+#: keeps its cost (with them, the 2x32 ResNet's update took about a third longer).
+TOWER_PLANES = (*range(ALLOWS_MATE_PLANE), *range(BOARD_PLANES, NUM_PLANES))
+_STEM_BOARD = ALLOWS_MATE_PLANE  # the tower's planes that vary over the board: [0, 65)
 
-    From the encoded uint8 planes (or floats) in one strided conversion: converting all 152 planes
+
+def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observation as the tower reads it (``TOWER_PLANES``): the board planes ``[0, 65)`` as
+    ``dtype``, channels-last (B, 65, 9, 9), and the value of each plane that is constant over the board,
+    ``[BOARD_PLANES, NUM_PLANES)`` (B, 60).
+
+    From the encoded uint8 planes (or floats) in one strided conversion: converting all the planes
     to float first, then the board to channels-last, cost a fifth of the forward pass on the CPU.
     """
-    return (planes[:, :BOARD_PLANES].to(dtype, memory_format=torch.channels_last),
+    return (planes[:, :_STEM_BOARD].to(dtype, memory_format=torch.channels_last),
             planes[:, BOARD_PLANES:, 0, 0].to(dtype))
 
 
@@ -50,7 +59,8 @@ class MaterialPotential(nn.Module):
         super().__init__()
         self.coef = coef
         self.bound = bound
-        self.register_buffer("weights", torch.from_numpy(material_weights()) * coef, persistent=False)
+        weights = torch.from_numpy(material_weights()[list(TOWER_PLANES)])  # the others weigh 0
+        self.register_buffer("weights", weights * coef, persistent=False)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         if not self.coef:
@@ -73,14 +83,14 @@ class SqueezeExcitation(nn.Module):
 
 class StemConv(nn.Conv2d):
     """The first convolution, computed in two parts: the same function, parameters and checkpoint keys
-    as ``nn.Conv2d`` on real observations, at about half its cost.
+    as ``nn.Conv2d`` on the ``TOWER_PLANES`` of real observations, at about half its cost.
 
     Input planes ``[BOARD_PLANES, NUM_PLANES)`` are constant over the board (one number per position:
     hands, check, side to move, repetition). A 3x3 convolution of a constant plane is that number
     times the sum of the kernel taps that land on the board, which depends on the square only
     (corners and edges see fewer taps). So those 60 planes cost one small matrix product per position
     (their footprints, computed once per call from the weights) instead of a convolution over 60
-    channels: on the 2x32 ResNet the stem is the largest layer (152 input channels against 32).
+    channels: on the 2x32 ResNet the stem is the largest layer (125 input channels against 32).
     Its output is channels-last (NHWC), the layout in which oneDNN's CPU convolutions of the tower
     run fastest; the layers after it keep that layout. Together about 1.2x faster training on the
     CPU (``benchmarks/stem.py``, docs/training.md).
@@ -89,10 +99,10 @@ class StemConv(nn.Conv2d):
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         """``planes``: the observations as encoded (uint8) or as floats."""
         board_planes, constant = split_planes(planes, self.weight.dtype)
-        board = F.conv2d(board_planes, self.weight[:, :BOARD_PLANES], self.bias, padding=self.padding)
-        k = self.in_channels - BOARD_PLANES
-        taps = self.weight[:, BOARD_PLANES:].transpose(0, 1).reshape(k * self.out_channels, 1,
-                                                                       *self.kernel_size)
+        board = F.conv2d(board_planes, self.weight[:, :_STEM_BOARD], self.bias, padding=self.padding)
+        k = self.in_channels - _STEM_BOARD
+        taps = self.weight[:, _STEM_BOARD:].transpose(0, 1).reshape(k * self.out_channels, 1,
+                                                                      *self.kernel_size)
         ones = self.weight.new_ones(1, k, *planes.shape[2:])
         footprints = F.conv2d(ones, taps, padding=self.padding, groups=k)  # (1, k * out, 9, 9)
         spread = constant @ footprints.view(k, -1)
@@ -149,7 +159,7 @@ class ResNet(nn.Module):
         super().__init__()
         c = cfg.channels
         norm = cfg.norm
-        self.stem = nn.Sequential(*conv_norm(NUM_PLANES, c, 3, norm, StemConv), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(*conv_norm(len(TOWER_PLANES), c, 3, norm, StemConv), nn.ReLU(inplace=True))
         se = cfg.se_reduction if cfg.squeeze_excitation else None
         self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
         self.policy = PolicyHead(c, norm, cfg.policy_mates)

@@ -23,7 +23,7 @@ from keisei.checkpoint import (
     save_checkpoint,
 )
 from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
-from keisei.model import SqueezeExcitation, StemConv, build_model
+from keisei.model import TOWER_PLANES, SqueezeExcitation, StemConv, build_model
 from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action, random_opening
 from keisei.shogi.features import ALLOWS_MATE_PLANE, BOARD_PLANES, MATE_PLANES, PIECE_VALUES, PLANE_NAMES
@@ -488,7 +488,8 @@ def _varied_games() -> list[Game]:
 def test_stem_conv_is_the_plain_convolution_on_real_positions(bias: bool) -> None:
     """StemConv computes the planes from BOARD_PLANES on as one number per position times the kernel's
     footprint on the board: on real observations (hands, check, side to move, repetition all set in
-    some) it is nn.Conv2d with the same weights, outputs and gradients alike."""
+    some) it is nn.Conv2d of the tower's planes (all but allows_mate_*) with the same weights, outputs
+    and gradients alike."""
     obs = torch.from_numpy(encode(_varied_games())[0]).float()
     constant = obs[:, BOARD_PLANES:]
     assert torch.equal(constant, constant[:, :, :1, :1].expand_as(constant))  # what StemConv relies on
@@ -497,10 +498,12 @@ def test_stem_conv_is_the_plain_convolution_on_real_positions(bias: bool) -> Non
         column = per_plane[:, PLANE_NAMES.index(name) - BOARD_PLANES]
         assert column.min() == 0 and column.max() == 1, name  # each kind takes both values
     torch.manual_seed(0)
-    stem = StemConv(NUM_PLANES, 16, 3, padding=1, bias=bias)
-    plain = nn.Conv2d(NUM_PLANES, 16, 3, padding=1, bias=bias)
+    stem = StemConv(len(TOWER_PLANES), 16, 3, padding=1, bias=bias)
+    plain = nn.Conv2d(len(TOWER_PLANES), 16, 3, padding=1, bias=bias)
     plain.load_state_dict(stem.state_dict())
-    out_stem, out_plain = stem(obs), plain(obs)
+    left_out = [PLANE_NAMES[i] for i in range(NUM_PLANES) if i not in TOWER_PLANES]
+    assert left_out == [f"allows_mate_{d}" for d in range(27)]
+    out_stem, out_plain = stem(obs), plain(obs[:, list(TOWER_PLANES)])
     assert torch.allclose(out_stem, out_plain, atol=1e-5)
     weights = torch.randn_like(out_plain)
     (out_stem * weights).sum().backward()
