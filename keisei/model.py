@@ -21,9 +21,9 @@ NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 
 #: The input planes the tower reads (through ``StemConv``): every plane but ``allows_mate_0`` .. ``_26``.
-#: Those speak of moves, not squares: the policy head reads each beside the logits it is about
-#: (``PolicyHead``), and keeping them out of the stem's 3x3 convolution, the network's largest layer,
-#: keeps its cost (with them, the 2x32 ResNet's update took about a third longer).
+#: Those are facts about moves that line up with the policy's labels only: the policy head reads each
+#: beside the logits it is about (``PolicyHead``), and the stem, the network's largest layer, keeps the
+#: 125 input planes it had before them.
 TOWER_PLANES = (*range(ALLOWS_MATE_PLANE), *range(BOARD_PLANES, NUM_PLANES))
 _STEM_BOARD = ALLOWS_MATE_PLANE  # the tower's planes that vary over the board: [0, 65)
 

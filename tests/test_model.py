@@ -186,7 +186,7 @@ def test_policy_head_reads_the_mate_planes_directly() -> None:
     """With every weight of the last convolution 0 but those from ``mate_in_one_to``, the logits are
     that weight on the labels that arrive on a mating square (all 27 ways), 0 elsewhere, whatever the
     tower computes; the same for the ``allows_mate`` planes, label by label;
-    ``model.policy_mates=false`` leaves the mate planes to the tower."""
+    ``model.policy_mates=false`` leaves the first three mate planes to the tower."""
     game = Game("4k4/9/4P4/9/9/9/9/9/4K4 b G 1")  # G*5b mates
     obs = torch.from_numpy(encode([game])[0])
     model = _model(SMALL_RESNET).eval()

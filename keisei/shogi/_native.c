@@ -27,7 +27,7 @@
  * has: they are read from it (board.is_repetition, the counter that adjudicates sennichite)
  * wherever a Game is at hand, and are 0 for bare SFENs and packed positions.
  *
- * The mate planes (mate_in_one_to/from, opp_mate_in_one_to, allows_mate_00..26) come from
+ * The mate planes (mate_in_one_to/from, opp_mate_in_one_to, allows_mate_0..26) come from
  * rsshogi's mate-in-one solver, which this module does not call: it writes them 0 and
  * keisei.shogi.features.fill_mate_planes sets them from the boards.
  */
