@@ -80,6 +80,9 @@ class ModelConfig:
     # resnet: the policy head also reads the mate planes of the input directly (false: the tower reads the
     # first three, the allows_mate planes nothing)
     policy_mates: bool = True
+    # resnet with policy_mates: the initial weight from plane allows_mate_d to the logit of direction d (learnt
+    # from there): a move that lets the opponent mate at once starts this much below the others
+    allows_mate_init: float = -5.0
     mlp_hidden: int = 64  # mlp: hidden units of each of its two layers
     material_potential: float = 0.0  # value of a pawn of material added to the value (shaping; 0: off)
     material_potential_max: float = 0.5  # the shaping potential saturates at +-this (below a win's 1)

@@ -140,11 +140,16 @@ class PolicyHead(nn.Module):
     ``allows_mate_d`` lines up with output ``d``), is a few weights away from its logit, instead of a
     signal the tower has to carry through every layer (docs/training.md)."""
 
-    def __init__(self, channels: int, norm: Norm, mates: bool) -> None:
+    def __init__(self, channels: int, norm: Norm, mates: bool, allows_mate_init: float = 0.0) -> None:
         super().__init__()
         self.hidden = nn.Sequential(*conv_norm(channels, channels, 1, norm), nn.ReLU(inplace=True))
         self.mates = mates
         self.out = nn.Conv2d(channels + MATE_PLANES * mates, NUM_DIRECTIONS, 1)
+        if mates:  # the weights from allows_mate_d to output d start at allows_mate_init, the rest of that block 0
+            with torch.no_grad():
+                first = channels + ALLOWS_MATE_PLANE - MATE_PLANE
+                block = self.out.weight[:, first:first + NUM_DIRECTIONS, 0, 0]
+                block.copy_(torch.eye(NUM_DIRECTIONS) * allows_mate_init)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         h = self.hidden(x)
@@ -162,7 +167,7 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(*conv_norm(len(TOWER_PLANES), c, 3, norm, StemConv), nn.ReLU(inplace=True))
         se = cfg.se_reduction if cfg.squeeze_excitation else None
         self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
-        self.policy = PolicyHead(c, norm, cfg.policy_mates)
+        self.policy = PolicyHead(c, norm, cfg.policy_mates, cfg.allows_mate_init)
         self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())

@@ -218,6 +218,27 @@ def test_policy_head_reads_the_mate_planes_directly() -> None:
     assert _policy_conv(plain).in_channels == SMALL_RESNET.channels
 
 
+def test_a_fresh_network_steers_clear_of_moves_that_allow_mate() -> None:
+    """``model.allows_mate_init``: the head's weights from ``allows_mate_d`` to output ``d`` start there (the
+    rest of that block 0), so an untrained network's best legal move is not one that lets the opponent
+    mate (P-1f here: G*5h then mates); with 0 the block is 0 and nothing steers."""
+    game = Game("4k4/9/9/9/9/9/4p3P/9/4K4 b g 1")
+    obs, mask = encode([game])
+    unsafe = move_to_action("1g1f", "b")
+    assert obs[0, ALLOWS_MATE_PLANE:ALLOWS_MATE_PLANE + 27].reshape(-1)[unsafe] == 1
+    first = SMALL_RESNET.channels + 3
+    for seed in range(5):
+        model = _model(SMALL_RESNET, seed=seed).eval()
+        block = _policy_conv(model).weight[:, first:first + 27, 0, 0]
+        assert torch.equal(block, torch.eye(27) * -5.0)
+        with torch.no_grad():
+            logits, _ = model(torch.from_numpy(obs))
+        logits = logits[0].masked_fill(~torch.from_numpy(mask[0]), float("-inf"))
+        assert logits[unsafe] < logits.max() - 4
+    neutral = _model(dataclasses.replace(SMALL_RESNET, allows_mate_init=0.0))
+    assert not _policy_conv(neutral).weight[:, first:first + 27].any()
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
