@@ -8,7 +8,7 @@ On real positions (random games, encoded) and legal-move masks, times alternatin
 - the entropy of a minibatch-sized batch, forward and backward: ``softmax(logits) * log_softmax``
   against ``log_softmax(...).exp() * log_softmax`` (exp of the masked labels' huge negative logs is slow);
 - reading the uint8 planes: ``keisei.model.split_planes`` (the board planes straight to float
-  channels-last) against converting all the planes to float and then the board planes to channels-last.
+  channels-last) against converting all 125 planes to float and then the board planes to channels-last.
 
 Prints the median time of each form and the speed-up; docs/training.md#throughput has the figures.
 
@@ -28,7 +28,7 @@ import torch
 from keisei.model import split_planes
 from keisei.policy import masked_logits, sample
 from keisei.shogi import Game, encode, random_opening
-from keisei.shogi.features import ALLOWS_MATE_PLANE
+from keisei.shogi.features import BOARD_PLANES
 
 
 def positions(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ def main() -> None:
 
     def planes_float_first() -> None:
         planes = obs.float()
-        planes[:, :ALLOWS_MATE_PLANE].contiguous(memory_format=torch.channels_last)
+        planes[:, :BOARD_PLANES].contiguous(memory_format=torch.channels_last)
 
     cases = [
         (f"sample {args.rollout} moves", lambda: sample(probs, generator),

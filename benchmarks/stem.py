@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from keisei.config import register_configs, validate
-from keisei.model import TOWER_PLANES, StemConv, build_model
+from keisei.model import StemConv, build_model
 from keisei.shogi import Game, encode, random_opening
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -39,11 +39,11 @@ def positions(count: int, seed: int = 0) -> torch.Tensor:
 
 
 class PlainStem(nn.Conv2d):
-    """The first convolution as it was before ``StemConv``: the tower's planes converted to float and
+    """The first convolution as it was before ``StemConv``: all 125 planes converted to float and
     convolved channels-first."""
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
-        return super().forward(planes[:, list(TOWER_PLANES)].float())
+        return super().forward(planes.float())
 
 
 def plain_stem(model: nn.Module) -> nn.Module:

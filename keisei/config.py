@@ -77,12 +77,7 @@ class ModelConfig:
     se_reduction: int = 4  # resnet: SE bottleneck = channels / se_reduction
     norm: Norm = Norm.group  # resnet: normalisation after each convolution (group | batch | none)
     value_hidden: int = 128  # resnet: hidden units of the value head
-    # resnet: the policy head also reads the mate planes of the input directly (false: the tower reads the
-    # first three, the allows_mate planes nothing)
-    policy_mates: bool = True
-    # resnet with policy_mates: the initial weight from plane allows_mate_d to the logit of direction d (learnt
-    # from there): a move that lets the opponent mate at once starts this much below the others
-    allows_mate_init: float = -5.0
+    policy_mates: bool = True  # resnet: the policy head also reads the mate planes of the input directly
     mlp_hidden: int = 64  # mlp: hidden units of each of its two layers
     material_potential: float = 0.0  # value of a pawn of material added to the value (shaping; 0: off)
     material_potential_max: float = 0.5  # the shaping potential saturates at +-this (below a win's 1)

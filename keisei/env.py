@@ -42,14 +42,14 @@ from keisei.shogi import (
 class StepResult:
     """What ``reset`` and ``step`` return (arrays indexed by env, length N).
 
-    obs: uint8 (N, 152, 9, 9), planes of each current position (new game if one just ended).
+    obs: uint8 (N, 125, 9, 9), planes of each current position (new game if one just ended).
     legal_mask: bool (N, 2187), the legal action labels of each current position.
     to_play: int8 (N,), side to move in ``obs``: 0 Black, 1 White.
     reward: float32 (N,), for the player who just moved.
     terminated: bool (N,), the game ended by the rules (mate, repetition, declaration, ...).
     truncated: bool (N,), the game hit ``max_plies`` (a draw; bootstrap from ``final_obs``).
     termination: int8 (N,), ``Termination`` code of games that just ended, else 0.
-    final_obs: uint8 (N, 152, 9, 9), for envs whose game just ended, the planes of its
+    final_obs: uint8 (N, 125, 9, 9), for envs whose game just ended, the planes of its
         final position (side to move's view); rows of other envs are stale.
     """
 

@@ -15,28 +15,19 @@ from torch import nn
 
 from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
-from keisei.shogi.features import ALLOWS_MATE_PLANE, BOARD_PLANES, MATE_PLANE, MATE_PLANES, material_weights
+from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
 
-#: The input planes the tower reads (through ``StemConv``): every plane but ``allows_mate_0`` .. ``_26``.
-#: Those are facts about moves that line up with the policy's labels only: the policy head reads each
-#: beside the logits it is about (``PolicyHead``), and the stem, the network's largest layer, keeps the
-#: 125 input planes it had before them.
-TOWER_PLANES = (*range(ALLOWS_MATE_PLANE), *range(BOARD_PLANES, NUM_PLANES))
-_STEM_BOARD = ALLOWS_MATE_PLANE  # the tower's planes that vary over the board: [0, 65)
-
-
 def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The observation as the tower reads it (``TOWER_PLANES``): the board planes ``[0, 65)`` as
-    ``dtype``, channels-last (B, 65, 9, 9), and the value of each plane that is constant over the board,
-    ``[BOARD_PLANES, NUM_PLANES)`` (B, 60).
+    """The observation as the network reads it: the board planes ``[0, BOARD_PLANES)`` as ``dtype``,
+    channels-last (B, 65, 9, 9), and the value of each plane that is constant over the board (B, 60).
 
-    From the encoded uint8 planes (or floats) in one strided conversion: converting all the planes
+    From the encoded uint8 planes (or floats) in one strided conversion: converting all 125 planes
     to float first, then the board to channels-last, cost a fifth of the forward pass on the CPU.
     """
-    return (planes[:, :_STEM_BOARD].to(dtype, memory_format=torch.channels_last),
+    return (planes[:, :BOARD_PLANES].to(dtype, memory_format=torch.channels_last),
             planes[:, BOARD_PLANES:, 0, 0].to(dtype))
 
 
@@ -59,8 +50,7 @@ class MaterialPotential(nn.Module):
         super().__init__()
         self.coef = coef
         self.bound = bound
-        weights = torch.from_numpy(material_weights()[list(TOWER_PLANES)])  # the others weigh 0
-        self.register_buffer("weights", weights * coef, persistent=False)
+        self.register_buffer("weights", torch.from_numpy(material_weights()) * coef, persistent=False)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         if not self.coef:
@@ -83,7 +73,7 @@ class SqueezeExcitation(nn.Module):
 
 class StemConv(nn.Conv2d):
     """The first convolution, computed in two parts: the same function, parameters and checkpoint keys
-    as ``nn.Conv2d`` on the ``TOWER_PLANES`` of real observations, at about half its cost.
+    as ``nn.Conv2d`` on real observations, at about half its cost.
 
     Input planes ``[BOARD_PLANES, NUM_PLANES)`` are constant over the board (one number per position:
     hands, check, side to move, repetition). A 3x3 convolution of a constant plane is that number
@@ -99,10 +89,10 @@ class StemConv(nn.Conv2d):
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         """``planes``: the observations as encoded (uint8) or as floats."""
         board_planes, constant = split_planes(planes, self.weight.dtype)
-        board = F.conv2d(board_planes, self.weight[:, :_STEM_BOARD], self.bias, padding=self.padding)
-        k = self.in_channels - _STEM_BOARD
-        taps = self.weight[:, _STEM_BOARD:].transpose(0, 1).reshape(k * self.out_channels, 1,
-                                                                      *self.kernel_size)
+        board = F.conv2d(board_planes, self.weight[:, :BOARD_PLANES], self.bias, padding=self.padding)
+        k = self.in_channels - BOARD_PLANES
+        taps = self.weight[:, BOARD_PLANES:].transpose(0, 1).reshape(k * self.out_channels, 1,
+                                                                       *self.kernel_size)
         ones = self.weight.new_ones(1, k, *planes.shape[2:])
         footprints = F.conv2d(ones, taps, padding=self.padding, groups=k)  # (1, k * out, 9, 9)
         spread = constant @ footprints.view(k, -1)
@@ -134,27 +124,21 @@ class ResidualBlock(nn.Module):
 
 class PolicyHead(nn.Module):
     """Per square, the logits of the 27 ways to arrive there, from the tower's features at that square;
-    with ``mates``, also from the input's 30 mate planes at that square (``mate_in_one_to``, ``_from``,
-    ``opp_mate_in_one_to`` and ``allows_mate_0`` .. ``_26``), fed to the last 1x1 convolution past the
-    tower: a move onto a square where a mate lands, or a move that lets the opponent mate (plane
-    ``allows_mate_d`` lines up with output ``d``), is a few weights away from its logit, instead of a
-    signal the tower has to carry through every layer (docs/training.md)."""
+    with ``mates``, also from the input's three mate planes at that square (``mate_in_one_to``,
+    ``_from``, ``opp_mate_in_one_to``), fed to the last 1x1 convolution past the tower: a move onto a
+    square where a mate lands is a few weights away from its logit, instead of a signal the tower has
+    to carry through every layer (docs/training.md)."""
 
-    def __init__(self, channels: int, norm: Norm, mates: bool, allows_mate_init: float = 0.0) -> None:
+    def __init__(self, channels: int, norm: Norm, mates: bool) -> None:
         super().__init__()
         self.hidden = nn.Sequential(*conv_norm(channels, channels, 1, norm), nn.ReLU(inplace=True))
         self.mates = mates
-        self.out = nn.Conv2d(channels + MATE_PLANES * mates, NUM_DIRECTIONS, 1)
-        if mates:  # the weights from allows_mate_d to output d start at allows_mate_init, the rest of that block 0
-            with torch.no_grad():
-                first = channels + ALLOWS_MATE_PLANE - MATE_PLANE
-                block = self.out.weight[:, first:first + NUM_DIRECTIONS, 0, 0]
-                block.copy_(torch.eye(NUM_DIRECTIONS) * allows_mate_init)
+        self.out = nn.Conv2d(channels + 3 * mates, NUM_DIRECTIONS, 1)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         h = self.hidden(x)
         if self.mates:
-            mates = obs[:, MATE_PLANE:MATE_PLANE + MATE_PLANES].to(h.dtype, memory_format=torch.channels_last)
+            mates = obs[:, MATE_PLANE:MATE_PLANE + 3].to(h.dtype, memory_format=torch.channels_last)
             h = torch.cat([h, mates], 1)
         return self.out(h).flatten(1)
 
@@ -164,10 +148,10 @@ class ResNet(nn.Module):
         super().__init__()
         c = cfg.channels
         norm = cfg.norm
-        self.stem = nn.Sequential(*conv_norm(len(TOWER_PLANES), c, 3, norm, StemConv), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(*conv_norm(NUM_PLANES, c, 3, norm, StemConv), nn.ReLU(inplace=True))
         se = cfg.se_reduction if cfg.squeeze_excitation else None
         self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
-        self.policy = PolicyHead(c, norm, cfg.policy_mates, cfg.allows_mate_init)
+        self.policy = PolicyHead(c, norm, cfg.policy_mates)
         self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
@@ -195,6 +179,6 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network described by ``cfg``: ``forward(obs (B, 152, 9, 9)) -> (logits (B, 2187), value (B,))``."""
+    """The network described by ``cfg``: ``forward(obs (B, 125, 9, 9)) -> (logits (B, 2187), value (B,))``."""
     return {ModelName.resnet: ResNet, ModelName.mlp: MLP}[cfg.name](cfg)
 

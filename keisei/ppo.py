@@ -85,7 +85,7 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimi
 class Batch:
     """A flattened rollout of the learner's transitions."""
 
-    obs: torch.Tensor  # uint8 (B, 152, 9, 9)
+    obs: torch.Tensor  # uint8 (B, 125, 9, 9)
     legal_mask: torch.Tensor  # bool (B, 2187)
     actions: torch.Tensor  # int64 (B,)
     logprobs: torch.Tensor  # (B,)

@@ -25,7 +25,7 @@ from keisei.shogi import (
 )
 from keisei.shogi.actions import label_table
 from keisei.shogi.encoding import MOVE_LAYOUT
-from keisei.shogi.features import ALLOWS_MATE_PLANE, MATE_PLANE, MATE_PLANES
+from keisei.shogi.features import MATE_PLANE
 
 
 def random_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -66,7 +66,7 @@ KING_SHUFFLE = ["5i5h", "5a5b", "5h5i", "5b5a"]
 def test_reset_shapes_and_masks() -> None:
     env = VecEnv(4)
     out = env.reset(seed=0)
-    assert out.obs.shape == (4, 152, 9, 9) and out.obs.dtype == np.uint8
+    assert out.obs.shape == (4, 125, 9, 9) and out.obs.dtype == np.uint8
     assert out.legal_mask.shape == (4, 2187) and out.legal_mask.dtype == np.bool_
     assert (out.legal_mask.sum(axis=1) == 30).all()
     assert (out.to_play == 0).all()
@@ -249,10 +249,9 @@ def test_packed_sfen_planes_equal_sfen_planes() -> None:
     _native.encode_planes(sfens, parsed, turns)
     assert np.array_equal(packed, parsed)
     mates = encode_observations(sfens)
-    mate_planes = range(MATE_PLANE, MATE_PLANE + MATE_PLANES)
-    assert mates[:, MATE_PLANE].any() and mates[:, ALLOWS_MATE_PLANE:ALLOWS_MATE_PLANE + 27].any()
-    assert not packed[:, mate_planes].any()
-    assert np.array_equal(np.delete(packed, mate_planes, axis=1), np.delete(mates, mate_planes, axis=1))
+    assert mates[:, MATE_PLANE].any() and not packed[:, MATE_PLANE:MATE_PLANE + 3].any()
+    assert np.array_equal(np.delete(packed, range(MATE_PLANE, MATE_PLANE + 3), axis=1),
+                          np.delete(mates, range(MATE_PLANE, MATE_PLANE + 3), axis=1))
     assert turns.tolist() == [0 if s.split()[1] == "b" else 1 for s in sfens]
     with pytest.raises(ValueError, match="packed SFEN"):
         _native.encode_packed([bytes(32)], packed[:1], turns[:1])

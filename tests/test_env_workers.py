@@ -164,7 +164,7 @@ def test_close_stops_every_worker_and_is_idempotent() -> None:
     env.close()
     env.close()
     assert not wait_gone(pids, 5)
-    assert out.obs.shape == (6, 152, 9, 9)  # views outlive the env (the mapping is kept until exit)
+    assert out.obs.shape == (6, 125, 9, 9)  # views outlive the env (the mapping is kept until exit)
     with WorkerVecEnv(2, workers=2) as env:
         pids = env.pids
     assert not wait_gone(pids, 5)

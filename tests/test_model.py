@@ -23,10 +23,10 @@ from keisei.checkpoint import (
     save_checkpoint,
 )
 from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
-from keisei.model import TOWER_PLANES, SqueezeExcitation, StemConv, build_model
+from keisei.model import SqueezeExcitation, StemConv, build_model
 from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action, random_opening
-from keisei.shogi.features import ALLOWS_MATE_PLANE, BOARD_PLANES, MATE_PLANES, PIECE_VALUES, PLANE_NAMES
+from keisei.shogi.features import BOARD_PLANES, PIECE_VALUES, PLANE_NAMES
 
 SMALL_RESNET = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
 SMALL_RESNET_SE = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, squeeze_excitation=True)
@@ -108,8 +108,8 @@ def test_mlp_and_resnet_are_different_networks() -> None:
     mlp, resnet = _model(SMALL_MLP), _model(SMALL_RESNET)
     assert not any(isinstance(m, nn.Conv2d) for m in mlp.modules())
     assert any(isinstance(m, nn.Conv2d) for m in resnet.modules())
-    # MLP input layer reads all 152 * 81 plane values
-    assert mlp.body[1].in_features == NUM_PLANES * 81 == 12312
+    # MLP input layer reads all 125 * 81 plane values
+    assert mlp.body[1].in_features == NUM_PLANES * 81 == 10125
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_policy_plane_and_square_give_the_label(direction: int, file_index: int,
     finally:
         handle.remove()
     label = direction * 81 + file_index * 9 + rank_index
-    assert channels == 8 + MATE_PLANES  # the tower's channels, then the mate planes
+    assert channels == 8 + 3  # the tower's channels, then the mate planes
     for row in logits:
         assert int(row.argmax()) == label
         assert row[label] == 7.0
@@ -185,8 +185,7 @@ def test_policy_plane_and_square_give_the_label(direction: int, file_index: int,
 def test_policy_head_reads_the_mate_planes_directly() -> None:
     """With every weight of the last convolution 0 but those from ``mate_in_one_to``, the logits are
     that weight on the labels that arrive on a mating square (all 27 ways), 0 elsewhere, whatever the
-    tower computes; the same for the ``allows_mate`` planes, label by label;
-    ``model.policy_mates=false`` leaves the first three mate planes to the tower."""
+    tower computes; ``model.policy_mates=false`` leaves the mate planes to the tower."""
     game = Game("4k4/9/4P4/9/9/9/9/9/4K4 b G 1")  # G*5b mates
     obs = torch.from_numpy(encode([game])[0])
     model = _model(SMALL_RESNET).eval()
@@ -202,41 +201,8 @@ def test_policy_head_reads_the_mate_planes_directly() -> None:
     expected = torch.zeros(NUM_ACTIONS)
     expected[square::81] = 3.0
     assert torch.equal(logits[0], expected)
-    # allows_mate_d lines up with output direction d: weights -5 on that diagonal put -5 on exactly the
-    # labels of the moves that let the opponent mate (G*5h after P-1f here, not after a king move).
-    game = Game("4k4/9/9/9/9/9/4p3P/9/4K4 b g 1")
-    obs, mask = encode([game])
-    allows = torch.from_numpy(obs[0, ALLOWS_MATE_PLANE:ALLOWS_MATE_PLANE + 27]).flatten().float()
-    assert 0 < int(allows.sum()) < int(mask[0].sum())
-    with torch.no_grad():
-        conv.weight.zero_()
-        for d in range(27):
-            conv.weight[d, SMALL_RESNET.channels + 3 + d, 0, 0] = -5.0
-        logits, _ = model(torch.from_numpy(obs))
-    assert torch.equal(logits[0], -5.0 * allows)
     plain = _model(dataclasses.replace(SMALL_RESNET, policy_mates=False))
     assert _policy_conv(plain).in_channels == SMALL_RESNET.channels
-
-
-def test_a_fresh_network_steers_clear_of_moves_that_allow_mate() -> None:
-    """``model.allows_mate_init``: the head's weights from ``allows_mate_d`` to output ``d`` start there (the
-    rest of that block 0), so an untrained network's best legal move is not one that lets the opponent
-    mate (P-1f here: G*5h then mates); with 0 the block is 0 and nothing steers."""
-    game = Game("4k4/9/9/9/9/9/4p3P/9/4K4 b g 1")
-    obs, mask = encode([game])
-    unsafe = move_to_action("1g1f", "b")
-    assert obs[0, ALLOWS_MATE_PLANE:ALLOWS_MATE_PLANE + 27].reshape(-1)[unsafe] == 1
-    first = SMALL_RESNET.channels + 3
-    for seed in range(5):
-        model = _model(SMALL_RESNET, seed=seed).eval()
-        block = _policy_conv(model).weight[:, first:first + 27, 0, 0]
-        assert torch.equal(block, torch.eye(27) * -5.0)
-        with torch.no_grad():
-            logits, _ = model(torch.from_numpy(obs))
-        logits = logits[0].masked_fill(~torch.from_numpy(mask[0]), float("-inf"))
-        assert logits[unsafe] < logits.max() - 4
-    neutral = _model(dataclasses.replace(SMALL_RESNET, allows_mate_init=0.0))
-    assert not _policy_conv(neutral).weight[:, first:first + 27].any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,8 +475,7 @@ def _varied_games() -> list[Game]:
 def test_stem_conv_is_the_plain_convolution_on_real_positions(bias: bool) -> None:
     """StemConv computes the planes from BOARD_PLANES on as one number per position times the kernel's
     footprint on the board: on real observations (hands, check, side to move, repetition all set in
-    some) it is nn.Conv2d of the tower's planes (all but allows_mate_*) with the same weights, outputs
-    and gradients alike."""
+    some) it is nn.Conv2d with the same weights, outputs and gradients alike."""
     obs = torch.from_numpy(encode(_varied_games())[0]).float()
     constant = obs[:, BOARD_PLANES:]
     assert torch.equal(constant, constant[:, :, :1, :1].expand_as(constant))  # what StemConv relies on
@@ -519,12 +484,10 @@ def test_stem_conv_is_the_plain_convolution_on_real_positions(bias: bool) -> Non
         column = per_plane[:, PLANE_NAMES.index(name) - BOARD_PLANES]
         assert column.min() == 0 and column.max() == 1, name  # each kind takes both values
     torch.manual_seed(0)
-    stem = StemConv(len(TOWER_PLANES), 16, 3, padding=1, bias=bias)
-    plain = nn.Conv2d(len(TOWER_PLANES), 16, 3, padding=1, bias=bias)
+    stem = StemConv(NUM_PLANES, 16, 3, padding=1, bias=bias)
+    plain = nn.Conv2d(NUM_PLANES, 16, 3, padding=1, bias=bias)
     plain.load_state_dict(stem.state_dict())
-    left_out = [PLANE_NAMES[i] for i in range(NUM_PLANES) if i not in TOWER_PLANES]
-    assert left_out == [f"allows_mate_{d}" for d in range(27)]
-    out_stem, out_plain = stem(obs), plain(obs[:, list(TOWER_PLANES)])
+    out_stem, out_plain = stem(obs), plain(obs)
     assert torch.allclose(out_stem, out_plain, atol=1e-5)
     weights = torch.randn_like(out_plain)
     (out_stem * weights).sum().backward()

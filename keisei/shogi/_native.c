@@ -27,8 +27,8 @@
  * has: they are read from it (board.is_repetition, the counter that adjudicates sennichite)
  * wherever a Game is at hand, and are 0 for bare SFENs and packed positions.
  *
- * The mate planes (mate_in_one_to/from, opp_mate_in_one_to, allows_mate_0..26) come from
- * rsshogi's mate-in-one solver, which this module does not call: it writes them 0 and
+ * The three mate planes (mate_in_one_to/from, opp_mate_in_one_to) come from rsshogi's
+ * mate-in-one solver, which this module does not call: it writes them 0 and
  * keisei.shogi.features.fill_mate_planes sets them from the boards.
  */
 #define PY_SSIZE_T_CLEAN
@@ -50,15 +50,13 @@
 #define P_OPP_ATTACKS 42
 #define P_OWN_COUNT 56
 #define P_OPP_COUNT 59
-#define P_MATE 62          /* mate_in_one_to, mate_in_one_from, opp_mate_in_one_to and the 27
-                              allows_mate planes: written 0 here */
-#define MATE_PLANES 30
-#define P_OWN_HAND 92
-#define P_OPP_HAND 120
-#define P_CHECK 148
-#define P_WHITE 149        /* white_to_move */
-#define P_REPEATED 150     /* repeated_ge1, repeated_ge2 */
-#define NUM_PLANES 152
+#define P_MATE 62          /* mate_in_one_to, mate_in_one_from, opp_mate_in_one_to: written 0 here */
+#define P_OWN_HAND 65
+#define P_OPP_HAND 93
+#define P_CHECK 121
+#define P_WHITE 122        /* white_to_move */
+#define P_REPEATED 123     /* repeated_ge1, repeated_ge2 */
+#define NUM_PLANES 125
 
 /* rsshogi PieceType values. */
 enum { PAWN = 1, LANCE, KNIGHT, SILVER, BISHOP, ROOK, GOLD, KING,
@@ -432,7 +430,7 @@ static inline void hand_planes(uint8_t *out, const uint8_t *hand) {
 #undef HAND
 }
 
-/* Write the NUM_PLANES x 81 planes of one position (12.3 KB, every byte written once or
+/* Write the NUM_PLANES x 81 planes of one position (9.9 KB, every byte written once or
  * twice); `repeats` is how often it occurred before in its game (game_repeats; 0 unknown).
  * Attacks are bitboards: per piece one table lookup (plus a bit scan per slide direction),
  * per colour and type an OR, and the "attacked at least 1, 2, 3 times" sets by carry-save
@@ -473,7 +471,7 @@ static void encode_position(const Position *pos, int repeats, uint8_t *out) {
         expand(ge2[colour], planes + NSQ, me);
         expand(ge3[colour], planes + 2 * NSQ, me);
     }
-    memset(out + P_MATE * NSQ, 0, MATE_PLANES * NSQ);
+    memset(out + P_MATE * NSQ, 0, 3 * NSQ);
     hand_planes(out + P_OWN_HAND * NSQ, pos->hands[me]);
     hand_planes(out + P_OPP_HAND * NSQ, pos->hands[1 - me]);
     memset(out + P_CHECK * NSQ, kings[me] >= 0 && (int)((ge1[1 - me] >> kings[me]) & 1), NSQ);

@@ -32,7 +32,7 @@ MOVE_LAYOUT = _native.set_move_layout([Move(v) for v in (0x0305, 0x4A2C, 0x8B17,
 class Encoder:
     """Planes and masks of up to ``capacity`` games at a time, written into owned buffers.
 
-    After ``encode(games)``: ``obs[:n]`` uint8 (n, 152, 9, 9), ``mask[:n]`` bool (n, 2187),
+    After ``encode(games)``: ``obs[:n]`` uint8 (n, 125, 9, 9), ``mask[:n]`` bool (n, 2187),
     ``to_play[:n]`` (0 Black, 1 White); ``move(i, action)`` is the legal move of game ``i``
     with label ``action``. The buffers are overwritten by the next ``encode``.
 
@@ -84,7 +84,7 @@ class Encoder:
         _native.reload_positions(games, rows, self._tracked(0))
 
     def planes(self, rows: Sequence[int], out: np.ndarray, games: Sequence[Game] | None = None) -> None:
-        """The planes of the kept positions ``rows`` into ``out`` (uint8, len(rows) x 152 x 9 x 9); the
+        """The planes of the kept positions ``rows`` into ``out`` (uint8, len(rows) x 125 x 9 x 9); the
         repetition and mate planes from ``games[k]``, the game at row ``rows[k]`` (0 without ``games``)."""
         _native.encode_rows(self._tracked(0), rows, out, games)
         if games is not None:
@@ -135,7 +135,7 @@ def _buffer(given: np.ndarray | None, shape: tuple[int, ...], dtype: type, name:
 
 
 def encode(games: Sequence[Game]) -> tuple[np.ndarray, np.ndarray]:
-    """Observation planes uint8 (n, 152, 9, 9) and legal masks bool (n, 2187) of ``games`` (new arrays)."""
+    """Observation planes uint8 (n, 125, 9, 9) and legal masks bool (n, 2187) of ``games`` (new arrays)."""
     return Encoder(max(len(games), 1)).encode(games)
 
 

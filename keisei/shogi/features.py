@@ -1,14 +1,13 @@
-"""Observations: a stack of 152 binary 9x9 planes from the side to move's view.
+"""Observations: a stack of 125 binary 9x9 planes from the side to move's view.
 
-dlshogi's input features (62 board planes + 57 hand/check planes) with 30 mate planes
+dlshogi's input features (62 board planes + 57 hand/check planes) with three mate planes
 after the board planes (``mate_in_one_to``/``_from``: the squares of every move that mates at once;
-``opp_mate_in_one_to``: where the opponent would mate at once if it were its move;
-``allows_mate_0`` .. ``_26``: in the action layout, the legal moves after which the opponent mates
-at once); then ``white_to_move`` and the repetition planes ``repeated_ge1``/``repeated_ge2``;
+``opp_mate_in_one_to``: where the opponent would mate at once if it were its move); then
+``white_to_move`` and the repetition planes ``repeated_ge1``/``repeated_ge2``;
 docs/observations.md describes every plane. Square ``s`` of a plane is
 ``file_index * 9 + rank_index`` in the side-to-move frame (White's view is the board
 rotated 180 degrees), the same numbering as the to-square of an action label, so
-``obs.reshape(152, 9, 9)[c, file_index, rank_index]``.
+``obs.reshape(125, 9, 9)[c, file_index, rank_index]``.
 
 The C extension writes the mate planes 0; ``fill_mate_planes`` sets them from rsshogi's
 mate-in-one solver. The repetition planes need the game's history: ``keisei.shogi.encoding``
@@ -23,14 +22,14 @@ import numpy as np
 from rsshogi.core import Board
 
 from keisei.shogi import _native
-from keisei.shogi.actions import DROP_FLAG, NUM_ACTIONS, label_table
+from keisei.shogi.actions import DROP_FLAG
 
 NUM_PLANES = _native.NUM_PLANES
 OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
 
 #: Version of the observation planes *and* the action labels. Checkpoints store it;
 #: bump it whenever either encoding changes.
-ENCODING_VERSION = "keisei-obs152-dlshogi2187-v4"
+ENCODING_VERSION = "keisei-obs125-dlshogi2187-v3"
 
 PIECE_NAMES = ("pawn", "lance", "knight", "silver", "bishop", "rook", "gold", "king",
                "pro_pawn", "pro_lance", "pro_knight", "pro_silver", "horse", "dragon")
@@ -48,7 +47,6 @@ def _plane_names() -> tuple[str, ...]:
     names += [f"own_attacks_by_{p}" for p in PIECE_NAMES] + [f"opp_attacks_by_{p}" for p in PIECE_NAMES]
     names += [f"own_attackers_ge{k}" for k in (1, 2, 3)] + [f"opp_attackers_ge{k}" for k in (1, 2, 3)]
     names += ["mate_in_one_to", "mate_in_one_from", "opp_mate_in_one_to"]
-    names += [f"allows_mate_{d}" for d in range(NUM_ACTIONS // 81)]
     for side in ("own", "opp"):
         names += [f"{side}_hand_{p}_ge{k}" for p, n in HAND_PLANES for k in range(1, n + 1)]
     names.append("in_check")
@@ -61,15 +59,9 @@ def _plane_names() -> tuple[str, ...]:
 PLANE_NAMES = _plane_names()
 assert len(PLANE_NAMES) == NUM_PLANES
 
-#: The 30 mate planes (``fill_mate_planes``): ``mate_in_one_to``, ``_from``, ``opp_mate_in_one_to``,
-#: then ``allows_mate_0`` .. ``_26`` from ``ALLOWS_MATE_PLANE`` on: plane ``ALLOWS_MATE_PLANE + d`` at
-#: square ``s`` is the move with action label ``d * 81 + s``.
+#: The three mate planes (``fill_mate_planes``).
 MATE_PLANE = PLANE_NAMES.index("mate_in_one_to")
-ALLOWS_MATE_PLANE = MATE_PLANE + 3
-MATE_PLANES = 3 + NUM_ACTIONS // 81
-assert PLANE_NAMES[MATE_PLANE:ALLOWS_MATE_PLANE + 1] == ("mate_in_one_to", "mate_in_one_from",
-                                                         "opp_mate_in_one_to", "allows_mate_0")
-assert PLANE_NAMES[MATE_PLANE + MATE_PLANES] == "own_hand_pawn_ge1"
+assert PLANE_NAMES[MATE_PLANE:MATE_PLANE + 3] == ("mate_in_one_to", "mate_in_one_from", "opp_mate_in_one_to")
 
 #: Planes ``[BOARD_PLANES, NUM_PLANES)`` (hands, check, side to move, repetition) are all ones or all
 #: zeros: one number per position spread over the board. The network's first convolution uses that
@@ -78,39 +70,25 @@ BOARD_PLANES = PLANE_NAMES.index("own_hand_pawn_ge1")
 
 
 def fill_mate_planes(boards: Sequence[Board], turns: np.ndarray, obs: np.ndarray) -> None:
-    """Set the mate planes of ``obs`` (uint8 (n, 152, 9, 9), the rest written by the C extension, which
-    leaves these 0) from ``boards[i]`` (side to move ``turns[i]``, 0 Black, 1 White):
+    """Set the mate planes of ``obs`` (uint8 (n, 125, 9, 9), the rest written by the C extension, which
+    leaves these 0) from ``boards[i]`` (side to move ``turns[i]``, 0 Black, 1 White): ``mate_in_one_to``
+    and ``_from`` mark the to- and from-squares of every legal move that mates at once (a drop has no
+    from-square), ``opp_mate_in_one_to`` the to-squares of the opponent's mating moves if the side to
+    move passed (nothing while in check: passing then is not a position). Every mating move, not one:
+    the planes of a position and of its colour-flipped twin are the same.
 
-    - ``mate_in_one_to`` and ``_from``: the to- and from-squares of every legal move that mates at once
-      (a drop has no from-square);
-    - ``opp_mate_in_one_to``: the to-squares of the opponent's mating moves if the side to move passed
-      (nothing while in check: passing then is not a position);
-    - ``allows_mate_d`` at square ``s``: the legal move with action label ``d * 81 + s`` lets the
-      opponent mate at once.
-
-    Every mating move, not one: the planes of a position and of its colour-flipped twin are the same.
-
-    Every legal move is played and rsshogi's mate-in-one solver asked about the opponent's reply (about
-    1.3 microseconds a move, 60-100 a position); the pass sets up a second board (10-20 microseconds).
-    Random-play env steps are about 3.7x slower than without ``allows_mate`` (docs/environment.md)."""
-    planes = obs.reshape(len(obs), NUM_PLANES * 81)
-    labels = label_table()
+    rsshogi's mate-in-one solver says first whether there is a mate (about a microsecond); only then
+    are the legal moves tried one by one. The pass costs most: rsshogi sets up a second board for it
+    (10-20 microseconds), which makes random-play env steps about 2.2x slower; in training the env's
+    share of the time went from about 4 % to 6 % (docs/environment.md)."""
+    planes = obs.reshape(len(obs), NUM_PLANES, 81)
     for i, board in enumerate(boards):
-        turn = int(turns[i])
-        flip = 80 if turn else 0  # White's view: square s becomes 80 - s
-        row = planes[i]
-        mates = board.solve_mate_in_one() is not None
-        work = board.copy()
-        for move in work.legal_moves():
-            work.push_move(move)
-            if mates and work.is_mated():
-                value = move.value
-                row[MATE_PLANE * 81 + abs(flip - (value & 127))] = 1
+        flip = 80 if turns[i] else 0  # White's view: square s becomes 80 - s
+        if board.solve_mate_in_one() is not None:
+            for value in _mating_moves(board.copy()):
+                planes[i, MATE_PLANE, abs(flip - (value & 127))] = 1
                 if not value & DROP_FLAG:
-                    row[(MATE_PLANE + 1) * 81 + abs(flip - (value >> 7 & 127))] = 1
-            elif work.solve_mate_in_one() is not None:
-                row[ALLOWS_MATE_PLANE * 81 + labels[turn, move.value]] = 1
-            work.undo_move(move)
+                    planes[i, MATE_PLANE + 1, abs(flip - (value >> 7 & 127))] = 1
         if board.is_in_check():
             continue
         fields = board.to_sfen().split(" ")
@@ -118,12 +96,12 @@ def fill_mate_planes(boards: Sequence[Board], turns: np.ndarray, obs: np.ndarray
         passed = Board(" ".join(fields))
         if passed.solve_mate_in_one() is not None:
             for value in _mating_moves(passed):
-                row[(MATE_PLANE + 2) * 81 + abs(flip - (value & 127))] = 1
+                planes[i, MATE_PLANE + 2, abs(flip - (value & 127))] = 1
 
 
 def _mating_moves(board: Board) -> list[int]:
     """The 16-bit values of the legal moves of ``board`` that checkmate (``board`` is played on and
-    restored)."""
+    restored: pass a copy of a game's board)."""
     found = []
     for move in board.legal_moves():
         board.push_move(move)
@@ -134,7 +112,7 @@ def _mating_moves(board: Board) -> list[int]:
 
 
 def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
-    """Planes of many positions at once: uint8 array of shape (len(sfens), 152, 9, 9).
+    """Planes of many positions at once: uint8 array of shape (len(sfens), 125, 9, 9).
 
     An SFEN carries no history, so ``repeated_ge1``/``repeated_ge2`` are 0 here (as for a game
     that starts at that SFEN); ``keisei.shogi.encode(games)`` fills them from each game."""
@@ -151,7 +129,7 @@ def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> 
 
 
 def encode_observation(sfen: str) -> np.ndarray:
-    """Planes of one position: uint8 array of shape (152, 9, 9) (repetition planes 0, as
+    """Planes of one position: uint8 array of shape (125, 9, 9) (repetition planes 0, as
     ``encode_observations``)."""
     return encode_observations([sfen])[0]
 
