@@ -3,7 +3,9 @@
 (a) From the game records of a run's final evaluation (``benchmarks/learning.py`` writes them to
     ``RUN/final_eval/{random,heuristic}/games/games.jsonl``): of the positions where the agent
     was to move and had a move that mates at once (rsshogi's ``solve_mate_in_one``), how many it
-    mated in. Reads records only; any encoding version.
+    mated in; and of the games the agent lost by checkmate, in how many its last move let the
+    opponent mate at once while another move would have left no mate in one. Reads records only;
+    any encoding version.
 (b) With ``--play``: the agent against the opponent, side by side with the same agent behind a
     mate-in-one check (it plays a mating move whenever there is one, else the network's move).
     Both matches play the same openings with the same seeds, colours alternating, greedy, at most
@@ -49,6 +51,32 @@ def mates_taken(records: Path, opponent: str) -> tuple[int, int, int]:
             else:
                 game.push(usi)
     return games, chances, taken
+
+
+def mates_walked_into(records: Path, opponent: str) -> tuple[int, int]:
+    """(the agent's losses by checkmate, how many of them it could have kept from being a mate in one)
+    over the records of its games against ``opponent``: at the agent's last move, a legal move after
+    which the opponent had no mate in one (rsshogi's ``solve_mate_in_one`` after each legal move)."""
+    mated = avoidable = 0
+    for line in records.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        agent_black = record["black"] != opponent
+        if record["termination"] != "checkmate" or record["result"] != ("white_win" if agent_black else "black_win"):
+            continue
+        mated += 1
+        start, _, moves = record["usi"].partition(" moves ")
+        game = Game.from_usi_position(start, max_plies=10_000)
+        for usi in moves.split()[:-2]:
+            game.push(usi)
+        board = game.board.copy()  # the agent to move, before the move that let the mate in
+        for move in board.legal_moves():
+            board.push_move(move)
+            safe = board.solve_mate_in_one() is None
+            board.undo_move(move)
+            if safe:
+                avoidable += 1
+                break
+    return mated, avoidable
 
 
 class MateInOneFirst(Player):
@@ -101,8 +129,10 @@ def main() -> None:
                 print(f"{run} vs {opponent}: no records at {records}")
                 continue
             games, chances, taken = mates_taken(records, opponent)
+            mated, avoidable = mates_walked_into(records, opponent)
             print(f"{run} vs {opponent}: {games} games, {chances} positions with a mate in one for the agent, "
-                  f"mated in {taken} ({taken / max(chances, 1):.0%})", flush=True)
+                  f"mated in {taken} ({taken / max(chances, 1):.0%}); lost {mated} by checkmate, {avoidable} "
+                  "of them to a mate in one it could have avoided", flush=True)
 
 
 if __name__ == "__main__":
