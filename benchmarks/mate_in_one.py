@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from rsshogi.core import Board, Move
 
 from keisei.evaluation import checkpoint_player
 from keisei.match import match_results, play_match
@@ -33,50 +34,37 @@ from keisei.shogi import Game
 OPPONENTS = ("random", "heuristic")
 
 
-def mates_taken(records: Path, opponent: str) -> tuple[int, int, int]:
-    """(games, the agent's positions with a mate in one, how many of them it mated in) over the
-    records of its games against ``opponent``."""
-    chances = taken = games = 0
+def finishing(records: Path, opponent: str) -> dict[str, int]:
+    """Over the records of the agent's games against ``opponent``, each game replayed once: ``games``;
+    ``chances``, the agent's positions with a mate in one, and ``taken``, how many of them it mated in;
+    ``mated``, its losses by checkmate, and ``avoidable``, how many of those it could have kept from
+    being a mate in one: at its last move, a legal move after which the opponent had no mate in one
+    (rsshogi's ``solve_mate_in_one`` after each legal move)."""
+    counts = dict.fromkeys(("games", "chances", "taken", "mated", "avoidable"), 0)
     for line in records.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        games += 1
+        counts["games"] += 1
         agent_black = record["black"] != opponent
+        lost_by_mate = (record["termination"] == "checkmate"
+                        and record["result"] == ("white_win" if agent_black else "black_win"))
+        counts["mated"] += lost_by_mate
         start, _, moves = record["usi"].partition(" moves ")
+        moves = moves.split()
         game = Game.from_usi_position(start, max_plies=10_000)
-        for ply, usi in enumerate(moves.split()):
-            if (ply % 2 == 0) == agent_black and game.board.solve_mate_in_one() is not None:
-                chances += 1
-                game.push(usi)
-                taken += game.board.is_mated()
-            else:
-                game.push(usi)
-    return games, chances, taken
-
-
-def mates_walked_into(records: Path, opponent: str) -> tuple[int, int]:
-    """(the agent's losses by checkmate, how many of them it could have kept from being a mate in one)
-    over the records of its games against ``opponent``: at the agent's last move, a legal move after
-    which the opponent had no mate in one (rsshogi's ``solve_mate_in_one`` after each legal move)."""
-    mated = avoidable = 0
-    for line in records.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        agent_black = record["black"] != opponent
-        if record["termination"] != "checkmate" or record["result"] != ("white_win" if agent_black else "black_win"):
-            continue
-        mated += 1
-        start, _, moves = record["usi"].partition(" moves ")
-        game = Game.from_usi_position(start, max_plies=10_000)
-        for usi in moves.split()[:-2]:
+        for ply, usi in enumerate(moves):
+            if lost_by_mate and ply == len(moves) - 2:  # the agent's move that let the mate in
+                counts["avoidable"] += any(_leaves_no_mate(game.board.copy(), move)
+                                           for move in game.board.legal_moves())
+            mate_here = (ply % 2 == 0) == agent_black and game.board.solve_mate_in_one() is not None
             game.push(usi)
-        board = game.board.copy()  # the agent to move, before the move that let the mate in
-        for move in board.legal_moves():
-            board.push_move(move)
-            safe = board.solve_mate_in_one() is None
-            board.undo_move(move)
-            if safe:
-                avoidable += 1
-                break
-    return mated, avoidable
+            counts["chances"] += mate_here
+            counts["taken"] += mate_here and game.board.is_mated()
+    return counts
+
+
+def _leaves_no_mate(board: Board, move: Move) -> bool:
+    board.push_move(move)
+    return board.solve_mate_in_one() is None
 
 
 class MateInOneFirst(Player):
@@ -128,11 +116,10 @@ def main() -> None:
             if not records.is_file():
                 print(f"{run} vs {opponent}: no records at {records}")
                 continue
-            games, chances, taken = mates_taken(records, opponent)
-            mated, avoidable = mates_walked_into(records, opponent)
-            print(f"{run} vs {opponent}: {games} games, {chances} positions with a mate in one for the agent, "
-                  f"mated in {taken} ({taken / max(chances, 1):.0%}); lost {mated} by checkmate, {avoidable} "
-                  "of them to a mate in one it could have avoided", flush=True)
+            c = finishing(records, opponent)
+            print(f"{run} vs {opponent}: {c['games']} games, {c['chances']} positions with a mate in one for the "
+                  f"agent, mated in {c['taken']} ({c['taken'] / max(c['chances'], 1):.0%}); lost {c['mated']} by "
+                  f"checkmate, {c['avoidable']} of them to a mate in one it could have avoided", flush=True)
 
 
 if __name__ == "__main__":
