@@ -81,6 +81,7 @@ class ModelConfig:
     mlp_hidden: int = 64  # mlp: hidden units of each of its two layers
     material_potential: float = 0.0  # value of a pawn of material added to the value (shaping; 0: off)
     material_potential_max: float = 0.5  # the shaping potential saturates at +-this (below a win's 1)
+    king_potential: float = 0.0  # value of an attack on a square of a king's zone (shaping; 0: off)
 
 
 @dataclass
@@ -404,6 +405,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
            "must be in [0, 0.1] (the value of a pawn; the outcome is worth 1)")
     _check(0 < m.material_potential_max <= 0.5, "model.material_potential_max", m.material_potential_max,
            "must be in (0, 0.5] (the potential must stay well below a win, worth 1)")
+    _check(0 <= m.king_potential <= 0.015, "model.king_potential", m.king_potential,
+           "must be in [0, 0.015] (27 attacks on a king's zone at most; the outcome is worth 1)")
     _check(m.mlp_hidden >= 1, "model.mlp_hidden", m.mlp_hidden, "must be >= 1")
     _check(m.se_reduction >= 1 and m.channels // m.se_reduction >= 1, "model.se_reduction", m.se_reduction,
            "must be >= 1 and at most model.channels")

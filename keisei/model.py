@@ -15,7 +15,7 @@ from torch import nn
 
 from keisei.config import ModelConfig, ModelName, Norm
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
-from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, material_weights
+from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, PLANE_NAMES, material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
 
@@ -59,6 +59,36 @@ class MaterialPotential(nn.Module):
         squares = planes.shape[2] * planes.shape[3]
         counts = torch.cat([board.sum(dim=(2, 3)), constant * squares], dim=1)  # each plane's sum
         return self.bound * torch.tanh(counts @ self.weights / self.bound)
+
+
+class KingZonePotential(nn.Module):
+    """A potential of the attacks on the two kings' zones (side to move's view): ``coef`` times the
+    number of own attacks on the opponent king's zone minus the opponent's attacks on the own king's
+    zone. A king's zone is its square and the (up to) 8 around it; the attacks on a square are counted
+    up to 3 (the ``*_attackers_ge1/2/3`` planes), so each side's count is in [0, 27].
+
+    Added to the value like ``MaterialPotential``, it is potential-based shaping: bringing pieces to
+    bear on the opponent king, and keeping them off one's own, shows in the advantages at once, while
+    the optimal policy is unchanged. Nothing is learnt here (``coef`` 0: none at all)."""
+
+    def __init__(self, coef: float) -> None:
+        super().__init__()
+        self.coef = coef
+        index = PLANE_NAMES.index
+        self.kings = (index("own_king"), index("opp_king"))
+        self.attackers = (index("own_attackers_ge1"), index("opp_attackers_ge1"))
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        if not self.coef:
+            return planes.new_zeros(planes.shape[0], dtype=torch.float32)
+        own_king, opp_king = self.kings
+        own, opp = self.attackers
+        kings = planes[:, [own_king, opp_king]].float()
+        zones = F.max_pool2d(kings, 3, stride=1, padding=1)  # each king's square and its neighbours
+        own_attacks = planes[:, own:own + 3].float().sum(1)  # 0-3 per square
+        opp_attacks = planes[:, opp:opp + 3].float().sum(1)
+        pressure = (zones[:, 1] * own_attacks).sum((1, 2)) - (zones[:, 0] * opp_attacks).sum((1, 2))
+        return self.coef * pressure
 
 
 class SqueezeExcitation(nn.Module):
@@ -156,10 +186,11 @@ class ResNet(nn.Module):
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
         self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
+        self.king_zone = KingZonePotential(cfg.king_potential)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.tower(self.stem(obs))  # the stem converts the uint8 planes it convolves
-        return self.policy(x, obs), self.value(x).squeeze(1) + self.material(obs)
+        return self.policy(x, obs), self.value(x).squeeze(1) + self.material(obs) + self.king_zone(obs)
 
 
 class MLP(nn.Module):
@@ -171,11 +202,12 @@ class MLP(nn.Module):
         self.policy = nn.Linear(h, NUM_ACTIONS)
         self.value = nn.Sequential(nn.Linear(h, 1), nn.Tanh())
         self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
+        self.king_zone = KingZonePotential(cfg.king_potential)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         planes = obs.float()
         x = self.body(planes)
-        return self.policy(x), self.value(x).squeeze(1) + self.material(planes)
+        return self.policy(x), self.value(x).squeeze(1) + self.material(planes) + self.king_zone(planes)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -193,6 +193,7 @@ def test_appended_unknown_key_is_rejected(override: str) -> None:
     (["training.precision=fp16", "device=cpu"], "training.precision"),
     (["training.opponent_pool.fraction=1.5"], "training.opponent_pool.fraction"),
     (["model.material_potential=0.5"], "model.material_potential"),
+    (["model.king_potential=0.05"], "model.king_potential"),
     (["training.opponent_pool.fraction=0.5", "training.opponent_pool.heuristic_fraction=0.75"],
      "training.opponent_pool.heuristic_fraction"),
     (["training.opponent_pool.heuristic_fraction=0.5", "env.workers=2"], "training.opponent_pool.heuristic_fraction"),

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rsshogi.core import Board
+from rsshogi.types import Color as RsColor
+from rsshogi.types import Square
 from torch import nn
 
 from keisei.checkpoint import (
@@ -445,6 +448,38 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
     start = torch.from_numpy(encode([Game()])[0])
     with torch.no_grad():
         assert torch.allclose(shaped(start)[1], plain(start)[1], atol=1e-6)  # the start position is balanced
+
+
+def _zone_attacks(board: Board, king_colour: RsColor) -> int:
+    """Attacks on ``king_colour``'s king square and the squares around it by the other side, each
+    square's count capped at 3, from rsshogi's own queries."""
+    king = board.king_square(king_colour).value
+    total = 0
+    for sq in range(81):
+        if abs(sq // 9 - king // 9) <= 1 and abs(sq % 9 - king % 9) <= 1:
+            total += min(3, board.attackers_to_color_current(king_colour.opponent(), Square.from_index(sq)).count())
+    return total
+
+
+@pytest.mark.parametrize("name", ["resnet", "mlp"])
+def test_king_potential_counts_the_attacks_on_both_kings_zones(name: str, random_positions: list[Game]) -> None:
+    """With model.king_potential=k the value is the head's plus k times (own attacks on the opponent
+    king's zone - the opponent's attacks on the own king's zone), counted with rsshogi; the weights are
+    the same tensors, the logits unchanged, and a king potential of 0 adds nothing."""
+    games = [g for g in random_positions[::10] if not g.is_over]
+    expected = torch.tensor([_zone_attacks(g.board, g.board.turn.opponent()) - _zone_attacks(g.board, g.board.turn)
+                             for g in games], dtype=torch.float32)
+    assert expected.max() >= 3 and expected.min() <= -3  # pressure on both sides among the positions
+    torch.manual_seed(0)
+    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, king_potential=0.01)).eval()
+    plain = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8)).eval()
+    assert shaped.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
+    plain.load_state_dict(shaped.state_dict())
+    obs = torch.from_numpy(encode(games)[0])
+    with torch.no_grad():
+        (logits_s, value_s), (logits_p, value_p) = shaped(obs), plain(obs)
+    assert torch.equal(logits_s, logits_p)
+    assert torch.allclose(value_s - value_p, 0.01 * expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
