@@ -1,8 +1,10 @@
 """The CPU learning baseline: train ``experiment=cpu_baseline``, then measure it.
 
 Runs ``train.py experiment=cpu_baseline`` (about 20 minutes on 2 CPU cores), then
-``evaluate.py`` with 200 games against random and 200 against the heuristic player, prints
-the learning curve (periodic evaluation against random and training metrics per
+``evaluate.py`` with 200 games against random and 200 against the heuristic player (the raw
+policy, greedy), the same again with play-time search (``--search-simulations``, default 1: the
+policy's move after a mate search of 3 plies, moves that allow a mate in one left out; 0 skips it;
+docs/search.md), prints the learning curve (periodic evaluation against random and training metrics per
 evaluation interval) as a table, and saves the run's metrics plot (PNG). Periodic evaluation
 against more opponents adds a win-rate column each:
 
@@ -33,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=ROOT / "outputs" / "cpu_baseline")
     parser.add_argument("--games", type=int, default=200)
+    parser.add_argument("--search-simulations", type=int, default=1,
+                        help="also evaluate with this many simulations of search (0: the raw policy only)")
     parser.add_argument("--skip-training", action="store_true", help="measure an existing run dir")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = parser.parse_args()
@@ -45,11 +49,15 @@ def main() -> None:
     train_minutes = (time.perf_counter() - start) / 60
 
     results = {}
-    for opponent in ("random", "heuristic"):
-        out = run_dir / "final_eval" / opponent
-        run("evaluate.py", f"checkpoint={run_dir}", f"opponent={opponent}", f"evaluation.games={args.games}",
-            "evaluation.max_plies=256", "logging.progress_bar=false", "device=cpu", f"hydra.run.dir={out}")
-        results[opponent] = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    searches = [0] + [args.search_simulations] * (args.search_simulations > 0)
+    for simulations in searches:
+        for opponent in ("random", "heuristic"):
+            label = opponent if not simulations else f"{opponent}, {simulations} simulation(s) of search"
+            out = run_dir / ("final_eval" if not simulations else "final_eval_search") / opponent
+            run("evaluate.py", f"checkpoint={run_dir}", f"opponent={opponent}", f"evaluation.games={args.games}",
+                "evaluation.max_plies=256", "logging.progress_bar=false", "device=cpu", f"hydra.run.dir={out}",
+                f"evaluation.search.simulations={simulations}")
+            results[label] = json.loads((out / "results.json").read_text(encoding="utf-8"))
 
     train, evals = read_metrics(run_dir)
     print(learning_curve(train, evals, main_opponent(run_dir) or "opponent"))
