@@ -2,7 +2,9 @@
 
 The value is from the side to move's view: the head's output in [-1, 1], plus, with
 ``model.material_potential`` k > 0, a potential of about k times the material balance in pawns read
-off the input planes, saturating at +-``model.material_potential_max`` (``MaterialPotential``).
+off the input planes, saturating at +-``model.material_potential_max`` (``MaterialPotential``), and
+with ``model.king_potential`` k > 0, k times the attacks on the opponent king's zone minus those on
+the own king's (``KingZonePotential``).
 The ResNet's policy head is a 1x1 convolution to 27 planes, one per label direction, so that output
 plane ``d`` at square ``s`` is exactly label ``d * 81 + s`` (see docs/observations.md).
 """

@@ -558,7 +558,7 @@ class Search:
         logits, values = self.policy.logits_and_value(torch.from_numpy(obs).to(self.device),
                                                       torch.from_numpy(mask).to(self.device))
         # The policy's own distribution (illegal labels have probability 0), renormalised in float64.
-        # A value beyond a win (model.material_potential adds up to material_potential_max) counts as a win.
+        # A value beyond a win (the shaping potentials: model.material_potential, king_potential) counts as a win.
         probs, values_np = torch.softmax(logits, dim=1).cpu().numpy(), values.clamp(-1.0, 1.0).cpu().numpy()
         for j, leaf in enumerate(batch):
             labels = np.flatnonzero(mask[j])

@@ -91,6 +91,18 @@ def test_model_group_picks_its_file(name: str) -> None:
         assert OmegaConf.to_container(OmegaConf.structured(cfg.model), enum_to_str=True)[key] == value, key
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_experiment_presets_compose_validate_and_set_their_values(name: str) -> None:
+    """Each experiment preset composes into a valid config that carries the file's own model, env and
+    training values (e.g. cpu_baseline's two shaping potentials)."""
+    cfg = to_container(validate(compose_cfg(f"experiment={name}")))
+    own = yaml_values(CONF_DIR / "experiment" / f"{name}.yaml")
+    for group in ("model", "env", "training"):
+        for key, value in own.get(group, {}).items():
+            if not isinstance(value, dict):
+                assert cfg[group][key] == value, f"{group}.{key}"
+
+
 def test_defaults_have_one_source_the_schema() -> None:
     """conf/ files name their preset and repeat no schema default: composing with no overrides gives
     the dataclass defaults (the opponent preset aside), and the mlp preset differs only in its name."""
