@@ -435,8 +435,17 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
     balances = torch.tensor([_material_balance(g) for g in games], dtype=torch.float32)
     assert balances.abs().max() > 5  # captures happened, in both directions
     assert (balances > 0).any() and (balances < 0).any()
+    added = _value_added(name, [*games, Game()], material_potential=0.02)
+    assert torch.allclose(added[:-1], 0.5 * torch.tanh(0.02 * balances / 0.5), atol=1e-5)
+    assert abs(added[-1]) < 1e-6  # the start position is balanced
+
+
+def _value_added(name: str, games: list[Game], **shaping: float) -> torch.Tensor:
+    """What a shaping potential (``shaping``: ModelConfig fields) adds to the value of each game's
+    position: the shaped network against the same weights without it, whose logits must agree and
+    whose checkpoints have the same keys."""
     torch.manual_seed(0)
-    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, material_potential=0.02)).eval()
+    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, **shaping)).eval()
     plain = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8)).eval()
     assert shaped.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
     plain.load_state_dict(shaped.state_dict())
@@ -444,10 +453,7 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
     with torch.no_grad():
         (logits_s, value_s), (logits_p, value_p) = shaped(obs), plain(obs)
     assert torch.equal(logits_s, logits_p)
-    assert torch.allclose(value_s - value_p, 0.5 * torch.tanh(0.02 * balances / 0.5), atol=1e-5)
-    start = torch.from_numpy(encode([Game()])[0])
-    with torch.no_grad():
-        assert torch.allclose(shaped(start)[1], plain(start)[1], atol=1e-6)  # the start position is balanced
+    return value_s - value_p
 
 
 def _zone_attacks(board: Board, king_colour: RsColor) -> int:
@@ -465,21 +471,12 @@ def _zone_attacks(board: Board, king_colour: RsColor) -> int:
 def test_king_potential_counts_the_attacks_on_both_kings_zones(name: str, random_positions: list[Game]) -> None:
     """With model.king_potential=k the value is the head's plus k times (own attacks on the opponent
     king's zone - the opponent's attacks on the own king's zone), counted with rsshogi; the weights are
-    the same tensors, the logits unchanged, and a king potential of 0 adds nothing."""
+    the same tensors and the logits unchanged."""
     games = [g for g in random_positions[::10] if not g.is_over]
     expected = torch.tensor([_zone_attacks(g.board, g.board.turn.opponent()) - _zone_attacks(g.board, g.board.turn)
                              for g in games], dtype=torch.float32)
     assert expected.max() >= 3 and expected.min() <= -3  # pressure on both sides among the positions
-    torch.manual_seed(0)
-    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, king_potential=0.01)).eval()
-    plain = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8)).eval()
-    assert shaped.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
-    plain.load_state_dict(shaped.state_dict())
-    obs = torch.from_numpy(encode(games)[0])
-    with torch.no_grad():
-        (logits_s, value_s), (logits_p, value_p) = shaped(obs), plain(obs)
-    assert torch.equal(logits_s, logits_p)
-    assert torch.allclose(value_s - value_p, 0.01 * expected, atol=1e-5)
+    assert torch.allclose(_value_added(name, games, king_potential=0.01), 0.01 * expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
