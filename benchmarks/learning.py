@@ -3,9 +3,9 @@
 Runs ``train.py experiment=cpu_baseline`` (about 20 minutes on 2 CPU cores), then
 ``evaluate.py`` with 200 games against random and 200 against the heuristic player (the raw
 policy, greedy), the same again with play-time search (``--search-simulations``, default 1: the
-policy's move after a mate search of 3 plies, moves that allow a mate in one left out; 0 skips it;
-docs/search.md), prints the learning curve (periodic evaluation against random and training metrics per
-evaluation interval) as a table, and saves the run's metrics plot (PNG). Periodic evaluation
+policy's move after a mate search of 3 plies, moves that allow a mate in one left out; 0 skips
+it; docs/search.md), prints the learning curve (periodic evaluation against random and training
+metrics per evaluation interval) as a table, and saves the run's metrics plot (PNG). Periodic evaluation
 against more opponents adds a win-rate column each:
 
     python benchmarks/learning.py [--run-dir outputs/cpu_baseline] [--games 200] [OVERRIDE ...]
