@@ -5,8 +5,8 @@ Runs ``train.py experiment=cpu_baseline`` (about 20 minutes on 2 CPU cores), the
 policy, greedy), the same again with play-time search (``--search-simulations``, default 1: the
 policy's move after a mate search of 3 plies, moves that allow a mate in one left out; 0 skips
 it; docs/search.md), prints the learning curve (periodic evaluation against random and training
-metrics per evaluation interval) as a table, and saves the run's metrics plot (PNG). Periodic evaluation
-against more opponents adds a win-rate column each:
+metrics per evaluation interval) as a table, and saves the run's metrics plot (PNG). Periodic
+evaluation against more opponents adds a win-rate column each:
 
     python benchmarks/learning.py [--run-dir outputs/cpu_baseline] [--games 200] [OVERRIDE ...]
     python benchmarks/learning.py 'evaluation.periodic_opponents=[heuristic]'
@@ -49,11 +49,13 @@ def main() -> None:
     train_minutes = (time.perf_counter() - start) / 60
 
     results = {}
-    searches = [0] + [args.search_simulations] * (args.search_simulations > 0)
-    for simulations in searches:
+    evaluations = [(0, "final_eval", "")]  # (simulations, out dir, label suffix); 0: the raw policy
+    if args.search_simulations:
+        evaluations.append((args.search_simulations, "final_eval_search",
+                            f", {args.search_simulations} simulation(s) of search"))
+    for simulations, folder, suffix in evaluations:
         for opponent in ("random", "heuristic"):
-            label = opponent if not simulations else f"{opponent}, {simulations} simulation(s) of search"
-            out = run_dir / ("final_eval" if not simulations else "final_eval_search") / opponent
+            label, out = opponent + suffix, run_dir / folder / opponent
             run("evaluate.py", f"checkpoint={run_dir}", f"opponent={opponent}", f"evaluation.games={args.games}",
                 "evaluation.max_plies=256", "logging.progress_bar=false", "device=cpu", f"hydra.run.dir={out}",
                 f"evaluation.search.simulations={simulations}")
