@@ -20,7 +20,7 @@ register_configs()
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     with fail_cleanly():
-        from keisei.evaluation import evaluate
+        from keisei.evaluation.app import evaluate
 
         return evaluate(validate_evaluate(cfg), Path(HydraConfig.get().runtime.output_dir))
 

@@ -20,7 +20,7 @@ register_configs()
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     with fail_cleanly():
-        from keisei.trainer import train
+        from keisei.train.loop import train
 
         return train(validate(cfg), Path(HydraConfig.get().runtime.output_dir))
 

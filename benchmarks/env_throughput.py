@@ -26,7 +26,7 @@ import numpy as np
 from rsshogi.core import Board
 from rsshogi.types import RepetitionState
 
-from keisei.env import VecEnv
+from keisei.env.vec_env import VecEnv
 
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 

@@ -23,9 +23,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from keisei.config import register_configs, validate
-from keisei.match import play_match
-from keisei.model import build_model
-from keisei.players import AgentPlayer, RandomPlayer
+from keisei.nn.model import build_model
+from keisei.play.match import play_match
+from keisei.play.players import AgentPlayer, RandomPlayer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

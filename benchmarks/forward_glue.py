@@ -2,12 +2,12 @@
 
 On real positions (random games, encoded) and legal-move masks, times alternating rounds of:
 
-- sampling one move per row of a rollout-sized batch: ``keisei.policy.sample`` (inverse of the
+- sampling one move per row of a rollout-sized batch: ``keisei.nn.policy.sample`` (inverse of the
   cumulative sum at one uniform number per row) against ``torch.multinomial`` (which draws an
   exponential number for every one of the 2187 labels);
 - the entropy of a minibatch-sized batch, forward and backward: ``softmax(logits) * log_softmax``
   against ``log_softmax(...).exp() * log_softmax`` (exp of the masked labels' huge negative logs is slow);
-- reading the uint8 planes: ``keisei.model.split_planes`` (the board planes straight to float
+- reading the uint8 planes: ``keisei.nn.model.split_planes`` (the board planes straight to float
   channels-last) against converting all 125 planes to float and then the board planes to channels-last.
 
 Prints the median time of each form and the speed-up; docs/training.md#throughput has the figures.
@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from keisei.model import split_planes
-from keisei.policy import masked_logits, sample
+from keisei.nn.model import split_planes
+from keisei.nn.policy import masked_logits, sample
 from keisei.shogi import Game, encode, random_opening
 from keisei.shogi.features import BOARD_PLANES
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from rsshogi.core import Board, Move
 
-from keisei.evaluation import checkpoint_player
-from keisei.match import match_results, play_match
-from keisei.players import Choice, HeuristicPlayer, Player, RandomPlayer
+from keisei.evaluation.app import checkpoint_player
+from keisei.play.match import match_results, play_match
+from keisei.play.players import Choice, HeuristicPlayer, Player, RandomPlayer
 from keisei.shogi import Game
 
 OPPONENTS = ("random", "heuristic")

@@ -23,8 +23,8 @@ import time
 import numpy as np
 from env_throughput import random_legal_actions
 
-from keisei.env import StepResult, VecEnv
-from keisei.env_workers import WorkerVecEnv
+from keisei.env.vec_env import StepResult, VecEnv
+from keisei.env.workers import WorkerVecEnv
 
 
 def run(env: VecEnv | WorkerVecEnv, out: StepResult, seconds: float, rng: np.random.Generator

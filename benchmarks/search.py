@@ -1,6 +1,6 @@
 """Search at play time: nodes per second (batched vs unbatched leaves) and search vs the raw policy.
 
-(a) Nodes per second of ``keisei.search.Search`` on positions of random openings, for leaves
+(a) Nodes per second of ``keisei.play.search.Search`` on positions of random openings, for leaves
 evaluated one at a time (``batch_size`` 1), in batches of ``--batch-size`` (virtual loss), and with
 ``--lockstep`` games searched together; measured side by side in alternating rounds of one run,
 reported as medians and the ratio batched / unbatched.
@@ -10,7 +10,7 @@ is the policy's move plus the mate search alone) against the same
 network's raw policy (greedy; ``--baseline mate``: the policy with the same mate search, to isolate
 what the tree adds), ``--games`` games per setting, colours alternating, each random
 opening (``--opening-plies``) played with both colours; W/D/L, win rate with its 95 % Wilson
-interval and the Elo difference (``keisei.match.match_results``).
+interval and the Elo difference (``keisei.play.match.match_results``).
 
     python benchmarks/search.py --checkpoint RUN_DIR_OR_FILE [--games 40] [--simulations 64 200]
         [--root puct|gumbel] [--threads 1] [--out results.json]
@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from keisei.checkpoint import load_model
 from keisei.config import ModelConfig, SearchConfig, SearchRoot
-from keisei.evaluation import searching_name
-from keisei.match import match_results, play_match
-from keisei.model import build_model
-from keisei.players import AgentPlayer
-from keisei.policy import Policy
-from keisei.search import Search
+from keisei.evaluation.app import searching_name
+from keisei.nn.checkpoint import load_model
+from keisei.nn.model import build_model
+from keisei.nn.policy import Policy
+from keisei.play.match import match_results, play_match
+from keisei.play.players import AgentPlayer
+from keisei.play.search import Search
 from keisei.shogi import Game, random_opening
 
 

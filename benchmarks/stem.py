@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from keisei.config import register_configs, validate
-from keisei.model import StemConv, build_model
+from keisei.nn.model import StemConv, build_model
 from keisei.shogi import Game, encode, random_opening
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

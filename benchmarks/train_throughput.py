@@ -19,9 +19,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from keisei.config import register_configs, validate
-from keisei.ppo import learning_rate, ppo_update
-from keisei.rollout import collect
-from keisei.trainer import start_run
+from keisei.train.loop import start_run
+from keisei.train.ppo import learning_rate, ppo_update
+from keisei.train.rollout import collect
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

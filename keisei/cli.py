@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf.errors import MissingMandatoryValue
 
-from keisei.checkpoint import CheckpointError
 from keisei.config import ConfigError
+from keisei.nn.checkpoint import CheckpointError
+from keisei.play.usi_client import EngineError
 from keisei.shogi import IllegalMoveError
-from keisei.usi_client import EngineError
 
 #: Errors whose message says what to fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, FileNotFoundError)

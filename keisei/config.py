@@ -103,7 +103,7 @@ class OpponentPoolConfig:
     size: int = 0  # snapshots kept (oldest dropped)
     snapshot_interval: int = 10  # updates between snapshots
     fraction: float = 0.5  # share of the games played against a snapshot when the pool is not empty
-    heuristic_fraction: float = 0.0  # share of the games played against keisei.players.HeuristicPlayer
+    heuristic_fraction: float = 0.0  # share of the games played against keisei.play.players.HeuristicPlayer
 
 
 @dataclass
@@ -144,7 +144,7 @@ class SearchRoot(str, Enum):
 
 @dataclass
 class SearchConfig:
-    """Search at play time (``keisei.search``): MCTS guided by the policy and value heads, with a
+    """Search at play time (``keisei.play.search``): MCTS guided by the policy and value heads, with a
     short mate search. ``simulations`` 0 plays the raw policy (no search)."""
 
     simulations: int = 0  # network evaluations per move (0: no search, the policy's move)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from keisei.env import VecEnv
+from keisei.env.vec_env import VecEnv
 
 
 def main(argv: list[str] | None = None) -> None:

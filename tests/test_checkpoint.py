@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from keisei.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from keisei.nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,9 +120,9 @@ def test_evaluate_on_an_unreadable_checkpoint(tmp_path: Path, case: str) -> None
 def test_a_v1_checkpoint_still_loads_with_its_config_keys_renamed(tmp_path: Path) -> None:
     """v1 named the ResNet value head's width ``model.hidden`` and the checkpoint interval
     ``training.checkpoint_interval``; a v1 file rebuilds the same network under v2's names."""
-    from keisei.checkpoint import FORMAT, load_model, model_state
     from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
-    from keisei.model import build_model
+    from keisei.nn.checkpoint import FORMAT, load_model, model_state
+    from keisei.nn.model import build_model
     from keisei.shogi import ENCODING_VERSION
 
     cfg = TrainConfig(model=ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=24))
@@ -146,9 +146,9 @@ def test_a_v1_checkpoint_still_loads_with_its_config_keys_renamed(tmp_path: Path
 def old_encoding_checkpoint(path: Path) -> str:
     """A training checkpoint written by the 119-plane encoding (v1), its network's first layer 119
     planes wide; the version it names."""
-    from keisei.checkpoint import FORMAT, model_state
     from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
-    from keisei.model import build_model
+    from keisei.nn.checkpoint import FORMAT, model_state
+    from keisei.nn.model import build_model
 
     cfg = TrainConfig(model=ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16))
     state = model_state(build_model(cfg.model))
@@ -162,7 +162,7 @@ def old_encoding_checkpoint(path: Path) -> str:
 
 def test_a_checkpoint_of_another_encoding_is_one_line_naming_both_versions(tmp_path: Path) -> None:
     """Not a shape mismatch deep in ``load_state_dict``: the file, its encoding and this Keisei's."""
-    from keisei.checkpoint import load_model
+    from keisei.nn.checkpoint import load_model
     from keisei.shogi import ENCODING_VERSION
 
     path = tmp_path / "old.pt"

@@ -20,10 +20,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from keisei.config import ModelConfig, ModelName, TrainingConfig
-from keisei.model import build_model
-from keisei.policy import Policy
-from keisei.ppo import Batch, build_optimizer, ppo_update
+from keisei.nn.model import build_model
+from keisei.nn.policy import Policy
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
+from keisei.train.ppo import Batch, build_optimizer, ppo_update
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from keisei.elo import elo_from_score, expected_score, match_stats, ratings
-from keisei.evaluation import format_match
-from keisei.match import match_results, play_match
-from keisei.players import RandomPlayer
+from keisei.evaluation.app import format_match
+from keisei.evaluation.elo import elo_from_score, expected_score, match_stats, ratings
+from keisei.play.match import match_results, play_match
+from keisei.play.players import RandomPlayer
 
 Z = 1.959963984540054  # two-sided 95 % normal quantile
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import MATE_IN_ONE
 from rsshogi.core import Board
 
-from keisei.env import StepResult, VecEnv
+from keisei.env.vec_env import StepResult, VecEnv
 from keisei.shogi import (
     OBSERVATION_SHAPE,
     PLANE_NAMES,
@@ -316,7 +316,7 @@ def test_repetition_planes_follow_the_games_on_the_tracked_path() -> None:
 
 
 def test_repetition_planes_in_worker_processes() -> None:
-    from keisei.env_workers import WorkerVecEnv
+    from keisei.env.workers import WorkerVecEnv
 
     with WorkerVecEnv(2, workers=2) as env:
         env.reset(seed=0)

@@ -15,8 +15,8 @@ import pytest
 from conftest import alive, wait_gone
 
 from keisei.config import EnvConfig
-from keisei.env import STEP_FIELDS, StepResult, VecEnv
-from keisei.env_workers import WorkerError, WorkerVecEnv, make_env, shard
+from keisei.env.vec_env import STEP_FIELDS, StepResult, VecEnv
+from keisei.env.workers import WorkerError, WorkerVecEnv, make_env, shard
 from keisei.shogi import IllegalMoveError
 
 KWARGS = {"max_plies": 24, "opening_plies": 2}  # short games: many end and restart
@@ -180,7 +180,7 @@ def test_an_exception_in_a_with_block_stops_the_workers() -> None:
 SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
-    from keisei.env_workers import WorkerVecEnv
+    from keisei.env.workers import WorkerVecEnv
     env = WorkerVecEnv(8, workers=2)
     out = env.reset(seed=0)
     print(" ".join(map(str, env.pids)), flush=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keisei.checkpoint import load_checkpoint
+from keisei.nn.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = "/usr/games/fairy-stockfish"
@@ -627,7 +627,7 @@ def test_periodic_opponents_bad_config_fails_before_anything_is_written(tmp_path
 def test_periodic_opponents_composed_outside_hydra() -> None:
     """The presets compose from conf/ without a running Hydra app too (programmatic use)."""
     from keisei.config import EvaluationConfig, OpponentConfig, OpponentKind
-    from keisei.evaluation import periodic_opponents
+    from keisei.evaluation.app import periodic_opponents
 
     presets = periodic_opponents(EvaluationConfig(periodic_opponents=["heuristic", "fairy_stockfish_weakest"]),
                                  OpponentConfig())

@@ -11,10 +11,10 @@ import torch
 from rsshogi.record import Record
 
 from keisei.config import ModelConfig
-from keisei.elo import elo_from_score
-from keisei.match import match_results, play_match, save_records
-from keisei.model import build_model
-from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
+from keisei.evaluation.elo import elo_from_score
+from keisei.nn.model import build_model
+from keisei.play.match import match_results, play_match, save_records
+from keisei.play.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
 from keisei.shogi import STARTPOS, Color, Game, Termination
 
 

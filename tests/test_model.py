@@ -15,7 +15,8 @@ from rsshogi.types import Color as RsColor
 from rsshogi.types import Square
 from torch import nn
 
-from keisei.checkpoint import (
+from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
+from keisei.nn.checkpoint import (
     FORMAT,
     CheckpointError,
     load_checkpoint,
@@ -25,9 +26,8 @@ from keisei.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from keisei.config import Device, ModelConfig, ModelName, Norm, TrainConfig, to_container
-from keisei.model import SqueezeExcitation, StemConv, build_model
-from keisei.players import PIECE_VALUES as PIECE_TYPE_VALUES
+from keisei.nn.model import SqueezeExcitation, StemConv, build_model
+from keisei.play.players import PIECE_VALUES as PIECE_TYPE_VALUES
 from keisei.shogi import ENCODING_VERSION, NUM_ACTIONS, NUM_PLANES, Game, encode, move_to_action, random_opening
 from keisei.shogi.features import BOARD_PLANES, PIECE_VALUES, PLANE_NAMES
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from keisei.config import ModelConfig, ModelName, SearchConfig
-from keisei.match import play_match
-from keisei.model import build_model
-from keisei.players import AgentPlayer, HeuristicPlayer, RandomPlayer
+from keisei.nn.model import build_model
+from keisei.play.match import play_match
+from keisei.play.players import AgentPlayer, HeuristicPlayer, RandomPlayer
 from keisei.shogi import Game, Termination, encode, move_to_action
 from keisei.shogi.game import FORFEITS
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from rsshogi.core import Board
 
-from keisei.match import play_match, save_records
-from keisei.players import HeuristicPlayer, RandomPlayer
+from keisei.play.match import play_match, save_records
+from keisei.play.players import HeuristicPlayer, RandomPlayer
 from keisei.plot import final_position_svg, metrics_figure, plot_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

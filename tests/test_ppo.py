@@ -11,13 +11,13 @@ import torch
 from torch.distributions import Categorical
 
 from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, Schedule, TrainingConfig
-from keisei.env import VecEnv
-from keisei.model import build_model
-from keisei.players import HeuristicPlayer
-from keisei.policy import Policy, masked_logits, sample
-from keisei.ppo import Batch, build_optimizer, learning_rate, ppo_update, refresh_batch_norm, two_player_gae
-from keisei.rollout import HEURISTIC, OpponentPool, collect
+from keisei.env.vec_env import VecEnv
+from keisei.nn.model import build_model
+from keisei.nn.policy import Policy, masked_logits, sample
+from keisei.play.players import HeuristicPlayer
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game, legal_mask
+from keisei.train.ppo import Batch, build_optimizer, learning_rate, ppo_update, refresh_batch_norm, two_player_gae
+from keisei.train.rollout import HEURISTIC, OpponentPool, collect
 
 # ---------------------------------------------------------------------------------------------
 # two_player_gae
@@ -558,7 +558,7 @@ def test_first_minibatch_of_an_update_has_ratio_one(name: str) -> None:
 
 
 def test_games_against_the_heuristic_player_are_its_moves_and_train_only_the_learner() -> None:
-    """heuristic_fraction 1: every game is against keisei.players.HeuristicPlayer; its plies are exactly what
+    """heuristic_fraction 1: every game is against keisei.play.players.HeuristicPlayer; its plies are exactly what
     a HeuristicPlayer of the same seed chooses in those positions, and the batch holds only the learner's."""
     torch.manual_seed(0)
     model = _tiny_model()

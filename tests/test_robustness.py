@@ -227,7 +227,7 @@ def test_ctrl_c_during_a_match_on_env_workers_keeps_the_games_and_stops_the_work
                                 "evaluation.workers=2", "evaluation.temperature=1", "opponent.temperature=1",
                                 "evaluation.opening_plies=2", f"hydra.run.dir={out_dir}",
                                 helpers=helpers)
-    assert sum(b"keisei.env_workers" in cmdline for cmdline in helpers.values()) == 2
+    assert sum(b"keisei.env.workers" in cmdline for cmdline in helpers.values()) == 2
     left = wait_gone(list(helpers), 10)
     assert not left, [helpers[pid] for pid in left]
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Search at play time (keisei.search): real rsshogi rules, a real (untrained) ResNet, no mocks."""
+"""Search at play time (keisei.play.search): real rsshogi rules, a real (untrained) ResNet, no mocks."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from keisei.config import (
     validate_evaluation,
     validate_search,
 )
-from keisei.match import play_match
-from keisei.model import build_model
-from keisei.players import AgentPlayer, RandomPlayer
-from keisei.policy import Policy
-from keisei.search import Limits, Search, SearchResult, find_mate
+from keisei.nn.model import build_model
+from keisei.nn.policy import Policy
+from keisei.play.match import play_match
+from keisei.play.players import AgentPlayer, RandomPlayer
+from keisei.play.search import Limits, Search, SearchResult, find_mate
 from keisei.shogi import NUM_ACTIONS, Game, Termination, encode, move_to_action
 from keisei.shogi.game import FORFEITS
 

@@ -157,7 +157,7 @@ def test_sweep_of_two_jobs_completes_on_real_slurm(slurm, tmp_path: Path):
         assert f"job_id={array_id}_{job}" in log, log  # submitit saw the real Slurm job environment
         assert f"seed={seed}" in (job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8").replace(
             "- ", "")
-    # the sweep summary (keisei/sweep.py): summary.csv and summary.md, one completed row per job
+    # the sweep summary (keisei/train/sweep.py): summary.csv and summary.md, one completed row per job
     assert (sweep / "summary.csv").is_file()
     lines = (sweep / "summary.md").read_text(encoding="utf-8").splitlines()
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]

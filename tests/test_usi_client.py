@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from keisei.match import play_match
-from keisei.players import RandomPlayer
+from keisei.play.match import play_match
+from keisei.play.players import RandomPlayer
+from keisei.play.usi_client import EngineError, UsiPlayer
 from keisei.shogi import Color, Game, Termination
 from keisei.shogi.game import FORFEITS
-from keisei.usi_client import EngineError, UsiPlayer
 
 ENGINES = Path(__file__).parent / "engines"
 FAIRY_STOCKFISH = "/usr/games/fairy-stockfish"

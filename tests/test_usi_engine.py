@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from keisei.checkpoint import load_model, model_state, save_checkpoint
 from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
-from keisei.match import match_results, play_match
-from keisei.model import build_model
+from keisei.nn.checkpoint import load_model, model_state, save_checkpoint
+from keisei.nn.model import build_model
+from keisei.play.match import match_results, play_match
+from keisei.play.usi_client import UsiPlayer
+from keisei.play.usi_engine import OPTIONS, time_budget, value_to_cp
 from keisei.shogi import Game, Termination, encode, move_to_action
-from keisei.usi_client import UsiPlayer
-from keisei.usi_engine import OPTIONS, time_budget, value_to_cp
 
 FAIRY = "/usr/games/fairy-stockfish"
 # Black to move, king on 6b, ten pieces in the camp worth 26 points, two pawns in hand: 28 points.

@@ -3,7 +3,7 @@
 ``collect(policy, env, pool, ...)`` is one rollout: at each step the policy picks a move in
 every game (a past snapshot from the ``OpponentPool`` plays its side of the pool's games),
 the env plays them, and the buffers record what the PPO update needs. Advantages come from
-``keisei.ppo.two_player_gae`` over the whole (T, N) rollout; the batch keeps only the
+``keisei.train.ppo.two_player_gae`` over the whole (T, N) rollout; the batch keeps only the
 learner's moves.
 """
 
@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from keisei.checkpoint import load_model_state, model_state
 from keisei.config import OpponentPoolConfig
-from keisei.env import Env
-from keisei.players import HeuristicPlayer
-from keisei.policy import Policy
-from keisei.ppo import Batch, two_player_gae
+from keisei.env.vec_env import Env
+from keisei.nn.checkpoint import load_model_state, model_state
+from keisei.nn.policy import Policy
+from keisei.play.players import HeuristicPlayer
 from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE, Game, move_to_action
+from keisei.train.ppo import Batch, two_player_gae
 
 #: ``OpponentPool.opponent`` of a self-play game and of a game against the heuristic player
 #: (snapshot games hold the snapshot's id, >= 0).
@@ -35,7 +35,7 @@ class OpponentPool:
     learner and the heuristic player (``size`` 0 and ``heuristic_fraction`` 0: pure self-play).
 
     Every new game is assigned when it starts: with probability ``heuristic_fraction`` it is
-    played against ``keisei.players.HeuristicPlayer``, with probability ``fraction`` (once the
+    played against ``keisei.play.players.HeuristicPlayer``, with probability ``fraction`` (once the
     pool holds a snapshot) against a snapshot drawn at random, the learner taking a random
     colour in both cases; otherwise it is a self-play game. A game keeps its opponent until it
     ends. Draws use ``generator``; the assignments and the heuristic player's generator are part

@@ -8,7 +8,7 @@ timeout, crash or resignation. ``match_results`` turns the games into the figure
 
 The games advance in lockstep: each round, both players choose in the games where they are to
 move, then every move is played. With ``workers`` > 1 a match between two networks that play
-without search runs its games in env worker processes (``keisei.env_workers``), which step them
+without search runs its games in env worker processes (``keisei.env.workers``), which step them
 (rules, adjudication, encoding) while this process only runs the networks on their planes: the
 same rounds, batches and draws, so the same games as in this process.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from keisei.elo import match_stats
-from keisei.env_workers import WorkerVecEnv
-from keisei.players import AgentPlayer, Player
+from keisei.env.workers import WorkerVecEnv
+from keisei.evaluation.elo import match_stats
+from keisei.play.players import AgentPlayer, Player
 from keisei.shogi import Color, Game, IllegalMoveError, Termination, random_opening
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from keisei import distributed
 from keisei.config import Schedule, TrainingConfig
-from keisei.policy import Policy
+from keisei.nn.policy import Policy
+from keisei.train import distributed
 
 
 def two_player_gae(rewards: torch.Tensor, ended: torch.Tensor, truncated: torch.Tensor,

@@ -1,9 +1,9 @@
 """The training loop: PPO self-play, read top to bottom.
 
-Each update: set the learning rate, ``collect`` a rollout (``keisei.rollout``: the env steps and
-the policy's moves), run ``ppo_update`` on it (``keisei.ppo``), log a metrics record, evaluate
-when an interval is crossed (``keisei.periodic_evaluation``), checkpoint when one is due or a
-stop signal came (``keisei.train_state``). ``train.py`` is the Hydra entry point.
+Each update: set the learning rate, ``collect`` a rollout (``keisei.train.rollout``: the env steps and
+the policy's moves), run ``ppo_update`` on it (``keisei.train.ppo``), log a metrics record, evaluate
+when an interval is crossed (``keisei.train.periodic_evaluation``), checkpoint when one is due or a
+stop signal came (``keisei.train.state``). ``train.py`` is the Hydra entry point.
 
 The objective returned (for sweepers) is the latest periodic evaluation's win rate, or the
 explained variance of the value function in the last update when evaluation is off.
@@ -24,17 +24,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from keisei import distributed
-from keisei.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.config import ConfigError, Precision, TrainConfig, to_container
-from keisei.distributed import Ranks
-from keisei.metrics import MetricsLogger, Outcome, check_sinks, games_record, truncate_metrics
-from keisei.periodic_evaluation import PeriodicEvaluation
-from keisei.ppo import learning_rate, ppo_update
-from keisei.preemption import StopSignals
-from keisei.rollout import collect
+from keisei.nn.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.runtime import check_memory, resolve_device, seed_everything
-from keisei.train_state import TrainState
+from keisei.train import distributed
+from keisei.train.distributed import Ranks
+from keisei.train.metrics import MetricsLogger, Outcome, check_sinks, games_record, truncate_metrics
+from keisei.train.periodic_evaluation import PeriodicEvaluation
+from keisei.train.ppo import learning_rate, ppo_update
+from keisei.train.preemption import StopSignals
+from keisei.train.rollout import collect
+from keisei.train.state import TrainState
 
 #: Rank r of a distributed run seeds its games and samples with seed + r * this.
 RANK_SEED_STRIDE = 1_000_003
@@ -117,7 +117,7 @@ def write_record(cfg: TrainConfig, run_dir: Path, state: TrainState) -> None:
 def train(cfg: TrainConfig, run_dir: Path) -> float:
     """Train per ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` or the run dir says so);
     prints a summary and returns the objective. Launched as several processes (torchrun, Slurm
-    tasks) it trains one network on all of them (``keisei.distributed``); rank 0 writes the record."""
+    tasks) it trains one network on all of them (``keisei.train.distributed``); rank 0 writes the record."""
     ranks = distributed.setup(use_cuda=resolve_device(cfg.device).type == "cuda")
     own_dir, run_dir = run_dir, Path(distributed.broadcast(str(run_dir)))  # one run dir: rank 0's
     if own_dir != run_dir and own_dir.is_dir() and not any(own_dir.iterdir()):

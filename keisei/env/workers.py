@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keisei.env import STEP_FIELDS, StepResult, VecEnv, check_actions, new_seed, upgrade_state
+from keisei.env.vec_env import STEP_FIELDS, StepResult, VecEnv, check_actions, new_seed, upgrade_state
 from keisei.shogi import Game
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ from multiprocessing.connection import Connection
 conn = Connection(int(sys.argv[1]))
 init = conn.recv()
 sys.path[:] = init["sys_path"]
-from keisei.env_workers import serve
+from keisei.env.workers import serve
 serve(conn, init)
 """
 

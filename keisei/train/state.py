@@ -2,7 +2,7 @@
 
 ``TrainState`` gathers the objects that change during training (network, optimizer, gradient
 scaler, shuffling generator, the env's games in progress, the opponent pool) and the run's
-counters. ``save`` writes it through the one checkpoint format (``keisei.checkpoint``); ``load``
+counters. ``save`` writes it through the one checkpoint format (``keisei.nn.checkpoint``); ``load``
 restores it exactly, so a resumed run continues bit for bit where the saved one was.
 """
 
@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-from keisei import distributed
-from keisei.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
 from keisei.config import Precision, TrainConfig, to_container
-from keisei.env import Env
-from keisei.env_workers import make_env
-from keisei.model import build_model
-from keisei.policy import Policy
-from keisei.ppo import build_optimizer
-from keisei.rollout import OpponentPool
+from keisei.env.vec_env import Env
+from keisei.env.workers import make_env
+from keisei.nn.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
+from keisei.nn.model import build_model
+from keisei.nn.policy import Policy
+from keisei.train import distributed
+from keisei.train.ppo import build_optimizer
+from keisei.train.rollout import OpponentPool
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TrainState:
     update: int = 0
     games_total: int = 0
     wandb_run_id: str | None = None
-    #: What the run returns to a sweeper (see keisei.trainer), kept so that a run resumed with nothing
+    #: What the run returns to a sweeper (see keisei.train.loop), kept so that a run resumed with nothing
     #: left to train still reports it; ``eval_win_rate`` the latest periodic evaluation's, if any.
     objective: float = float("nan")
     eval_win_rate: float | None = None

@@ -52,7 +52,7 @@ from rsshogi.core import Board, Move
 from rsshogi.types import RepetitionState
 
 from keisei.config import SearchConfig, SearchRoot
-from keisei.policy import Policy
+from keisei.nn.policy import Policy
 from keisei.shogi import Encoder, Game
 
 VIRTUAL_LOSS = 1.0  # visits counted as losses on the edges of a descent waiting for the net

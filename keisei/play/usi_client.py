@@ -1,6 +1,6 @@
 """Any USI engine as a match player: ``UsiPlayer`` runs the engine as a subprocess and speaks USI to it.
 
-The other side of the protocol, a Keisei network serving USI, is ``keisei.usi_engine``.
+The other side of the protocol, a Keisei network serving USI, is ``keisei.play.usi_engine``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keisei.players import Choice, Player
+from keisei.play.players import Choice, Player
 from keisei.shogi import Game, Termination
 
 

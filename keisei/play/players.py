@@ -1,8 +1,8 @@
-"""Players for matches: random, heuristic and a trained network (USI engines: ``keisei.usi_client``).
+"""Players for matches: random, heuristic and a trained network (USI engines: ``keisei.play.usi_client``).
 
 A player answers ``choose(games)`` with, for each game (whose side to move it plays),
 either a USI move string or a ``Termination`` forfeit (an engine that resigned, timed
-out or crashed). The referee (``keisei.match``) checks every move against the rules.
+out or crashed). The referee (``keisei.play.match``) checks every move against the rules.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from rsshogi.types import PieceType
 from torch import nn
 
 from keisei.config import SearchConfig
-from keisei.policy import Policy
-from keisei.search import Search
+from keisei.nn.policy import Policy
+from keisei.play.search import Search
 from keisei.shogi import Encoder, Game, Termination
 from keisei.shogi.features import PIECE_VALUES as SHOGI_PIECE_VALUES
 
@@ -116,7 +116,7 @@ class AgentPlayer(Player):
     Without ``search`` (or with ``search.simulations`` 0) it plays the policy's move: greedy at
     ``temperature`` 0, else sampled from the policy softened by ``temperature``; all its games in
     one batched forward pass. With ``search.simulations`` > 0 it plays the move of a
-    ``keisei.search.Search`` (its games searched together, their leaves batched; ``temperature``
+    ``keisei.play.search.Search`` (its games searched together, their leaves batched; ``temperature``
     is then unused: ``search.temperature`` applies to the visit counts).
     """
 
@@ -163,7 +163,7 @@ class AgentPlayer(Player):
     def act_encoded(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The policy's action labels (int64) and values (float32) for encoded positions (uint8 planes,
         bool legal masks): what ``act`` plays without search, for games stepped elsewhere (e.g. by env
-        worker processes, ``keisei.match``)."""
+        worker processes, ``keisei.play.match``)."""
         self.policy.model.eval()
         actions, _, values = self.policy.act(torch.from_numpy(obs).to(self.device),
                                              torch.from_numpy(mask).to(self.device),

@@ -2,8 +2,8 @@
 
 ``evaluate(cfg, out_dir)`` is what ``evaluate.py`` runs (single opponent or round robin);
 ``evaluate_agent`` plays one match, also for periodic evaluation during training
-(``keisei.periodic_evaluation``), whose background worker is this module's
-``python -m keisei.evaluation SNAPSHOT OUT_DIR CONFIG_JSON``.
+(``keisei.train.periodic_evaluation``), whose background worker is this module's
+``python -m keisei.evaluation.app SNAPSHOT OUT_DIR CONFIG_JSON``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from keisei.checkpoint import load_model
 from keisei.config import (
     CONF,
     ConfigError,
@@ -37,10 +36,11 @@ from keisei.config import (
     to_container,
     validate_evaluate,
 )
-from keisei.elo import ratings
-from keisei.match import MatchInterrupted, match_results, on_workers, play_match, save_records
-from keisei.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
-from keisei.usi_client import UsiPlayer
+from keisei.evaluation.elo import ratings
+from keisei.nn.checkpoint import load_model
+from keisei.play.match import MatchInterrupted, match_results, on_workers, play_match, save_records
+from keisei.play.players import AgentPlayer, HeuristicPlayer, Player, RandomPlayer
+from keisei.play.usi_client import UsiPlayer
 
 
 def build_opponent(cfg: OpponentConfig, device: torch.device, seed: int) -> Player:
@@ -328,7 +328,7 @@ def evaluate(cfg: EvaluateConfig, out_dir: Path) -> float:
 def _worker(argv: list[str] | None = None) -> None:
     """Background evaluation: a snapshot checkpoint against the configured opponent, then against each
     of the ``periodic_opponents`` (their configs, composed by the trainer, by preset name)."""
-    parser = argparse.ArgumentParser(prog="python -m keisei.evaluation")
+    parser = argparse.ArgumentParser(prog="python -m keisei.evaluation.app")
     parser.add_argument("snapshot")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'periodic_opponents', 'seed', 'device'")

@@ -7,7 +7,7 @@ to rebuild its network from the file alone:
 shuffling generator states), ``env`` (games in progress, opening seeds), ``opponent_pool``
 (snapshots, each game's opponent), ``wandb_run_id``, ``games_total``, ``objective``,
 ``eval_win_rate``, ``world_size`` and, for a distributed run, ``ranks`` (each rank's ``rng``,
-``env`` and ``opponent_pool``); see ``keisei.train_state``.
+``env`` and ``opponent_pool``); see ``keisei.train.state``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from keisei.config import TrainConfig, from_container, to_container
-from keisei.model import build_model
+from keisei.nn.model import build_model
 from keisei.shogi import ENCODING_VERSION
 
 FORMAT = "keisei-checkpoint-v2"

@@ -13,7 +13,7 @@ overwritten by the next ``step``/``reset``: copy what you keep.
 Random openings are keyed by the game, not by the order of draws: the k-th game
 played in env ``i`` opens with moves drawn from a generator seeded by
 ``(seed, i, k)``. So a ``VecEnv`` over a slice of the envs (``env_offset``), as the
-worker processes of ``keisei.env_workers`` run, plays exactly the games of the same
+worker processes of ``keisei.env.workers`` run, plays exactly the games of the same
 envs of one ``VecEnv`` over all of them.
 """
 
@@ -86,7 +86,7 @@ STEP_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
 
 
 class Env(Protocol):
-    """What a trainer needs of an environment: ``VecEnv`` or ``keisei.env_workers.WorkerVecEnv``."""
+    """What a trainer needs of an environment: ``VecEnv`` or ``keisei.env.workers.WorkerVecEnv``."""
 
     num_envs: int
 

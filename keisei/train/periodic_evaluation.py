@@ -6,7 +6,7 @@ metrics in one record: ``eval/win_rate``, ... for ``opponent`` (the objective is
 
 Two ways to run it behind one interface (``start`` a match, ``result`` when it is done):
 ``Inline`` plays the match at once in the training process (training waits);
-``Background`` plays it in a worker process (``python -m keisei.evaluation``) from a snapshot
+``Background`` plays it in a worker process (``python -m keisei.evaluation.app``) from a snapshot
 of the network, while training goes on; its result arrives one or more updates later.
 ``PeriodicEvaluation`` decides when to start one and turns results into metrics records.
 """
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from keisei.checkpoint import model_state, save_checkpoint
 from keisei.config import OpponentConfig, PeriodicMode, TrainConfig, to_container
-from keisei.evaluation import build_opponent, eval_metrics, periodic_matches, periodic_opponents, searching_name
-from keisei.players import AgentPlayer, Player
+from keisei.evaluation.app import build_opponent, eval_metrics, periodic_matches, periodic_opponents, searching_name
+from keisei.nn.checkpoint import model_state, save_checkpoint
+from keisei.play.players import AgentPlayer, Player
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Background:
                 "periodic_opponents": {name: to_container(op) for name, op in self.others.items()},
                 "seed": seed, "device": str(self.device)}
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
-            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation", str(snapshot), str(out_dir),
+            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.app", str(snapshot), str(out_dir),
                                      json.dumps(spec)], stdout=logfile, stderr=subprocess.STDOUT)
         self.pending = (proc, step, out_dir)
 
