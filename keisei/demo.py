@@ -14,13 +14,14 @@ import numpy as np
 from tqdm import tqdm
 
 from keisei.env.vec_env import VecEnv
+from keisei.shogi import MAX_PLIES
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Random self-play through keisei's VecEnv.")
     parser.add_argument("--games", type=int, default=200, help="games to finish")
     parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--max-plies", type=int, default=320)
+    parser.add_argument("--max-plies", type=int, default=MAX_PLIES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     args = parser.parse_args(argv)

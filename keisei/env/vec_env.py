@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from keisei.shogi import (
+    MAX_PLIES,
     NUM_ACTIONS,
     OBSERVATION_SHAPE,
     Encoder,
@@ -124,7 +125,7 @@ class VecEnv:
             made by ``StepResult.allocate(num_envs)``; by default they are allocated.
     """
 
-    def __init__(self, num_envs: int, *, max_plies: int = 320, declaration: bool = True,
+    def __init__(self, num_envs: int, *, max_plies: int = MAX_PLIES, declaration: bool = True,
                  opening_plies: int = 0, start_sfen: str | None = None, keep_finished: int = 1024,
                  env_offset: int = 0, buffers: StepResult | None = None) -> None:
         if num_envs < 1:
@@ -207,10 +208,9 @@ class VecEnv:
     def load_state_dict(self, state: dict[str, Any]) -> StepResult:
         """Restore what ``state_dict`` saved (replaying each game's moves) and encode it.
 
-        A state saved before openings were keyed per env (one shared generator, ``"rng"``)
-        loads too: its games are restored exactly, and the openings of later games come from
-        a seed drawn from that generator (deterministic, but not the games the old code
-        would have played).
+        A state of the older format with one shared opening generator (``"rng"``, see
+        ``upgrade_state``) loads too: its games are restored exactly, and the openings of later
+        games come from a seed drawn from that generator (deterministic).
         """
         state = upgrade_state(state, self.num_envs)
         self.games = [Game.replay(start, moves, max_plies=self.max_plies, declaration=self.declaration)

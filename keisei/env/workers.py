@@ -2,7 +2,7 @@
 
 ``WorkerVecEnv(num_envs, workers=K, ...)`` has the interface of ``keisei.env.VecEnv``
 (``reset``, ``step``, ``current``, ``state_dict``, ``load_state_dict``, ``pop_finished``) and
-returns the same ``StepResult``; ``make_env(cfg)`` picks one of the two from ``env.workers``.
+returns the same ``StepResult``; ``keisei.env.make_env(cfg)`` picks one of the two from ``env.workers``.
 
 Design:
 
@@ -10,8 +10,10 @@ Design:
   ``num_envs`` envs, and the actions. Worker ``w`` runs a plain ``VecEnv`` over the envs
   ``lo_w:hi_w`` whose output buffers are the rows ``lo_w:hi_w`` of those arrays, so the
   observations, masks and flags go straight from the encoder into the arrays the parent's
-  ``StepResult`` views: nothing is copied or pickled per step. The block's name is unlinked as
-  soon as the workers have mapped it, so no crash can leak it.
+  ``StepResult`` views: nothing is copied or pickled per step. The block's name is unlinked by the
+  parent, and by the parent only, as soon as the workers have mapped it, so no crash can leak it
+  (a worker takes its mapping out of its own resource tracker). The arrays hold the mapping: it
+  is closed once no array of it is left.
 * Messages. Each worker has a socket pair to the parent; a step is the parent writing the
   actions into shared memory, sending ``("step",)`` to every worker and waiting for each
   ``("ok", None)``. State, finished games and errors travel as small pickled messages.
@@ -38,7 +40,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
-import mmap
 import os
 import signal
 import socket
@@ -47,34 +48,20 @@ import sys
 import time
 import traceback
 import weakref
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from keisei.env.vec_env import STEP_FIELDS, StepResult, VecEnv, check_actions, new_seed, upgrade_state
-from keisei.shogi import Game
-
-if TYPE_CHECKING:
-    from keisei.config import EnvConfig
+from keisei.shogi import MAX_PLIES, Game
 
 _ALIGN = 4096  # each array starts on its own page: no two workers share a cache line at a boundary of arrays
 
 
 class WorkerError(RuntimeError):
     """An env worker died, hung or failed; the message names it."""
-
-
-def make_env(cfg: EnvConfig) -> VecEnv | WorkerVecEnv:
-    """The environment of ``cfg``: a ``VecEnv`` in this process when ``cfg.workers`` is 1, else a
-    ``WorkerVecEnv`` over ``cfg.workers`` processes. Call ``close()`` on it when done (a no-op for
-    ``VecEnv``) or use it as a context manager."""
-    kwargs = {"max_plies": cfg.max_plies, "declaration": cfg.declaration, "opening_plies": cfg.opening_plies,
-              "keep_finished": max(1024, 2 * cfg.num_envs)}  # every game of a step, whatever the batch
-    if cfg.workers <= 1:
-        return VecEnv(cfg.num_envs, **kwargs)
-    return WorkerVecEnv(cfg.num_envs, workers=cfg.workers, **kwargs)
 
 
 def shard(num_envs: int, workers: int) -> list[tuple[int, int]]:
@@ -97,20 +84,51 @@ def _layout(n: int) -> tuple[dict[str, tuple[int, tuple[int, ...], Any]], int]:
 
 
 def _views(buffer: Any, layout: dict[str, tuple[int, tuple[int, ...], Any]]) -> dict[str, np.ndarray]:
-    return {name: np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset)
+    """The arrays of ``layout`` in ``buffer``. Each holds the buffer: closing the shared memory under a
+    live array raises ``BufferError`` instead of leaving the array pointing at unmapped memory."""
+    block = np.frombuffer(buffer, dtype=np.uint8)
+    return {name: np.ndarray(shape, dtype=dtype, buffer=block, offset=offset)
             for name, (offset, shape, dtype) in layout.items()}
+
+
+def _untrack(block: shared_memory.SharedMemory) -> None:
+    """Take ``block`` out of this process's resource tracker, which would otherwise unlink it (and warn
+    of a leak) when this process exits. Python < 3.13 registers every block a process maps, created
+    or attached; its tracker knows the block by its POSIX name, ``_name``."""
+    resource_tracker.unregister(block._name, "shared_memory")
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Map the block ``name`` that another process created and will unlink: untracked here."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name, track=False)
+    block = shared_memory.SharedMemory(name)
+    _untrack(block)
+    return block
 
 
 # --- the parent side ------------------------------------------------------------------------
 
 _LIVE: weakref.WeakSet[WorkerVecEnv] = weakref.WeakSet()
-_MAPPED: list[shared_memory.SharedMemory] = []  # blocks whose views outlived close(): kept mapped
+_MAPPED: list[shared_memory.SharedMemory] = []  # blocks with live arrays: kept mapped (a worker's: for its life)
+
+
+def _unmap(block: shared_memory.SharedMemory | None = None) -> None:
+    """Close ``block`` and the blocks kept before, each once no array of it is left; the others stay
+    in ``_MAPPED`` (mapped) until a later call."""
+    if block is not None:
+        _MAPPED.append(block)
+    for kept in list(_MAPPED):
+        with contextlib.suppress(BufferError):
+            kept.close()
+            _MAPPED.remove(kept)
 
 
 @atexit.register
 def _close_all() -> None:
     for env in list(_LIVE):
         env.close()
+    _unmap()
 
 
 _BOOT = """\
@@ -151,7 +169,7 @@ class WorkerVecEnv:
     debugging); ``close()`` stops the workers (also done by ``with``, on errors and at exit).
     """
 
-    def __init__(self, num_envs: int, *, workers: int, max_plies: int = 320, declaration: bool = True,
+    def __init__(self, num_envs: int, *, workers: int, max_plies: int = MAX_PLIES, declaration: bool = True,
                  opening_plies: int = 0, start_sfen: str | None = None, keep_finished: int = 1024,
                  timeout: float = 300.0) -> None:
         if not 1 <= workers <= num_envs:
@@ -253,7 +271,8 @@ class WorkerVecEnv:
 
     def close(self) -> None:
         """Stop the workers (a "close" message, then SIGKILL after 5 s) and release the shared memory.
-        Idempotent; the arrays of ``current`` stay readable if still referenced."""
+        Idempotent; the arrays of ``current`` stay readable while referenced (the memory is unmapped
+        when a later ``close``, or the exit, finds none left)."""
         if self._closed:
             return
         self._closed = True
@@ -272,12 +291,11 @@ class WorkerVecEnv:
         if self._shm is not None:
             shm, self._shm = self._shm, None
             if not self._ready:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     shm.unlink()
-            try:
-                shm.close()
-            except BufferError:  # someone still holds a view: keep the mapping until exit
-                _MAPPED.append(shm)
+                except FileNotFoundError:  # a worker's tracker unlinked it (the worker died while attaching)
+                    _untrack(shm)
+            _unmap(shm)  # now, or once the arrays of ``current`` are gone
 
     def __enter__(self) -> WorkerVecEnv:
         return self
@@ -347,10 +365,27 @@ class WorkerVecEnv:
 # --- the worker side -----------------------------------------------------------------------------
 
 def serve(conn: Connection, init: dict[str, Any]) -> None:
-    """A worker's life: map the shared block, run a ``VecEnv`` over its slice, answer the parent."""
-    import _posixshmem
-
+    """A worker's life: map the shared block, run a ``VecEnv`` over its slice, answer the parent until
+    it says "close" or is gone."""
     parent = init["parent"]
+    _ignore_stop_signals(parent)
+    block = _attach(init["shm"])
+    _MAPPED.append(block)  # mapped for the worker's life (the env's arrays are views of it)
+    server = _Server(block.buf, init)
+    conn.send(("ok", "ready"))
+    while (message := _next_message(conn, parent)) is not None and message[0] != "close":
+        try:
+            reply = ("ok", server.answer(*message))
+        except Exception:
+            reply = ("error", traceback.format_exc())
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+
+
+def _ignore_stop_signals(parent: int) -> None:
+    """Ignore SIGINT, and SIGTERM while ``parent`` is this process's parent (an orphan exits on it)."""
 
     def stop_unless_parent(signum: int, frame: Any) -> None:
         if os.getppid() != parent:
@@ -358,58 +393,58 @@ def serve(conn: Connection, init: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, stop_unless_parent)
-    fd = _posixshmem.shm_open("/" + init["shm"].lstrip("/"), os.O_RDWR, mode=0o600)
+
+
+def _next_message(conn: Connection, parent: int) -> tuple | None:
+    """The parent's next message, or None once it is gone (end of file, or this worker is orphaned)."""
     try:
-        block = mmap.mmap(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    arrays = _views(block, init["layout"])
-    lo, hi = init["lo"], init["hi"]
-    actions = arrays.pop("actions")[lo:hi]
-    env = VecEnv(hi - lo, env_offset=lo, buffers=StepResult(**arrays).rows(lo, hi), **init["kwargs"])
-    finished: list[tuple] = []  # (step, global env index, record), the newest `keep`
-    keep, steps = init["kwargs"]["keep_finished"], 0
-    conn.send(("ok", "ready"))
-    while True:
-        try:
-            if not conn.poll(1.0):
-                if os.getppid() != parent:
-                    return  # orphaned
-                continue
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        command = message[0]
-        try:
-            if command == "step":
-                out = env.step(actions)
-                steps += 1
-                done = np.flatnonzero(out.terminated | out.truncated)
-                if len(done):
-                    finished += [(steps, lo + int(j), g.finished_state()) for j, g in zip(done, env.pop_finished())]
-                    del finished[:max(0, len(finished) - keep)]
-                reply: Any = None
-            elif command == "reset":
-                env.reset(message[1])
-                reply = None
-            elif command == "state":
-                reply = env.state_dict()
-            elif command == "load":
-                env.load_state_dict(message[1])
-                reply = None
-            elif command == "finished":
-                reply, finished = finished, []
-            elif command == "sfen":
-                reply = env.games[message[1]].sfen()
-            elif command == "close":
-                return
-            else:
-                raise ValueError(f"unknown command {command!r}")
-        except Exception:
-            reply = traceback.format_exc()
-            command = "error"
-        try:
-            conn.send(("error", reply) if command == "error" else ("ok", reply))
-        except OSError:
-            return
+        while not conn.poll(1.0):
+            if os.getppid() != parent:
+                return None
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+class _Server:
+    """A worker's ``VecEnv`` over the envs ``lo:hi``, writing into the rows ``lo:hi`` of the shared
+    arrays, and its answers to the parent's commands."""
+
+    def __init__(self, buffer: Any, init: dict[str, Any]) -> None:
+        arrays = _views(buffer, init["layout"])
+        lo, hi = init["lo"], init["hi"]
+        self.lo = lo
+        self.actions = arrays.pop("actions")[lo:hi]
+        self.env = VecEnv(hi - lo, env_offset=lo, buffers=StepResult(**arrays).rows(lo, hi), **init["kwargs"])
+        self.finished: list[tuple] = []  # (step, global env index, record), the newest ``keep``
+        self.keep, self.steps = init["kwargs"]["keep_finished"], 0
+
+    def answer(self, command: str, *args: Any) -> Any:
+        """The reply to one command of ``WorkerVecEnv`` (``close`` is the caller's)."""
+        if command == "step":
+            self._step()
+        elif command == "reset":
+            self.env.reset(args[0])
+        elif command == "state":
+            return self.env.state_dict()
+        elif command == "load":
+            self.env.load_state_dict(args[0])
+        elif command == "finished":
+            finished, self.finished = self.finished, []
+            return finished
+        elif command == "sfen":
+            return self.env.games[args[0]].sfen()
+        else:
+            raise ValueError(f"unknown command {command!r}")
+        return None
+
+    def _step(self) -> None:
+        """Play the actions in shared memory; keep the records of the games that ended."""
+        out = self.env.step(self.actions)
+        self.steps += 1
+        done = np.flatnonzero(out.terminated | out.truncated)
+        if len(done):
+            self.finished += [(self.steps, self.lo + int(j), g.finished_state())
+                              for j, g in zip(done, self.env.pop_finished())]
+            del self.finished[:max(0, len(self.finished) - self.keep)]
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from keisei.env.workers import WorkerVecEnv
 from keisei.evaluation.elo import match_stats
 from keisei.play.players import AgentPlayer, Player
-from keisei.shogi import Color, Game, IllegalMoveError, Termination, random_opening
+from keisei.shogi import MAX_PLIES, Color, Game, IllegalMoveError, Termination, random_opening
 
 
 @dataclass
@@ -50,7 +50,7 @@ class MatchInterrupted(KeyboardInterrupt):
         self.games, self.planned = games, planned
 
 
-def play_match(a: Player, b: Player, games: int, *, max_plies: int = 320, declaration: bool = True,
+def play_match(a: Player, b: Player, games: int, *, max_plies: int = MAX_PLIES, declaration: bool = True,
                opening_plies: int = 0, seed: int = 0, progress: bool = False, workers: int = 1) -> list[MatchGame]:
     """Play ``games`` games of ``a`` against ``b``; ``a`` has Black in the even-numbered games.
     ``workers`` > 1: step the games in that many env worker processes when both players are

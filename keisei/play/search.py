@@ -24,8 +24,8 @@ per game (the move, the root value, a proven mate if any, the principal variatio
 - **Rules** come from ``keisei.shogi.Game``: each descent copies the root game and plays the
   path with ``Game.play_line`` (which adjudicates the position reached as ``Game.play`` would),
   so repetition draws, perpetual-check losses, declarations and the ply limit are scored by the
-  same adjudication as real games. No make/unmake: ``Game.copy`` costs about as much as an unmake
-  would to regenerate the legal moves, far below a leaf's network evaluation.
+  same adjudication as real games. No make/unmake: every descent plays on its own copy (costs:
+  docs/search.md and ``benchmarks/search.py``).
 - **Mate search** (``cfg.mate_plies``): at the root a shortest-first AND/OR search over checks
   (``find_mate``) proves mates of up to ``mate_plies`` plies; a proven mate is played without
   consulting the net. Every new leaf is tested for a mate in one (rsshogi's solver) before it
@@ -400,26 +400,47 @@ class Search:
         start = time.monotonic()
         self.policy.model.eval()
         keys = [_key(game) for game in games]
+        trees = self._trees_for(games, keys)
+        work = list(trees.values())
+        self._start_roots(work, limits)
+        self._run_rounds(work, limits, start, on_info, info_interval_s)
+        elapsed = time.monotonic() - start
+        if self.cfg.reuse_tree:
+            self._trees = {key: tree.root for key, tree in trees.items() if tree.root.expanded}
+        return [self._result(trees[key], elapsed, sample=True) for key in keys]
+
+    def _trees_for(self, games: Sequence[Game], keys: list[Key]) -> dict[Key, _Tree]:
+        """One tree per distinct game (the same position with the same history is searched once), on
+        its kept subtree if any; the other kept trees are dropped."""
         trees: dict[Key, _Tree] = {}
         for game, key in zip(games, keys):
             if game.is_over:
                 raise ValueError(f"cannot search a finished game ({game.termination.name.lower()}): {game.sfen()}")
-            if key not in trees:  # the same position with the same history is searched once
+            if key not in trees:
                 trees[key] = _Tree(game.copy(), self._reused(key), key)
         self._trees = {}
-        work = list(trees.values())
+        return trees
+
+    def _start_roots(self, work: list[_Tree], limits: Limits) -> None:
+        """The root mate searches; then the network on the new roots (a new root's expansion is the first
+        playout) and each unproven root's priors and plan (``_prepare_root``)."""
         for tree in work:
             if self.cfg.mate_plies >= 1:
                 plies_left = tree.game.max_plies - tree.game.ply
                 tree.mate = find_mate(tree.game.board.copy(), min(self.cfg.mate_plies, plies_left))
         roots = [_Leaf(t, t.root, [], t.game) for t in work if t.mate is None and not t.root.expanded]
-        self._evaluate(roots)  # a new root's evaluation is the first playout
+        self._expand_leaves(roots)
         for leaf in roots:
             leaf.tree.nodes += 1
         planned = limits.simulations if limits.simulations is not None else self.cfg.simulations
         for tree in work:
             if tree.mate is None:
                 self._prepare_root(tree, planned - tree.nodes)
+
+    def _run_rounds(self, work: list[_Tree], limits: Limits, start: float,
+                    on_info: Callable[[SearchResult], None] | None, info_interval_s: float) -> None:
+        """Rounds of descents, each batch of new leaves through one forward pass, until every tree is
+        done, ``stop`` is set or the next round would end past the deadline (as long as the last one)."""
         last_info = start
         round_s = 0.0
         while True:
@@ -429,22 +450,18 @@ class Search:
             active = [t for t in work if self._running(t, limits)]
             now = time.monotonic()
             if not active or limits.stop.is_set() or (limits.deadline is not None and now + round_s > limits.deadline):
-                break
+                return
             batch: list[_Leaf] = []
             for tree in active:
                 budget = self.cfg.batch_size
                 if limits.simulations is not None:
                     budget = min(budget, limits.simulations - tree.nodes)
                 self._collect(tree, budget, batch)
-            self._evaluate(batch)
+            self._expand_leaves(batch)
             round_s = time.monotonic() - now
             if on_info is not None and time.monotonic() - last_info >= info_interval_s:
                 last_info = time.monotonic()
                 on_info(self._result(work[0], last_info - start, sample=False))
-        elapsed = time.monotonic() - start
-        if self.cfg.reuse_tree:
-            self._trees = {key: tree.root for key, tree in trees.items() if tree.root.expanded}
-        return [self._result(trees[key], elapsed, sample=True) for key in keys]
 
     def _running(self, tree: _Tree, limits: Limits) -> bool:
         return (tree.mate is None and tree.root.proof is None and tree.expanded < MAX_EXPANDED_NODES
@@ -548,8 +565,9 @@ class Search:
                 node.pending = True
                 batch.append(_Leaf(tree, node, path, game))
 
-    def _evaluate(self, batch: list[_Leaf]) -> None:
-        """One forward pass for the leaves of ``batch``: expand them and back their values up."""
+    def _expand_leaves(self, batch: list[_Leaf]) -> None:
+        """Run the network on the leaves of ``batch`` in one forward pass: expand each with its priors
+        and back its value up."""
         if not batch:
             return
         if len(batch) > self.encoder.capacity:

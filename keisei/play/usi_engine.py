@@ -28,13 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import torch
-
 from keisei import __version__
-from keisei.config import SearchConfig
+from keisei.config import ConfigError, Device, SearchConfig
 from keisei.nn.checkpoint import load_model
 from keisei.play.players import AgentPlayer
 from keisei.play.search import Limits, Search, SearchResult
+from keisei.runtime import resolve_device
 from keisei.shogi import Game, Termination, declaration_points
 
 
@@ -71,43 +70,59 @@ def _check(value: str) -> str:
 
 
 def _device(value: str) -> str:
-    if value not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"{value!r} is not one of auto, cpu, cuda")
-    if value == "cuda" and not torch.cuda.is_available():
-        raise ValueError("cuda is not available on this machine")
+    if value not in Device.__members__:
+        raise ValueError(f"{value!r} is not one of {', '.join(Device.__members__)}")
+    try:
+        resolve_device(Device(value))
+    except ConfigError:  # cuda where there is none
+        raise ValueError("cuda is not available on this machine") from None
     return value
 
 
 @dataclass(frozen=True)
 class Option:
-    declaration: str  # what ``usi`` declares after ``option name <name>``
-    default: str
+    kind: str  # the USI type: string, spin, check or combo
+    default: str  # the value as stored
     parse: Callable[[str], str]  # the value as stored; ValueError (with the reason) for a bad one
     argument: str  # the command-line name
     help: str
+    bounds: str = ""  # what the declaration adds after the default: " min 0 max 7", " var auto var cpu"
 
+    def declare(self, value: str) -> str:
+        """What ``usi`` declares after ``option name <name>``, with ``value`` as the default."""
+        return f"type {self.kind} default {value or '<empty>'}{self.bounds}"
+
+
+def _spin_option(default: int, low: int, high: int, argument: str, help: str, *, odd_or_zero: bool = False) -> Option:
+    return Option("spin", str(default), _spin(low, high, odd_or_zero), argument, help, f" min {low} max {high}")
+
+
+def _check_option(default: bool, argument: str, help: str) -> Option:
+    return Option("check", str(default).lower(), _check, argument, help)
+
+
+_SEARCH = SearchConfig()  # the defaults of the search options (Simulations has the engine's own, 200)
 
 OPTIONS = {
-    "Checkpoint": Option("type string default {}", "", str, "checkpoint",
+    "Checkpoint": Option("string", "", str, "checkpoint",
                          "the network: a checkpoint file or a run dir (its checkpoints/last.pt)"),
-    "Device": Option("type combo default auto var auto var cpu var cuda", "auto", _device, "device",
-                     "auto, cpu or cuda"),
-    "Temperature": Option("type string default 0", "0", _real(0, 100), "temperature",
+    "Device": Option("combo", Device.auto.value, _device, "device", "auto, cpu or cuda",
+                     "".join(f" var {d.value}" for d in Device)),
+    "Temperature": Option("string", f"{_SEARCH.temperature:g}", _real(0, 100), "temperature",
                           "0: the best move; above 0: sampled (from the visits, or the policy at Simulations 0)"),
-    "ResignValue": Option("type spin default -100 min -100 max 0", "-100", _spin(-100, 0), "resign_value",
-                          "resign when the move's value is below N/100 (-100: never)"),
-    "USI_Ponder": Option("type check default false", "false", _check, "ponder", "the GUI may send go ponder"),
-    "Simulations": Option("type spin default 200 min 0 max 10000000", "200", _spin(0, 10_000_000), "simulations",
-                          "playouts per move when go gives no clock and no nodes; 0: no search"),
-    "BatchSize": Option("type spin default 16 min 1 max 1024", "16", _spin(1, 1024), "batch_size",
-                        "leaves evaluated per forward pass"),
-    "CPuct": Option("type string default 1.5", "1.5", _real(0, 100, above_low=True), "c_puct",
+    "ResignValue": _spin_option(-100, -100, 0, "resign_value",
+                                "resign when the move's value is below N/100 (-100: never)"),
+    "USI_Ponder": _check_option(False, "ponder", "the GUI may send go ponder"),
+    "Simulations": _spin_option(200, 0, 10_000_000, "simulations",
+                                "playouts per move when go gives no clock and no nodes; 0: no search"),
+    "BatchSize": _spin_option(_SEARCH.batch_size, 1, 1024, "batch_size", "leaves evaluated per forward pass"),
+    "CPuct": Option("string", f"{_SEARCH.c_puct:g}", _real(0, 100, above_low=True), "c_puct",
                     "PUCT exploration constant, in (0, 100]"),
-    "MateSearch": Option("type spin default 3 min 0 max 7", "3", _spin(0, 7, odd_or_zero=True), "mate_search",
-                         "mate search at the root in plies: 0 off, 1, 3, 5 or 7"),
-    "ReuseTree": Option("type check default true", "true", _check, "reuse_tree", "keep the tree between moves"),
-    "MoveOverhead": Option("type spin default 100 min 0 max 10000", "100", _spin(0, 10_000), "move_overhead",
-                           "milliseconds of the clock kept back for the answer to reach the GUI"),
+    "MateSearch": _spin_option(_SEARCH.mate_plies, 0, 7, "mate_search",
+                               "mate search at the root in plies: 0 off, 1, 3, 5 or 7", odd_or_zero=True),
+    "ReuseTree": _check_option(_SEARCH.reuse_tree, "reuse_tree", "keep the tree between moves"),
+    "MoveOverhead": _spin_option(100, 0, 10_000, "move_overhead",
+                                 "milliseconds of the clock kept back for the answer to reach the GUI"),
 }
 USAGE = f"""usage: python -m keisei.usi_engine checkpoint=PATH [NAME=VALUE ...]
 
@@ -207,10 +222,8 @@ class UsiEngine:
         self.send(f"id name Keisei {__version__}")
         self.send("id author Keisei developers")
         for name, option in OPTIONS.items():
-            declaration = option.declaration
-            if name == "Checkpoint":
-                declaration = declaration.format(self.options["Checkpoint"] or "<empty>")
-            self.send(f"option name {name} {declaration}")
+            value = self.options[name] if name == "Checkpoint" else option.default
+            self.send(f"option name {name} {option.declare(value)}")
         self.send("usiok")
         return True
 
@@ -311,8 +324,7 @@ class UsiEngine:
         if not checkpoint:
             raise ValueError("no checkpoint (start with checkpoint=PATH or setoption name Checkpoint)")
         if self.loaded != (checkpoint, device):
-            model, _ = load_model(checkpoint, ("cuda" if torch.cuda.is_available() else "cpu")
-                                  if device == "auto" else device)
+            model, _ = load_model(checkpoint, resolve_device(Device(device)))
             self.player = AgentPlayer(model, device=next(model.parameters()).device)
             self.loaded = (checkpoint, device)
             self.search = None

@@ -15,6 +15,7 @@ from keisei.shogi.features import (
     encode_observations,
 )
 from keisei.shogi.game import (
+    MAX_PLIES,
     STARTPOS,
     Color,
     Game,
@@ -28,6 +29,7 @@ from keisei.shogi.game import (
 
 __all__ = [
     "ENCODING_VERSION",
+    "MAX_PLIES",
     "NUM_ACTIONS",
     "NUM_PLANES",
     "OBSERVATION_SHAPE",

@@ -18,6 +18,8 @@ from rsshogi.record import GameResult, Record, RecordMetadataBuilder
 from rsshogi.types import PieceType, RepetitionState
 
 STARTPOS = "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1"
+#: The default ply limit of a game (games, envs, matches and the configs): a game that reaches it is a draw.
+MAX_PLIES = 320
 
 
 class IllegalMoveError(ValueError):
@@ -151,7 +153,7 @@ class Game:
     __slots__ = ("_board", "_history", "_legal", "_result", "_start_sfen", "_termination",
                  "declaration", "max_plies")
 
-    def __init__(self, sfen: str | None = None, *, max_plies: int = 320, declaration: bool = True) -> None:
+    def __init__(self, sfen: str | None = None, *, max_plies: int = MAX_PLIES, declaration: bool = True) -> None:
         if not isinstance(max_plies, int) or max_plies < 1:
             raise ValueError(f"max_plies must be a positive integer, got {max_plies!r}")
         self._board = parse_sfen(sfen) if sfen is not None else Board()
