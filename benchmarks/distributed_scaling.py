@@ -18,14 +18,14 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT = ["model.blocks=2", "model.channels=32", "env.num_envs=64", "training.num_steps=32",
-           "training.minibatch_size=512", "training.update_epochs=2", "device=cpu"]
+DEFAULT = ["model.blocks=2", "model.channels=32", "env.num_envs=64", "algorithm.num_steps=32",
+           "algorithm.minibatch_size=512", "algorithm.update_epochs=2", "device=cpu"]
 
 
 def steps_per_second(procs: int, updates: int, overrides: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         settings = dict(o.split("=", 1) for o in [*DEFAULT, *overrides])
-        per_update = procs * int(settings["env.num_envs"]) * int(settings["training.num_steps"])
+        per_update = procs * int(settings["env.num_envs"]) * int(settings["algorithm.num_steps"])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                str(REPO / "train.py"), *DEFAULT, *overrides, "logging.progress_bar=false",
                f"training.total_timesteps={updates * per_update}", f"hydra.run.dir={tmp}/run"]

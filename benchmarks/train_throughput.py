@@ -19,9 +19,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from keisei.config import register_configs, validate
-from keisei.train.loop import start_run
-from keisei.train.ppo import learning_rate, ppo_update
-from keisei.train.rollout import collect
+from keisei.train.algorithm import batch_size, build_algorithm
+from keisei.train.optim import learning_rate, set_learning_rate
+from keisei.train.run import start_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -35,31 +35,31 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = validate(compose("train", overrides=["logging.progress_bar=false", *args.overrides]))
-    m, e, t = cfg.model, cfg.env, cfg.training
+    m, e, a = cfg.model, cfg.env, cfg.algorithm
     print(f"model={m.name.value} blocks={m.blocks} channels={m.channels} num_envs={e.num_envs} "
-          f"num_steps={t.num_steps} minibatch={t.minibatch_size} epochs={t.update_epochs} "
+          f"num_steps={a.num_steps} minibatch={a.minibatch_size} epochs={a.update_epochs} "
           f"device={cfg.device.value}")
     with tempfile.TemporaryDirectory() as tmp:
         state = start_run(cfg, Path(tmp))
-        batch_size = e.num_envs * t.num_steps
+        algorithm = build_algorithm(cfg, state)
+        steps_per_update = batch_size(cfg, world=1)
         totals = {"env": 0.0, "inference": 0.0, "update": 0.0, "wall": 0.0}
         steps = 0
         print(f"{'update':>6} {'steps/s':>9} {'env':>6} {'infer':>6} {'update':>7} {'glue':>6}")
         for u in range(args.updates + 1):
             start = time.perf_counter()
-            for group in state.optimizer.param_groups:
-                group["lr"] = learning_rate(t, u, args.updates + 1)
-            batch, rollout = collect(state.policy, state.env, state.pool, t.num_steps, t.gamma, t.gae_lambda)
+            set_learning_rate(state.optimizer, learning_rate(cfg.training, u, args.updates + 1))
+            batch, rollout = algorithm.collect()
             timing = rollout.timing
             t0 = time.perf_counter()
-            ppo_update(state.policy, state.optimizer, batch, t, state.shuffle, state.scaler)
+            algorithm.learn(batch)
             timing["update"] = time.perf_counter() - t0
             wall = time.perf_counter() - start
             glue = wall - timing["env"] - timing["inference"] - timing["update"]
-            print(f"{u if u else 'warmup':>6} {batch_size / wall:>9.0f} {timing['env'] / wall:>6.1%} "
+            print(f"{u if u else 'warmup':>6} {steps_per_update / wall:>9.0f} {timing['env'] / wall:>6.1%} "
                   f"{timing['inference'] / wall:>6.1%} {timing['update'] / wall:>7.1%} {glue / wall:>6.1%}")
             if u:
-                steps += batch_size
+                steps += steps_per_update
                 totals["wall"] += wall
                 for key in ("env", "inference", "update"):
                     totals[key] += timing[key]

@@ -18,6 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from keisei.shogi import MAX_PLIES
+
 #: The config dir: ``conf/opponent/<name>.yaml`` are the opponent presets.
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -89,7 +91,7 @@ class EnvConfig:
     """Self-play environment (``keisei.env.VecEnv``)."""
 
     num_envs: int = 64
-    max_plies: int = 320
+    max_plies: int = MAX_PLIES
     declaration: bool = True
     opening_plies: int = 0  # random legal moves at the start of each game
     workers: int = 1  # processes stepping the games (1: in the training process)
@@ -108,16 +110,30 @@ class OpponentPoolConfig:
 
 @dataclass
 class TrainingConfig:
-    """PPO. Step counts accept integral floats (``1e6``); see ``validate``."""
+    """What every way of training shares: the budget, the optimiser, checkpoints, precision and the
+    training opponents. Step counts accept integral floats (``1e6``); see ``validate``."""
 
     total_timesteps: Any = 1_000_000  # env steps (moves) over the whole run
-    num_steps: int = 128  # rollout length per env; batch = env.num_envs * num_steps
-    minibatch_size: int = 1024
-    update_epochs: int = 4
     learning_rate: float = 3e-4
     lr_schedule: Schedule = Schedule.linear  # spans the whole run
     optimizer: Optimizer = Optimizer.adam
     weight_decay: float = 0.0
+    max_grad_norm: float = 0.5  # gradients clipped to this global norm
+    checkpoint_interval_timesteps: Any = 50_000  # env steps between checkpoints/last.pt
+    checkpoint_interval_minutes: float = 10.0  # also write last.pt this often, whichever comes first (0: off)
+    precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
+    compile: bool = False  # torch.compile the network
+    opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
+
+
+@dataclass
+class PPOConfig:
+    """``algorithm=ppo``: clipped PPO on two-player GAE (CleanRL's names; ``keisei.train.ppo``)."""
+
+    name: str = "ppo"
+    num_steps: int = 128  # rollout length per env; batch = env.num_envs * num_steps
+    minibatch_size: int = 1024
+    update_epochs: int = 4
     gamma: float = 0.99  # per own move
     gae_lambda: float = 0.95
     bootstrap_truncated: bool = True  # a game cut at env.max_plies: bootstrap from its value (else a draw, 0)
@@ -125,14 +141,12 @@ class TrainingConfig:
     clip_vloss: bool = True
     ent_coef: float = 0.01
     vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
     norm_adv: bool = True
     target_kl: float | None = None  # stop the epochs of an update early above this KL
-    checkpoint_interval_timesteps: Any = 50_000  # env steps between checkpoints/last.pt
-    checkpoint_interval_minutes: float = 10.0  # also write last.pt this often, whichever comes first (0: off)
-    precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
-    compile: bool = False  # torch.compile the network
-    opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
+
+
+#: The keys that moved from ``training`` to ``algorithm`` when PPO became one ``algorithm`` option.
+PPO_KEYS = tuple(f.name for f in dataclasses.fields(PPOConfig) if f.name != "name")
 
 
 class SearchRoot(str, Enum):
@@ -205,7 +219,7 @@ class EvaluationConfig:
     mode: EvaluationMode = EvaluationMode.single_opponent
     games: int = 100  # per pairing, colours alternating
     opening_plies: int = 0  # random opening moves (each opening played with both colours)
-    max_plies: int = 320
+    max_plies: int = MAX_PLIES
     declaration: bool = True
     temperature: float = 0.0  # the agent's: 0 plays greedily
     search: SearchConfig = field(default_factory=SearchConfig)  # the agent's search (simulations 0: none)
@@ -235,8 +249,12 @@ class WandbConfig:
 
 @dataclass
 class TrainConfig:
+    """train.py's config. ``algorithm`` is one of ``ALGORITHMS`` (``conf/algorithm/``): its schema
+    is chosen by the group, so the field is untyped here; a config built in Python gets PPO."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    algorithm: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -245,6 +263,14 @@ class TrainConfig:
     seed: int = 0
     device: Device = Device.auto
     resume: str | None = None  # a checkpoint file or a run dir (its checkpoints/last.pt)
+
+    def __post_init__(self) -> None:
+        if self.algorithm is MISSING:
+            self.algorithm = PPOConfig()
+
+
+#: The ``algorithm`` options by name: the schema of ``conf/algorithm/<name>.yaml``.
+ALGORITHMS: dict[str, type] = {"ppo": PPOConfig}
 
 
 @dataclass
@@ -261,13 +287,16 @@ class EvaluateConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas that ``conf/`` files extend (called before composition)."""
+    """Register the schemas that ``conf/`` files extend (called before composition): root configs, not
+    groups, so that ``--help`` lists only the groups a user picks from."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="schema/model", name="base", node=ModelConfig)
-    cs.store(group="schema/training", name="base", node=TrainingConfig)
-    cs.store(group="schema/evaluation", name="base", node=EvaluationConfig)
-    cs.store(group="schema/opponent", name="base", node=OpponentConfig)
+    cs.store(name="model_schema", node=ModelConfig)
+    cs.store(name="training_schema", node=TrainingConfig)
+    for name, schema in ALGORITHMS.items():
+        cs.store(name=f"{name}_schema", node=schema)
+    cs.store(name="evaluation_schema", node=EvaluationConfig)
+    cs.store(name="opponent_schema", node=OpponentConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
@@ -361,7 +390,22 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
         _reject_unknown_keys(cfg)
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     assert isinstance(cfg, TrainConfig)
-    t, e, m = cfg.training, cfg.env, cfg.model
+    _validate_training(cfg.training)
+    _validate_ppo(cfg.algorithm, cfg.env)
+    _validate_opponent_pool(cfg.training.opponent_pool, cfg.env)
+    _validate_env(cfg.env)
+    _validate_model(cfg.model)
+    _check(cfg.training.precision is not Precision.fp16 or cfg.device is not Device.cpu, "training.precision",
+           cfg.training.precision.value, "fp16 needs device=cuda (use bf16 on the CPU)")
+    validate_evaluation(cfg.evaluation, cfg.opponent)
+    _check(cfg.evaluation.mode is EvaluationMode.single_opponent, "evaluation.mode", cfg.evaluation.mode.value,
+           "periodic evaluation in train.py plays `opponent` (and evaluation.periodic_opponents); "
+           "round_robin and gauntlet are for evaluate.py")
+    validate_periodic_opponents(cfg.evaluation)
+    return cfg
+
+
+def _validate_training(t: TrainingConfig) -> None:
     for key in _STEP_KEYS:
         setattr(t, key, _as_count(f"training.{key}", getattr(t, key)))
     _check(t.total_timesteps > 0, "training.total_timesteps", t.total_timesteps, "must be > 0")
@@ -370,34 +414,45 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _check(t.checkpoint_interval_minutes >= 0, "training.checkpoint_interval_minutes",
            t.checkpoint_interval_minutes, "must be >= 0 (0: by steps only)")
     _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
-    _check(0 < t.gamma <= 1, "training.gamma", t.gamma, "must be in (0, 1]")
-    _check(0 <= t.gae_lambda <= 1, "training.gae_lambda", t.gae_lambda, "must be in [0, 1]")
-    _check(t.num_steps >= 2, "training.num_steps", t.num_steps, "must be >= 2")
-    _check(t.update_epochs >= 1, "training.update_epochs", t.update_epochs, "must be >= 1")
-    _check(t.minibatch_size >= 1, "training.minibatch_size", t.minibatch_size, "must be >= 1")
-    batch = e.num_envs * t.num_steps
-    _check(batch % t.minibatch_size == 0, "training.minibatch_size", t.minibatch_size,
-           f"must divide the batch env.num_envs * training.num_steps = {batch}")
-    _check(t.clip_coef > 0, "training.clip_coef", t.clip_coef, "must be > 0")
-    for key in ("ent_coef", "vf_coef", "weight_decay"):
-        _check(getattr(t, key) >= 0, f"training.{key}", getattr(t, key), "must be >= 0")
+    _check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm, "must be > 0")
-    _check(t.target_kl is None or t.target_kl > 0, "training.target_kl", t.target_kl, "must be > 0 or null")
-    pool = t.opponent_pool
-    _check(pool.size >= 0, "training.opponent_pool.size", pool.size, "must be >= 0")
-    _check(pool.snapshot_interval >= 1, "training.opponent_pool.snapshot_interval", pool.snapshot_interval,
-           "must be >= 1")
-    _check(0 <= pool.fraction <= 1, "training.opponent_pool.fraction", pool.fraction, "must be in [0, 1]")
-    _check(0 <= pool.heuristic_fraction <= 1 - pool.fraction, "training.opponent_pool.heuristic_fraction",
-           pool.heuristic_fraction, "must be in [0, 1 - training.opponent_pool.fraction]")
-    _check(pool.heuristic_fraction == 0 or e.workers == 1, "training.opponent_pool.heuristic_fraction",
-           pool.heuristic_fraction, "needs env.workers=1 (the heuristic player reads the games in the training "
-           "process)")
+
+
+def _validate_ppo(a: PPOConfig, e: EnvConfig) -> None:
+    _check(0 < a.gamma <= 1, "algorithm.gamma", a.gamma, "must be in (0, 1]")
+    _check(0 <= a.gae_lambda <= 1, "algorithm.gae_lambda", a.gae_lambda, "must be in [0, 1]")
+    _check(a.num_steps >= 2, "algorithm.num_steps", a.num_steps, "must be >= 2")
+    _check(a.update_epochs >= 1, "algorithm.update_epochs", a.update_epochs, "must be >= 1")
+    _check(a.minibatch_size >= 1, "algorithm.minibatch_size", a.minibatch_size, "must be >= 1")
+    batch = e.num_envs * a.num_steps
+    _check(batch % a.minibatch_size == 0, "algorithm.minibatch_size", a.minibatch_size,
+           f"must divide the batch env.num_envs * algorithm.num_steps = {batch}")
+    _check(a.clip_coef > 0, "algorithm.clip_coef", a.clip_coef, "must be > 0")
+    for key in ("ent_coef", "vf_coef"):
+        _check(getattr(a, key) >= 0, f"algorithm.{key}", getattr(a, key), "must be >= 0")
+    _check(a.target_kl is None or a.target_kl > 0, "algorithm.target_kl", a.target_kl, "must be > 0 or null")
+
+
+def _validate_opponent_pool(pool: OpponentPoolConfig, e: EnvConfig) -> None:
+    key = "training.opponent_pool"
+    _check(pool.size >= 0, f"{key}.size", pool.size, "must be >= 0")
+    _check(pool.snapshot_interval >= 1, f"{key}.snapshot_interval", pool.snapshot_interval, "must be >= 1")
+    _check(0 <= pool.fraction <= 1, f"{key}.fraction", pool.fraction, "must be in [0, 1]")
+    _check(0 <= pool.heuristic_fraction <= 1 - pool.fraction, f"{key}.heuristic_fraction",
+           pool.heuristic_fraction, f"must be in [0, 1 - {key}.fraction]")
+    _check(pool.heuristic_fraction == 0 or e.workers == 1, f"{key}.heuristic_fraction", pool.heuristic_fraction,
+           "needs env.workers=1 (the heuristic player reads the games in the training process)")
+
+
+def _validate_env(e: EnvConfig) -> None:
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "must be >= 1")
     _check(1 <= e.workers <= e.num_envs, "env.workers", e.workers, "must be >= 1 and at most env.num_envs")
     _check(e.max_plies >= 1, "env.max_plies", e.max_plies, "must be >= 1")
     _check(0 <= e.opening_plies < e.max_plies, "env.opening_plies", e.opening_plies,
            "must be >= 0 and below env.max_plies")
+
+
+def _validate_model(m: ModelConfig) -> None:
     _check(m.blocks >= 1, "model.blocks", m.blocks, "must be >= 1")
     _check(m.channels >= 1, "model.channels", m.channels, "must be >= 1")
     _check(m.value_hidden >= 1, "model.value_hidden", m.value_hidden, "must be >= 1")
@@ -410,14 +465,6 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _check(m.mlp_hidden >= 1, "model.mlp_hidden", m.mlp_hidden, "must be >= 1")
     _check(m.se_reduction >= 1 and m.channels // m.se_reduction >= 1, "model.se_reduction", m.se_reduction,
            "must be >= 1 and at most model.channels")
-    _check(t.precision is not Precision.fp16 or cfg.device is not Device.cpu, "training.precision",
-           t.precision.value, "fp16 needs device=cuda (use bf16 on the CPU)")
-    validate_evaluation(cfg.evaluation, cfg.opponent)
-    _check(cfg.evaluation.mode is EvaluationMode.single_opponent, "evaluation.mode", cfg.evaluation.mode.value,
-           "periodic evaluation in train.py plays `opponent` (and evaluation.periodic_opponents); "
-           "round_robin and gauntlet are for evaluate.py")
-    validate_periodic_opponents(cfg.evaluation)
-    return cfg
 
 
 def opponent_presets() -> list[str]:
@@ -448,6 +495,18 @@ def to_container(cfg: TrainConfig | EvaluateConfig | OpponentConfig) -> dict[str
 
 
 def from_container(data: dict[str, Any]) -> TrainConfig:
-    """The ``TrainConfig`` of a dict written by ``to_container`` (e.g. from a checkpoint)."""
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), data)
+    """The ``TrainConfig`` of a dict written by ``to_container`` (e.g. from a checkpoint); a config
+    written before ``algorithm`` existed has its PPO keys under ``training``, and is read as such."""
+    data = upgrade_config(data)
+    schema = ALGORITHMS[data["algorithm"].get("name", "ppo")]
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"algorithm": OmegaConf.structured(schema)}, data)
     return validate(merged)  # type: ignore[arg-type]
+
+
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the PPO keys of a config written before ``algorithm`` existed moved there."""
+    if "algorithm" in data:
+        return data
+    training = dict(data.get("training", {}))
+    algorithm = {"name": "ppo", **{k: training.pop(k) for k in PPO_KEYS if k in training}}
+    return {**data, "training": training, "algorithm": algorithm}

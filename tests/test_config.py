@@ -21,6 +21,7 @@ from keisei.config import (
     ConfigError,
     Device,
     ModelName,
+    PPOConfig,
     Precision,
     Schedule,
     TrainConfig,
@@ -34,8 +35,8 @@ from keisei.config import (
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 #: The small-batch setup the subprocess tests use: batch = 8 * 16 = 128.
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
-        "training.minibatch_size=64"]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
+        "algorithm.minibatch_size=64"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,7 +79,7 @@ def test_defaults_compose_and_validate() -> None:
     assert cfg.training.total_timesteps == 1_000_000 and type(cfg.training.total_timesteps) is int
     interval = cfg.training.checkpoint_interval_timesteps
     assert interval == 50_000 and type(interval) is int
-    assert (cfg.env.num_envs * cfg.training.num_steps) % cfg.training.minibatch_size == 0
+    assert (cfg.env.num_envs * cfg.algorithm.num_steps) % cfg.algorithm.minibatch_size == 0
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet"])
@@ -97,7 +98,7 @@ def test_experiment_presets_compose_validate_and_set_their_values(name: str) -> 
     training values (e.g. cpu_baseline's two shaping potentials)."""
     cfg = to_container(validate(compose_cfg(f"experiment={name}")))
     own = yaml_values(CONF_DIR / "experiment" / f"{name}.yaml")
-    for group in ("model", "env", "training"):
+    for group in ("model", "env", "training", "algorithm"):
         for key, value in own.get(group, {}).items():
             if not isinstance(value, dict):
                 assert cfg[group][key] == value, f"{group}.{key}"
@@ -110,7 +111,7 @@ def test_defaults_have_one_source_the_schema() -> None:
     assert dataclasses.replace(composed, opponent=schema.opponent) == schema
     assert validate(compose_cfg("model=mlp")).model == dataclasses.replace(TrainConfig().model, name=ModelName.mlp)
     defaults = to_container(TrainConfig())
-    for group in ("model", "training", "evaluation"):
+    for group in ("model", "training", "algorithm", "evaluation"):
         for path in (CONF_DIR / group).glob("*.yaml"):
             repeated = {k: v for k, v in yaml_values(path).items() if k not in ("name", "mode")
                         and defaults[group].get(k) == v}
@@ -120,19 +121,22 @@ def test_defaults_have_one_source_the_schema() -> None:
 def test_training_smoke_picks_its_values_and_keeps_ppo_defaults() -> None:
     cfg = validate(compose_cfg("training=smoke"))
     smoke = yaml_values(CONF_DIR / "training" / "smoke.yaml")
-    ppo = yaml_values(CONF_DIR / "training" / "ppo.yaml")
-    composed = to_container(cfg)["training"]
-    assert smoke, "smoke.yaml overrides something"
-    for key, value in smoke.items():
-        assert composed[key] == value, key
-    assert not ppo, "ppo.yaml holds no values: the schema does"
-    kept = {k: v for k, v in to_container(TrainConfig())["training"].items() if k not in smoke}
-    assert {"gamma", "learning_rate", "lr_schedule", "clip_coef", "opponent_pool"} <= kept.keys()
-    for key, value in kept.items():
-        assert composed[key] == value, key
+    assert not yaml_values(CONF_DIR / "training" / "default.yaml"), "default.yaml holds no values: the schema does"
+    assert not yaml_values(CONF_DIR / "algorithm" / "ppo.yaml"), "ppo.yaml holds no values: the schema does"
+    assert smoke["training"] and smoke["algorithm"], "smoke.yaml overrides something in both"
+    defaults = to_container(TrainConfig())
+    for group in ("training", "algorithm"):
+        composed = to_container(cfg)[group]
+        for key, value in smoke[group].items():
+            assert composed[key] == value, key
+        kept = {k: v for k, v in defaults[group].items() if k not in smoke[group]}
+        for key, value in kept.items():
+            assert composed[key] == value, key
+    assert {"learning_rate", "lr_schedule", "opponent_pool"} <= defaults["training"].keys() - smoke["training"].keys()
+    assert {"gamma", "clip_coef"} <= defaults["algorithm"].keys() - smoke["algorithm"].keys()
     # Spot checks independent of reading the files.
-    assert cfg.training.num_steps == 16 and cfg.training.total_timesteps == 2048
-    assert cfg.training.gamma == 0.99 and cfg.training.lr_schedule is Schedule.linear
+    assert cfg.algorithm.num_steps == 16 and cfg.training.total_timesteps == 2048
+    assert cfg.algorithm.gamma == 0.99 and cfg.training.lr_schedule is Schedule.linear
 
 
 # --- step counts ------------------------------------------------------------------------
@@ -164,8 +168,8 @@ def test_total_timesteps_rejects_non_counts(value: str) -> None:
 @pytest.mark.parametrize(("override", "named"), [
     ("foo=1", "foo"),
     ("training.bogus=1", "training.bogus"),
-    ("training.gamma=abc", "training.gamma"),
-    ("training.num_steps=1.5", "training.num_steps"),
+    ("algorithm.gamma=abc", "algorithm.gamma"),
+    ("algorithm.num_steps=1.5", "algorithm.num_steps"),
     ("training.lr_schedule=bogus", "training.lr_schedule"),
     ("model.name=cnn", "model.name"),
     ("device=tpu", "device"),
@@ -196,10 +200,10 @@ def test_appended_unknown_key_is_rejected(override: str) -> None:
 @pytest.mark.parametrize(("overrides", "key"), [
     (["training.learning_rate=0"], "training.learning_rate"),
     (["training.learning_rate=-1e-3"], "training.learning_rate"),
-    (["training.gamma=0"], "training.gamma"),
-    (["training.gamma=1.01"], "training.gamma"),
-    ([*TINY, "training.minibatch_size=100"], "training.minibatch_size"),
-    (["env.num_envs=3", "training.num_steps=16", "training.minibatch_size=32"], "training.minibatch_size"),
+    (["algorithm.gamma=0"], "algorithm.gamma"),
+    (["algorithm.gamma=1.01"], "algorithm.gamma"),
+    ([*TINY, "algorithm.minibatch_size=100"], "algorithm.minibatch_size"),
+    (["env.num_envs=3", "algorithm.num_steps=16", "algorithm.minibatch_size=32"], "algorithm.minibatch_size"),
     (["env.opening_plies=320"], "env.opening_plies"),
     (["env.max_plies=10", "env.opening_plies=11"], "env.opening_plies"),
     (["training.precision=fp16", "device=cpu"], "training.precision"),
@@ -218,10 +222,10 @@ def test_range_checks_name_the_key(overrides: list[str], key: str) -> None:
 
 
 @pytest.mark.parametrize("overrides", [
-    ["training.gamma=1"],
+    ["algorithm.gamma=1"],
     ["training.learning_rate=1e-9"],
-    [*TINY, "training.minibatch_size=128"],
-    [*TINY, "training.minibatch_size=1"],
+    [*TINY, "algorithm.minibatch_size=128"],
+    [*TINY, "algorithm.minibatch_size=1"],
     ["env.max_plies=10", "env.opening_plies=9"],
     ["training.precision=bf16", "device=cpu"],
     ["training.precision=fp16", "device=cuda"],
@@ -231,26 +235,26 @@ def test_boundary_values_are_accepted(overrides: list[str]) -> None:
 
 
 def test_minibatch_error_states_the_batch() -> None:
-    with pytest.raises(ConfigError, match=r"training\.minibatch_size=100\b.*128"):
-        validate(compose_cfg(*TINY, "training.minibatch_size=100"))
+    with pytest.raises(ConfigError, match=r"algorithm\.minibatch_size=100\b.*128"):
+        validate(compose_cfg(*TINY, "algorithm.minibatch_size=100"))
 
 
 # --- precedence ---------------------------------------------------------------------------
 
 def test_file_value_kept_unless_overridden() -> None:
-    assert validate(compose_cfg("training=smoke")).training.num_steps == 16  # smoke.yaml, not ppo's 128
-    cfg = validate(compose_cfg("training=smoke", "training.num_steps=32"))
-    assert cfg.training.num_steps == 32
+    assert validate(compose_cfg("training=smoke")).algorithm.num_steps == 16  # smoke.yaml, not ppo's 128
+    cfg = validate(compose_cfg("training=smoke", "algorithm.num_steps=32"))
+    assert cfg.algorithm.num_steps == 32
     # What the user did not override keeps its config value (smoke.yaml's, then ppo.yaml's).
-    assert cfg.training.minibatch_size == 128
-    assert cfg.training.update_epochs == 2
+    assert cfg.algorithm.minibatch_size == 128
+    assert cfg.algorithm.update_epochs == 2
     assert cfg.training.total_timesteps == 2048
-    assert cfg.training.gamma == 0.99
+    assert cfg.algorithm.gamma == 0.99
 
 
 def test_command_line_wins_regardless_of_order() -> None:
-    cfg = validate(compose_cfg("training.num_steps=32", "training=smoke"))
-    assert cfg.training.num_steps == 32
+    cfg = validate(compose_cfg("algorithm.num_steps=32", "training=smoke"))
+    assert cfg.algorithm.num_steps == 32
     assert cfg.training.total_timesteps == 2048
 
 
@@ -261,7 +265,7 @@ def test_override_inside_a_group_keeps_the_rest_of_the_file() -> None:
 
 
 def test_top_level_override_keeps_siblings() -> None:
-    cfg = validate(compose_cfg("env.num_envs=8", "training.minibatch_size=1024"))
+    cfg = validate(compose_cfg("env.num_envs=8", "algorithm.minibatch_size=1024"))
     assert cfg.env.num_envs == 8
     assert cfg.env.max_plies == 320 and cfg.env.declaration is True and cfg.env.opening_plies == 0
     assert cfg.seed == 0
@@ -278,7 +282,7 @@ def test_nested_override() -> None:
 @pytest.mark.parametrize("overrides", [
     [],
     [*TINY, "training.total_timesteps=1e6", "seed=7", "training.lr_schedule=cosine", "wandb.tags=[a,b]",
-     "training.target_kl=0.02", "device=cpu", "training.precision=bf16"],
+     "algorithm.target_kl=0.02", "device=cpu", "training.precision=bf16"],
     ["evaluation.interval_timesteps=1e5", "evaluation.periodic_opponents=[heuristic,fairy_stockfish_weakest]"],
 ])
 def test_container_round_trip(overrides: list[str]) -> None:
@@ -301,10 +305,21 @@ def test_round_trip_keeps_overrides() -> None:
     assert again.wandb.tags == ["a", "b"] and again.model.name is ModelName.mlp
 
 
+def test_from_container_reads_a_config_written_before_the_algorithm_group() -> None:
+    """A checkpoint's config from before ``algorithm`` existed has the PPO keys under ``training``."""
+    data = to_container(validate(compose_cfg("algorithm.gamma=0.9", "algorithm.num_steps=32")))
+    old = {k: v for k, v in data.items() if k != "algorithm"}
+    old["training"] = {**data["training"], **{k: v for k, v in data["algorithm"].items() if k != "name"}}
+    cfg = from_container(old)
+    assert isinstance(cfg.algorithm, PPOConfig)
+    assert cfg.algorithm.gamma == 0.9 and cfg.algorithm.num_steps == 32
+    assert to_container(cfg) == data
+
+
 def test_from_container_validates() -> None:
     data = to_container(validate(compose_cfg()))
     data["training"]["total_timesteps"] = 2.5e5
     assert from_container(data).training.total_timesteps == 250_000
-    data["training"]["gamma"] = 0.0
-    with pytest.raises(ConfigError, match=re.escape("training.gamma")):
+    data["algorithm"]["gamma"] = 0.0
+    with pytest.raises(ConfigError, match=re.escape("algorithm.gamma")):
         from_container(data)

@@ -19,14 +19,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from keisei.config import ModelConfig, ModelName, TrainingConfig
+from keisei.config import ModelConfig, ModelName, PPOConfig, TrainingConfig
 from keisei.nn.model import build_model
 from keisei.nn.policy import Policy
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
-from keisei.train.ppo import Batch, build_optimizer, ppo_update
+from keisei.train.optim import build_optimizer
+from keisei.train.ppo import Batch, ppo_update
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
         "logging.progress_bar=false", "training.lr_schedule=constant"]
 
 
@@ -158,14 +159,16 @@ def _model() -> torch.nn.Module:
     return build_model(ModelConfig(name=ModelName.mlp, mlp_hidden=16))
 
 
-CFG = TrainingConfig(update_epochs=1, minibatch_size=32, norm_adv=False, max_grad_norm=1e9, learning_rate=1e-2)
+CFG = PPOConfig(update_epochs=1, minibatch_size=32, norm_adv=False)
+OPTIMISER = TrainingConfig(max_grad_norm=1e9, learning_rate=1e-2)
 
 
 def _rank(rank: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     model, whole = _model(), _batch(64)
     half = Batch(*(getattr(whole, f)[rank * 32:(rank + 1) * 32] for f in Batch.__dataclass_fields__))
-    ppo_update(Policy(model), build_optimizer(model, CFG), half, CFG, torch.Generator().manual_seed(0))
+    ppo_update(Policy(model), build_optimizer(model, OPTIMISER), half, CFG, OPTIMISER.max_grad_norm,
+               torch.Generator().manual_seed(0))
     if rank == 0:
         torch.save(model.state_dict(), out)
     dist.destroy_process_group()
@@ -175,8 +178,9 @@ def test_two_ranks_on_halves_equal_one_process_on_the_whole_batch(tmp_path: Path
     out = tmp_path / "two.pt"
     mp.spawn(_rank, args=(f"file://{tmp_path / 'store'}", str(out)), nprocs=2, join=True)
     model = _model()
-    cfg = TrainingConfig(**{**CFG.__dict__, "minibatch_size": 64})
-    ppo_update(Policy(model), build_optimizer(model, cfg), _batch(64), cfg, torch.Generator().manual_seed(0))
+    cfg = PPOConfig(**{**CFG.__dict__, "minibatch_size": 64})
+    ppo_update(Policy(model), build_optimizer(model, OPTIMISER), _batch(64), cfg, OPTIMISER.max_grad_norm,
+               torch.Generator().manual_seed(0))
     two = torch.load(out, weights_only=True)
     assert any(not torch.equal(two[k], _model().state_dict()[k]) for k in two)  # the step changed something
     for key, value in model.state_dict().items():

@@ -10,14 +10,16 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, Schedule, TrainingConfig
+from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, PPOConfig, Schedule, TrainingConfig
 from keisei.env.vec_env import VecEnv
 from keisei.nn.model import build_model
 from keisei.nn.policy import Policy, masked_logits, sample
 from keisei.play.players import HeuristicPlayer
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game, legal_mask
-from keisei.train.ppo import Batch, build_optimizer, learning_rate, ppo_update, refresh_batch_norm, two_player_gae
-from keisei.train.rollout import HEURISTIC, OpponentPool, collect
+from keisei.train.opponent_pool import HEURISTIC, OpponentPool
+from keisei.train.optim import build_optimizer, learning_rate
+from keisei.train.ppo import Batch, ppo_update, refresh_batch_norm, two_player_gae
+from keisei.train.rollout import collect
 
 # ---------------------------------------------------------------------------------------------
 # two_player_gae
@@ -357,6 +359,13 @@ def test_cosine_learning_rate() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # ppo_update and masked_logits
+
+
+def _update(model: torch.nn.Module, batch: Batch, cfg: PPOConfig, seed: int = 0) -> dict[str, float]:
+    """``ppo_update`` with a fresh Adam (the default training settings) and a seeded generator."""
+    optimizer = build_optimizer(model, TrainingConfig())
+    return ppo_update(Policy(model), optimizer, batch, cfg, TrainingConfig().max_grad_norm,
+                      torch.Generator().manual_seed(seed))
 # ---------------------------------------------------------------------------------------------
 
 METRIC_KEYS = {"losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
@@ -390,9 +399,9 @@ def _batch(model: torch.nn.Module, size: int, legal_counts: list[int], seed: int
 def test_ppo_update_returns_finite_metrics_and_changes_parameters() -> None:
     model = _tiny_model()
     batch = _batch(model, size=32, legal_counts=[1, 3, 5])
-    cfg = TrainingConfig(minibatch_size=8, update_epochs=2)
+    cfg = PPOConfig(minibatch_size=8, update_epochs=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    metrics = _update(model, batch, cfg, seed=0)
     assert set(metrics) == METRIC_KEYS
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -412,8 +421,8 @@ def test_ppo_update_first_minibatch_losses_by_hand() -> None:
     batch = _batch(model, size=16, legal_counts=[2, 4, 7], seed=3)
     with torch.no_grad():
         logits, _ = model(batch.obs)
-    cfg = TrainingConfig(minibatch_size=16, update_epochs=1, norm_adv=False, clip_vloss=False)
-    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(1))
+    cfg = PPOConfig(minibatch_size=16, update_epochs=1, norm_adv=False, clip_vloss=False)
+    metrics = _update(model, batch, cfg, seed=1)
     adv = batch.advantages.double()
     # policy loss = mean(max(-A * 1, -A * clip(1))) = -mean(A)
     assert metrics["losses/policy_loss"] == pytest.approx(-adv.mean().item(), abs=1e-6)
@@ -435,8 +444,8 @@ def test_ppo_update_first_minibatch_losses_by_hand() -> None:
 def test_ppo_update_normalised_advantages_give_zero_first_policy_loss() -> None:
     model = _tiny_model()
     batch = _batch(model, size=12, legal_counts=[3], seed=5)
-    cfg = TrainingConfig(minibatch_size=12, update_epochs=1, norm_adv=True)
-    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    cfg = PPOConfig(minibatch_size=12, update_epochs=1, norm_adv=True)
+    metrics = _update(model, batch, cfg, seed=0)
     # ratio = 1 and the normalised advantages have mean 0: policy loss = -mean(A_norm) = 0
     assert metrics["losses/policy_loss"] == pytest.approx(0.0, abs=1e-6)
 
@@ -445,8 +454,8 @@ def test_ppo_update_with_a_single_legal_action_per_row() -> None:
     model = _tiny_model()
     batch = _batch(model, size=16, legal_counts=[1], seed=2)
     assert torch.all(batch.logprobs == 0)  # the only legal move has probability 1
-    cfg = TrainingConfig(minibatch_size=4, update_epochs=3)
-    metrics = ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    cfg = PPOConfig(minibatch_size=4, update_epochs=3)
+    metrics = _update(model, batch, cfg, seed=0)
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     # one legal label: entropy 0, log-prob 0 -> ratio 1, KL 0, nothing clipped
     assert metrics["losses/entropy"] == pytest.approx(0.0, abs=1e-6)
@@ -541,18 +550,18 @@ def test_first_minibatch_of_an_update_has_ratio_one(name: str) -> None:
     policy = Policy(model)
     env = VecEnv(16, max_plies=64, opening_plies=4)
     env.reset(seed=0)
-    cfg = TrainingConfig(num_steps=16, minibatch_size=4096, update_epochs=1)
-    pool = OpponentPool(cfg.opponent_pool, None, torch.Generator().manual_seed(0))
+    cfg = PPOConfig(num_steps=16, minibatch_size=4096, update_epochs=1)
+    pool = OpponentPool(OpponentPoolConfig(), None, torch.Generator().manual_seed(0))
     batch, _ = collect(policy, env, pool, cfg.num_steps, cfg.gamma, cfg.gae_lambda)
     model.eval()
     with torch.no_grad():
-        logprob, _, value = policy.evaluate(batch.obs, batch.legal_mask, batch.actions)
+        logprob, _, value = policy.logprob_entropy_value(batch.obs, batch.legal_mask, batch.actions)
     assert (logprob - batch.logprobs).abs().max() < 1e-5
     assert (value - batch.values).abs().max() < 1e-5
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, TrainingConfig())
     for group in optimizer.param_groups:
         group["lr"] = 0.0  # the update's first (and only) minibatch, with no step taken
-    metrics = ppo_update(policy, optimizer, batch, cfg, torch.Generator().manual_seed(0))
+    metrics = ppo_update(policy, optimizer, batch, cfg, 0.5, torch.Generator().manual_seed(0))
     assert metrics["losses/approx_kl"] < 1e-9
     assert metrics["losses/clipfrac"] == 0.0
 
@@ -603,7 +612,7 @@ def test_minibatches_of_a_ragged_batch_are_nearly_equal() -> None:
     batch = _batch(model, size=1000, legal_counts=[3])
     sizes = []
     handle = model.policy.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
-    cfg = TrainingConfig(minibatch_size=256, update_epochs=1)
-    ppo_update(Policy(model), build_optimizer(model, cfg), batch, cfg, torch.Generator().manual_seed(0))
+    cfg = PPOConfig(minibatch_size=256, update_epochs=1)
+    _update(model, batch, cfg, seed=0)
     handle.remove()
     assert sizes == [250, 250, 250, 250]

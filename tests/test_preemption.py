@@ -20,7 +20,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
         "logging.progress_bar=false"]
 TOTAL = 1280
 LONG = [*TINY, f"training.total_timesteps={TOTAL}", "training.checkpoint_interval_timesteps=100000",

@@ -21,8 +21,8 @@ import torch
 from conftest import wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
-        "training.minibatch_size=64", "logging.progress_bar=false"]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
+        "algorithm.minibatch_size=64", "logging.progress_bar=false"]
 LONG = [*TINY, "training.total_timesteps=1e6", "training.lr_schedule=constant"]
 
 
@@ -120,7 +120,7 @@ def test_ctrl_c_finishes_the_update_writes_last_pt_and_exits_without_traceback(t
 def test_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays_readable(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # Updates of 4096 steps (seconds each), a checkpoint after every one: the second Ctrl-C lands mid-update.
-    proc = start("train.py", *LONG, "training.num_steps=512", "training.minibatch_size=512",
+    proc = start("train.py", *LONG, "algorithm.num_steps=512", "algorithm.minibatch_size=512",
                  "training.checkpoint_interval_timesteps=128", f"hydra.run.dir={run_dir}")
     wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists() and len(metric_steps(run_dir)) >= 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -300,7 +300,7 @@ def test_tensorboard_not_installed(tmp_path: Path) -> None:
 
 
 def test_too_many_envs_for_this_machine(tmp_path: Path) -> None:
-    proc = run("train.py", *TINY, "env.num_envs=100000000", "training.minibatch_size=128",
+    proc = run("train.py", *TINY, "env.num_envs=100000000", "algorithm.minibatch_size=128",
                f"hydra.run.dir={tmp_path / 'run'}")
     one_error_line(proc, "env.num_envs=100000000", "GiB")
 
@@ -310,7 +310,7 @@ def test_too_many_envs_for_this_machine(tmp_path: Path) -> None:
 def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: Path,
                                                                       finished: tuple[Path, str]) -> None:
     run_dir = tmp_path / "run"
-    one_error_line(run("train.py", *TINY, "training.gamma=5", f"hydra.run.dir={run_dir}"), "training.gamma")
+    one_error_line(run("train.py", *TINY, "algorithm.gamma=5", f"hydra.run.dir={run_dir}"), "algorithm.gamma")
     assert not run_dir.exists()
     out_dir = tmp_path / "eval"
     one_error_line(run("evaluate.py", f"checkpoint={tmp_path / 'missing.pt'}", f"hydra.run.dir={out_dir}"),
@@ -322,7 +322,7 @@ def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: P
 def test_train_help_describes_the_app_and_its_groups() -> None:
     proc = run("train.py", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert "PPO self-play" in proc.stdout
+    assert "self-play" in proc.stdout
     assert "schema/" not in proc.stdout
     for group in (REPO / "conf").iterdir():
         if group.is_dir() and group.name != "hydra":

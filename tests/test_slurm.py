@@ -27,7 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
         "logging.progress_bar=false"]
 TOTAL = 1280
 STEADY = [*TINY, "training.checkpoint_interval_timesteps=100000", "training.lr_schedule=constant"]

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16", "training.minibatch_size=64",
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
         "logging.progress_bar=false"]
 
 
@@ -176,11 +176,11 @@ def test_optuna_search(tmp_path: Path):
         f"hydra.sweep.dir={sweep}")
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text(encoding="utf-8"))
     best = results["best_params"]
-    assert set(best) == {"training.learning_rate", "training.ent_coef", "training.clip_coef", "training.gae_lambda"}
+    assert set(best) == {"training.learning_rate", "algorithm.ent_coef", "algorithm.clip_coef", "algorithm.gae_lambda"}
     assert 1e-5 <= best["training.learning_rate"] <= 1e-3
-    assert 0.0 <= best["training.ent_coef"] <= 0.03
-    assert best["training.clip_coef"] in (0.1, 0.2, 0.3)
-    assert 0.9 <= best["training.gae_lambda"] <= 1.0
+    assert 0.0 <= best["algorithm.ent_coef"] <= 0.03
+    assert best["algorithm.clip_coef"] in (0.1, 0.2, 0.3)
+    assert 0.9 <= best["algorithm.gae_lambda"] <= 1.0
 
     rows = summary_csv(sweep)
     assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]

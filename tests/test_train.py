@@ -21,8 +21,8 @@ from keisei.config import from_container
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8 * 16
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
-        "training.minibatch_size=64", "logging.progress_bar=false"]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
+        "algorithm.minibatch_size=64", "logging.progress_bar=false"]
 CONSTANT = "training.lr_schedule=constant"
 LOSS_KEYS = ["losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
              "losses/clipfrac", "losses/explained_variance"]
@@ -163,10 +163,10 @@ def test_scientific_notation_end_to_end(half_again: Path) -> None:
 
 @pytest.mark.parametrize(("override", "named", "code"), [
     ("foo=1", "foo", None),
-    ("training.gamma=abc", "training.gamma", None),
+    ("algorithm.gamma=abc", "algorithm.gamma", None),
     ("model=nope", "model/nope", None),
-    ("training.gamma=0", "training.gamma", 2),
-    ("training.minibatch_size=100", "training.minibatch_size", 2),
+    ("algorithm.gamma=0", "algorithm.gamma", 2),
+    ("algorithm.minibatch_size=100", "algorithm.minibatch_size", 2),
     ("training.precision=fp16 device=cpu", "training.precision", 2),
 ])
 def test_bad_override_fails_cleanly(tmp_path: Path, override: str, named: str, code: int | None) -> None:
@@ -184,11 +184,11 @@ def test_bad_override_fails_cleanly(tmp_path: Path, override: str, named: str, c
 
 
 def test_full_error_shows_traceback(tmp_path: Path) -> None:
-    proc = train(tmp_path / "run", "training.total_timesteps=128", "training.gamma=0", check=False,
+    proc = train(tmp_path / "run", "training.total_timesteps=128", "algorithm.gamma=0", check=False,
                  env=clean_env(HYDRA_FULL_ERROR="1"))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "Traceback" in out and "ConfigError" in out and "training.gamma" in out
+    assert "Traceback" in out and "ConfigError" in out and "algorithm.gamma" in out
 
 
 def test_appended_unknown_key_fails(tmp_path: Path) -> None:
@@ -291,7 +291,7 @@ def test_resume_with_other_batch_size_reaches_total(tmp_path: Path, half: Path) 
     # 256 steps done with batches of 8 x 16; the rest with batches of 8 x 32: one more update.
     run_dir = tmp_path / "run"
     shutil.copytree(half, run_dir)
-    train(run_dir, "training.total_timesteps=512", CONSTANT, "training.num_steps=32")
+    train(run_dir, "training.total_timesteps=512", CONSTANT, "algorithm.num_steps=32")
     assert checkpoint(run_dir)["global_step"] == 512
     assert [r["global_step"] for r in metrics(run_dir)] == [128, 256, 512]
 
@@ -414,3 +414,39 @@ def test_resume_with_an_opponent_pool_is_exact(tmp_path: Path) -> None:
     assert losses(metrics(resumed_dir)) == losses(metrics(straight_dir))
     assert sum(r["pool/games"] for r in metrics(straight_dir)) > 0
     assert sum(r["pool/heuristic_games"] for r in metrics(straight_dir)) > 0
+
+
+def _child_pids() -> set[int]:
+    """Live (not zombie) processes whose parent is this one, from /proc (multiprocessing's resource
+    tracker aside: one per process, started with the first shared memory block, by design)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" \
+                and b"resource_tracker" not in (stat.parent / "cmdline").read_bytes():
+            children.add(int(stat.parent.name))
+    return children
+
+
+def test_a_check_failing_after_the_env_started_closes_its_workers(tmp_path: Path) -> None:
+    """The periodic evaluation's opponent (an engine that cannot start) fails after the env's worker
+    processes have started: the run fails with the engine's error and leaves no worker behind."""
+    from hydra import compose, initialize_config_dir
+
+    from keisei.config import register_configs, validate
+    from keisei.play.usi_client import EngineError
+    from keisei.train.loop import train as train_in_process
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = validate(compose("train", overrides=[*TINY, "env.workers=2", "opponent=usi",
+                                                   f"opponent.command={tmp_path / 'no-such-engine'}",
+                                                   "evaluation.interval_timesteps=1024"]))
+    before = _child_pids()
+    with pytest.raises(EngineError):
+        train_in_process(cfg, tmp_path / "run")
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _child_pids() - before}
+    assert not left

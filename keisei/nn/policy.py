@@ -1,7 +1,7 @@
 """The one masked policy: a network's logits restricted to the legal moves, and its value.
 
 Everything that plays or trains a network goes through ``Policy``: the rollout (``act``),
-the PPO update (``evaluate``, as CleanRL's ``get_action_and_value`` with the action given),
+the PPO update (``logprob_entropy_value``, CleanRL's ``get_action_and_value`` with the action given),
 ``AgentPlayer`` in matches and the USI engine (``act`` with a temperature), and bootstrap
 values (``value``). Illegal actions get the most negative finite logit: zero probability,
 finite entropy terms.
@@ -27,8 +27,8 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
     An index of probability 0 (an illegal move) is never drawn: its cumulative sum equals the one
     before it, and the draw is the first index whose sum exceeds the number, which is kept below the
-    row's total. One number per row where ``torch.multinomial`` draws one per entry (2187), which made
-    sampling a third of the rollout's forward pass on the CPU (``benchmarks/forward_glue.py``).
+    row's total. One uniform number per row, where ``torch.multinomial`` draws one per entry (2187):
+    ``benchmarks/forward_glue.py`` compares the two.
     """
     cdf = probs.cumsum(dim=1)
     total = cdf[:, -1:]
@@ -88,7 +88,7 @@ class Policy:
         logprob = torch.log_softmax(logits, dim=1).gather(1, action[:, None]).squeeze(1)
         return action, logprob, value
 
-    def evaluate(self, obs: torch.Tensor, mask: torch.Tensor, action: torch.Tensor
+    def logprob_entropy_value(self, obs: torch.Tensor, mask: torch.Tensor, action: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities (B,) of the given actions, entropies (B,) and values (B,), with gradients."""
         logits, value = self.logits_and_value(obs, mask)

@@ -126,3 +126,24 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def update_record(global_step: int, update: int, losses: dict[str, float], lr: float, steps_per_s: float,
+                  shares: dict[str, float], games: Sequence[Outcome], games_total: int,
+                  pool_scores: Sequence[float] | None, heuristic_scores: Sequence[float] | None) -> dict[str, Any]:
+    """The metrics record of one update: losses, ``charts/...``, ``time/<part>_share``, ``games/...``,
+    and ``pool/...`` for the opponent pool's games (``None``: no such games are configured)."""
+    record = {"global_step": global_step, "update": update, **losses, "charts/learning_rate": lr,
+              "charts/SPS": steps_per_s, **{f"time/{k}_share": v for k, v in shares.items()},
+              **games_record(games, games_total)}
+    if pool_scores is not None:
+        record["pool/games"] = len(pool_scores)
+        record["pool/learner_score"] = _mean(pool_scores)
+    if heuristic_scores is not None:
+        record["pool/heuristic_games"] = len(heuristic_scores)
+        record["pool/heuristic_score"] = _mean(heuristic_scores)
+    return record
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -18,15 +18,15 @@ player's transitions form their own trajectory (its moves are 2 plies apart):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from keisei.config import Schedule, TrainingConfig
+from keisei.config import PPOConfig
 from keisei.nn.policy import Policy
 from keisei.train import distributed
+from keisei.train.optim import optimizer_step
 
 
 def two_player_gae(rewards: torch.Tensor, ended: torch.Tensor, truncated: torch.Tensor,
@@ -66,21 +66,6 @@ def two_player_gae(rewards: torch.Tensor, ended: torch.Tensor, truncated: torch.
     return advantages, advantages + values
 
 
-def learning_rate(cfg: TrainingConfig, update: int, num_updates: int) -> float:
-    """Learning rate for ``update`` (0-based) of ``num_updates``: the schedule spans the whole run."""
-    progress = update / max(num_updates, 1)
-    if cfg.lr_schedule is Schedule.linear:
-        return cfg.learning_rate * (1.0 - progress)
-    if cfg.lr_schedule is Schedule.cosine:
-        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.learning_rate
-
-
-def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.optimizer.value == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=cfg.learning_rate, eps=1e-5, weight_decay=cfg.weight_decay)
-
-
 @dataclass
 class Batch:
     """A flattened rollout of the learner's transitions."""
@@ -94,8 +79,9 @@ class Batch:
     returns: torch.Tensor  # (B,)
 
 
-def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, cfg: TrainingConfig,
-               generator: torch.Generator, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, cfg: PPOConfig,
+               max_grad_norm: float, generator: torch.Generator,
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """``cfg.update_epochs`` epochs of clipped PPO over shuffled minibatches; returns loss metrics."""
     model = policy.model
     # Eval mode, as in the rollout: the old and new log-probabilities come from the same function
@@ -104,54 +90,18 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
     size = batch.actions.shape[0]
     # Minibatches of nearly equal size, about minibatch_size each: a batch of learner moves only
     # (opponent-pool games) is ragged, and a tiny trailing minibatch would get its own noisy
-    # advantage normalisation.
-    # Every rank takes the same number of optimizer steps (their gradients are averaged at each).
+    # advantage normalisation. Every rank takes the same number of optimizer steps (their
+    # gradients are averaged at each).
     chunks = int(distributed.all_reduce(max(1, round(size / cfg.minibatch_size)), "min"))
-    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
-                                                      "clipfrac")}
+    stats: dict[str, list[float]] = {k: [] for k in LOSS_NAMES}
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator).to(batch.actions.device)
-        approx_kl = torch.zeros(())
         for idx in torch.tensor_split(order, chunks):
-            new_logprob, entropy, new_values = policy.evaluate(batch.obs[idx], batch.legal_mask[idx],
-                                                               batch.actions[idx])
-            entropy = entropy.mean()
-            logratio = new_logprob - batch.logprobs[idx]
-            ratio = logratio.exp()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean()
-                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-            adv = batch.advantages[idx]
-            if cfg.norm_adv and adv.numel() > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            policy_loss = torch.max(-adv * ratio,
-                                    -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-            returns = batch.returns[idx]
-            if cfg.clip_vloss:
-                old = batch.values[idx]
-                clipped = old + (new_values - old).clamp(-cfg.clip_coef, cfg.clip_coef)
-                value_loss = 0.5 * torch.max((new_values - returns) ** 2, (clipped - returns) ** 2).mean()
-            else:
-                value_loss = 0.5 * ((new_values - returns) ** 2).mean()
-            loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
-
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                distributed.average_gradients(model)
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                distributed.average_gradients(model)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-            for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
-                               ("approx_kl", approx_kl), ("clipfrac", clipfrac)):
-                stats[key].append(float(value.detach()))
-        if cfg.target_kl is not None and distributed.all_reduce(float(approx_kl), "mean") > cfg.target_kl:
+            loss, parts = ppo_loss(policy, batch, idx, cfg)
+            optimizer_step(model, optimizer, loss, max_grad_norm, scaler)
+            for key, value in parts.items():
+                stats[key].append(float(value))
+        if cfg.target_kl is not None and distributed.all_reduce(stats["approx_kl"][-1], "mean") > cfg.target_kl:
             break
     refresh_batch_norm(model, batch.obs)
     out = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()}
@@ -160,6 +110,37 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
     out["losses/explained_variance"] = float("nan") if var == 0 else 1.0 - residual / var
     return out
 
+
+#: The per-minibatch metrics of ``ppo_loss`` (averaged into ``losses/<name>``).
+LOSS_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+
+
+def ppo_loss(policy: Policy, batch: Batch, idx: torch.Tensor, cfg: PPOConfig
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped PPO loss of minibatch ``idx`` and its parts (detached), CleanRL's way."""
+    new_logprob, entropy, new_values = policy.logprob_entropy_value(batch.obs[idx], batch.legal_mask[idx],
+                                                                    batch.actions[idx])
+    entropy = entropy.mean()
+    logratio = new_logprob - batch.logprobs[idx]
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+    adv = batch.advantages[idx]
+    if cfg.norm_adv and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+    returns = batch.returns[idx]
+    if cfg.clip_vloss:
+        old = batch.values[idx]
+        clipped = old + (new_values - old).clamp(-cfg.clip_coef, cfg.clip_coef)
+        value_loss = 0.5 * torch.max((new_values - returns) ** 2, (clipped - returns) ** 2).mean()
+    else:
+        value_loss = 0.5 * ((new_values - returns) ** 2).mean()
+    loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+    parts = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "approx_kl": approx_kl,
+             "clipfrac": clipfrac}
+    return loss, {k: v.detach() for k, v in parts.items()}
 
 
 @torch.no_grad()

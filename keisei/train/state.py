@@ -1,9 +1,10 @@
 """What a training checkpoint holds, and putting it back: the state of a run between two updates.
 
 ``TrainState`` gathers the objects that change during training (network, optimizer, gradient
-scaler, shuffling generator, the env's games in progress, the opponent pool) and the run's
-counters. ``save`` writes it through the one checkpoint format (``keisei.nn.checkpoint``); ``load``
-restores it exactly, so a resumed run continues bit for bit where the saved one was.
+scaler, the generator of minibatch order and opponent draws, the env's games in progress, the
+opponent pool) and the run's counters. ``save`` writes it through the one checkpoint format
+(``keisei.nn.checkpoint``); ``load`` restores it exactly, so a resumed run continues bit for bit
+where the saved one was.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from typing import Any
 import torch
 
 from keisei.config import Precision, TrainConfig, to_container
-from keisei.env.vec_env import Env
-from keisei.env.workers import make_env
+from keisei.env import Env, make_env
 from keisei.nn.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
 from keisei.nn.model import build_model
 from keisei.nn.policy import Policy
 from keisei.train import distributed
-from keisei.train.ppo import build_optimizer
-from keisei.train.rollout import OpponentPool
+from keisei.train.opponent_pool import OpponentPool
+from keisei.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class TrainState:
     policy: Policy
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    shuffle: torch.Generator  # minibatch order and opponent draws
+    generator: torch.Generator  # minibatch order and the opponent pool's draws
     env: Env  # a VecEnv, or its shards in worker processes (env.workers > 1)
     pool: OpponentPool
     global_step: int = 0
@@ -53,7 +53,7 @@ class TrainState:
         model = build_model(cfg.model).to(device)
         amp_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(t.precision)
         policy = Policy(model, forward=torch.compile(model) if t.compile else None, autocast_dtype=amp_dtype)
-        shuffle = torch.Generator().manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
 
         def opponent() -> Policy:
             # A network to load a snapshot into: its initial weights must not draw from the global
@@ -64,15 +64,16 @@ class TrainState:
         return cls(
             cfg=cfg, policy=policy, optimizer=build_optimizer(model, t),
             scaler=torch.amp.GradScaler(device.type) if t.precision is Precision.fp16 else None,
-            shuffle=shuffle,
+            generator=generator,
             env=make_env(cfg.env),
-            pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, shuffle, seed=cfg.seed),
+            pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, generator,
+                              seed=cfg.seed),
         )
 
     def rank_state(self) -> dict[str, Any]:
         """What differs between the ranks of a distributed run: random generators, games, pool draws."""
         return {
-            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "env": self.env.state_dict(),
             "opponent_pool": self.pool.state_dict(),
@@ -137,7 +138,7 @@ class TrainState:
             self.scaler.load_state_dict(data["scaler"])
         self.global_step, self.update = data["global_step"], data["update"]
         torch.set_rng_state(own["rng"]["torch"])
-        self.shuffle.set_state(own["rng"]["shuffle"])
+        self.generator.set_state(own["rng"]["shuffle"])
         if torch.cuda.is_available() and own["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(own["rng"]["cuda"])
         self.pool.load_state_dict(own["opponent_pool"])
