@@ -20,7 +20,7 @@ def play_random_games(seed: int, games: int, max_plies: int = 200) -> list[Game]
         game = Game(max_plies=max_plies)
         while not game.is_over:
             positions.append(game.copy())
-            game.push(rng.choice(game.legal_moves()))
+            game.push(rng.choice(game.legal_usi()))
         positions.append(game)
     return positions
 

@@ -20,7 +20,7 @@ def test_label_round_trip_for_every_legal_move(random_positions: list[Game]) -> 
         turn = game.turn.value
         colours_seen.add(turn)
         labels = {}
-        for usi in game.legal_moves():
+        for usi in game.legal_usi():
             label = move_to_action(usi, turn)
             assert 0 <= label < NUM_ACTIONS
             assert label not in labels, f"{usi} and {labels[label]} share label {label} in {game.sfen()}"
@@ -37,16 +37,16 @@ def test_label_round_trip_for_every_legal_move(random_positions: list[Game]) -> 
 def test_labels_are_rsshogi_move_labels(random_positions: list[Game]) -> None:
     for game in random_positions[::7]:
         colour = RsColor.BLACK if game.turn == "b" else RsColor.WHITE
-        expected = {move_label(usi, colour) for usi in game.legal_moves()}
+        expected = {move_label(usi, colour) for usi in game.legal_usi()}
         assert set(np.flatnonzero(legal_mask(game)).tolist()) == expected
 
 
 def test_colour_flipped_move_has_the_same_label() -> None:
     game = Game.from_usi_position("startpos moves 7g7f 3c3d 8h2b+ 3a2b B*4e")
     flipped = Game(Board(game.sfen()).to_sfen_flipped())
-    for usi in game.legal_moves():
+    for usi in game.legal_usi():
         twin = _flip_usi(usi)
-        assert twin in flipped.legal_moves()
+        assert twin in flipped.legal_usi()
         assert move_to_action(usi, game.turn.value) == move_to_action(twin, flipped.turn.value)
 
 

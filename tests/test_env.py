@@ -33,7 +33,7 @@ def random_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def legal_labels(game: Game) -> set[int]:
-    return {move_to_action(m, game.turn.value) for m in game.legal_moves()}
+    return {move_to_action(m, game.turn.value) for m in game.legal_usi()}
 
 
 REPEATED = [PLANE_NAMES.index("repeated_ge1"), PLANE_NAMES.index("repeated_ge2")]
@@ -267,7 +267,7 @@ def test_masks_read_move_values_in_place() -> None:
     for game, row in zip(games, mask):
         assert set(np.flatnonzero(row)) == legal_labels(game)
     slow = np.zeros_like(mask)
-    values = [[int(m) for m in g.legal] for g in games]  # plain ints: the slow path
+    values = [[int(m) for m in g.legal_moves] for g in games]  # plain ints: the slow path
     _native.fill_masks(values, encoder.to_play, label_table(), slow, np.zeros(mask.shape, dtype=np.int16))
     assert np.array_equal(slow, mask)
     actions = np.array([np.flatnonzero(row)[-1] for row in mask])

@@ -133,7 +133,7 @@ def mating_moves(sfen: str) -> list[tuple[int, int | None]]:
     """(to, from) squares (board numbering; from None for a drop) of every legal move of ``sfen`` that
     ends the game by checkmate, each move played in a fresh ``Game``."""
     found = []
-    for move in Game(sfen).legal:
+    for move in Game(sfen).legal_moves:
         game = Game(sfen)
         game.play(move)
         if game.termination is Termination.CHECKMATE:
@@ -281,7 +281,7 @@ def test_copies_play_lines_and_replays_keep_their_own_counts() -> None:
     # play_line pushes every move of the line, so the count sees the positions in between
     played, line, moves = Game(), Game(), []
     for usi in KING_SHUFFLE * 2:
-        moves.append(next(m for m in played.legal if m.to_usi() == usi))
+        moves.append(next(m for m in played.legal_moves if m.to_usi() == usi))
         played.play(moves[-1])
     line.play_line(moves)
     assert line.sfen() == played.sfen() and line.repetitions == played.repetitions == 2

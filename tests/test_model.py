@@ -429,7 +429,7 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
         for _ in range(rng.randrange(0, 160)):
             if game.is_over:
                 break
-            game.push(rng.choice(game.legal_moves()))
+            game.push(rng.choice(game.legal_usi()))
         if not game.is_over:
             games.append(game)
     balances = torch.tensor([_material_balance(g) for g in games], dtype=torch.float32)

@@ -26,7 +26,7 @@ HABU_KATO_PERFT = {2: 16_440, 3: 864_786}
 
 
 def perft(game: Game, depth: int) -> int:
-    moves = game.legal_moves()
+    moves = game.legal_usi()
     assert len(set(moves)) == len(moves), f"duplicate legal moves in {game.sfen()}"
     if depth == 1:
         return len(moves)

@@ -32,14 +32,14 @@ def test_heuristic_mates_in_one():
 def test_heuristic_prefers_mate_to_capturing_a_rook():
     # As above, plus a White rook on 1g that the Black lance on 1i can take.
     sfen = "4k4/9/4P4/9/9/9/8r/9/4K3L b G 1"
-    assert "1i1g" in Game(sfen).legal_moves()
+    assert "1i1g" in Game(sfen).legal_usi()
     assert heuristic_choices(sfen) == {"G*5b"}
 
 
 def test_heuristic_captures_most_valuable_piece_with_least_valuable_capturer():
     # White rook 5d (takeable by the pawn 5e or the gold 4e) and pawn 2d (takeable by the pawn 2e).
     sfen = "4k4/9/9/4r2p1/4PG1P1/9/9/9/4K4 b - 1"
-    legal = Game(sfen).legal_moves()
+    legal = Game(sfen).legal_usi()
     assert {"5e5d", "4e5d", "2e2d"} <= set(legal)
     assert heuristic_choices(sfen) == {"5e5d"}
 
@@ -47,7 +47,7 @@ def test_heuristic_captures_most_valuable_piece_with_least_valuable_capturer():
 def test_heuristic_captures_for_white_too():
     # The same position rotated, White to move: pawn 5e takes the rook on 5f, not the gold 6e.
     sfen = "4k4/9/9/9/1p1gp4/1P2R4/9/9/4K4 w - 1"
-    legal = Game(sfen).legal_moves()
+    legal = Game(sfen).legal_usi()
     assert {"5e5f", "6e5f", "8e8f"} <= set(legal)
     assert heuristic_choices(sfen) == {"5e5f"}
 
@@ -61,7 +61,7 @@ def test_heuristic_prefers_a_promotion_when_nothing_can_be_taken():
 
 def test_heuristic_plays_a_legal_move_otherwise():
     game = Game()
-    legal = set(game.legal_moves())
+    legal = set(game.legal_usi())
     choices = heuristic_choices(game.sfen(), seeds=range(20))
     assert choices <= legal
     assert len(choices) > 1  # random among the quiet moves, not always the same
@@ -81,7 +81,7 @@ def test_random_player_plays_only_legal_moves(random_positions):
     choices = RandomPlayer(seed=10).choose(positions)
     assert len(choices) == len(positions)
     for game, move in zip(positions, choices):
-        assert move in game.legal_moves()
+        assert move in game.legal_usi()
 
 
 def test_random_player_is_reproducible_with_a_seed(random_positions):
@@ -93,7 +93,7 @@ def test_random_player_is_reproducible_with_a_seed(random_positions):
 
 def test_random_player_draws_every_move_of_the_start_position():
     game = Game()
-    legal = game.legal_moves()
+    legal = game.legal_usi()
     assert len(legal) == 30
     player = RandomPlayer(seed=13)
     draws = player.choose([game] * 3000)  # about 100 of each move if uniform
@@ -124,7 +124,7 @@ def test_agent_greedy_is_argmax_of_legal_logits(tiny_model, positions):
         obs = torch.from_numpy(encode(positions)[0])
         logits, _ = tiny_model(obs)
     for game, move, row in zip(positions, choices, logits):
-        legal = game.legal_moves()
+        legal = game.legal_usi()
         best = max(legal, key=lambda usi: row[move_to_action(usi, game.turn.value)].item())
         assert move == best
 
@@ -134,7 +134,7 @@ def test_agent_sampling_is_legal_reproducible_and_seed_dependent(tiny_model, pos
     assert AgentPlayer(tiny_model, temperature=1.0, seed=1).choose(positions) == first
     assert AgentPlayer(tiny_model, temperature=1.0, seed=2).choose(positions) != first
     for game, move in zip(positions, first):
-        assert move in game.legal_moves()
+        assert move in game.legal_usi()
 
 
 def test_agent_plays_legal_games(tiny_model):
@@ -161,7 +161,7 @@ def test_agent_with_search_plays_a_proven_mate(tiny_model):
     (move,), (value,) = searching.act([game])
     assert value == 1.0
     game.push(move)
-    for reply in game.legal_moves():  # every defence is mated at once
+    for reply in game.legal_usi():  # every defence is mated at once
         line = game.copy()
         line.push(reply)
         line.push(line.board.solve_mate_in_one().to_usi())

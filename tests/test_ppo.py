@@ -504,7 +504,7 @@ def test_sample_draws_legal_moves_with_the_policy_probabilities() -> None:
     masks = []
     for _ in range(4):
         masks.append(torch.from_numpy(legal_mask(game)))
-        game.push(rng.choice(game.legal_moves()))
+        game.push(rng.choice(game.legal_usi()))
     mask = torch.stack(masks)
     mask[3] = False
     mask[3, [0, NUM_ACTIONS - 1]] = True  # the first and the last label, nothing between

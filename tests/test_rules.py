@@ -81,11 +81,11 @@ def position_key(game: Game) -> str:
 
 
 def drops(game: Game, piece: str) -> set[str]:
-    return {m for m in game.legal_moves() if m.startswith(f"{piece}*")}
+    return {m for m in game.legal_usi() if m.startswith(f"{piece}*")}
 
 
 def moves_from(game: Game, square: str) -> set[str]:
-    return {m for m in game.legal_moves() if m.startswith(square)}
+    return {m for m in game.legal_usi() if m.startswith(square)}
 
 
 def assert_running(game: Game) -> None:
@@ -93,14 +93,14 @@ def assert_running(game: Game) -> None:
     assert game.result is None
     assert game.termination is None
     assert game.winner is None
-    assert game.legal_moves()
+    assert game.legal_usi()
 
 
 def assert_over(game: Game, result: Result, termination: Termination) -> None:
     assert game.is_over
     assert game.result is result
     assert game.termination is termination
-    assert game.legal_moves() == []
+    assert game.legal_usi() == []
     winner = {Result.BLACK_WIN: Color.BLACK, Result.WHITE_WIN: Color.WHITE, Result.DRAW: None}[result]
     assert game.winner is winner
 
@@ -127,7 +127,7 @@ def test_flip_helpers() -> None:
     # the flipped start position has the flipped legal moves
     black = Game(STARTPOS)
     white = Game(flip_sfen(STARTPOS))
-    assert sorted(white.legal_moves()) == sorted(flip_move(m) for m in black.legal_moves())
+    assert sorted(white.legal_usi()) == sorted(flip_move(m) for m in black.legal_usi())
 
 
 # --- repetition (sennichite) --------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_checkmate_wins(colour: Color) -> None:
     game = Game(sfen)
     assert_running(game)
     assert not game.is_in_check()
-    assert mate in game.legal_moves()
+    assert mate in game.legal_usi()
     game.push(mate)
     assert game.is_in_check()
     assert_over(game, Result.win_for(colour), Termination.CHECKMATE)
@@ -308,7 +308,7 @@ def test_check_with_an_escape_is_not_mate(colour: Color) -> None:
     game.push(check)
     assert game.is_in_check()
     assert_running(game)
-    assert game.legal_moves() == [capture]
+    assert game.legal_usi() == [capture]
 
 
 # White's king on 1a is not attacked, but 2a and 1b/2b are covered by Black's rooks.
@@ -336,7 +336,7 @@ def test_move_that_leaves_the_opponent_without_moves_wins(colour: Color) -> None
 
 def test_king_with_a_move_left_is_not_stalemated() -> None:
     game = Game("8k/R8/9/9/9/9/9/9/K5R2 w - 1")  # rook on 3i: 2a is free
-    assert game.legal_moves() == ["1a2a"]
+    assert game.legal_usi() == ["1a2a"]
     assert_running(game)
 
 
@@ -350,8 +350,8 @@ PAWN_DROP_MATE = ("8k/6S2/7G1/9/9/9/9/9/K8 b P 1", "P*1b")
 def test_pawn_drop_mate_is_illegal(colour: Color) -> None:
     sfen, drop, other_drop = for_colour(colour, *PAWN_DROP_MATE, "P*1c")
     game = Game(sfen)
-    assert drop not in game.legal_moves()
-    assert other_drop in game.legal_moves()  # pawn drops as such are allowed here
+    assert drop not in game.legal_usi()
+    assert other_drop in game.legal_usi()  # pawn drops as such are allowed here
     with pytest.raises(IllegalMoveError, match=re.escape(drop)):
         game.push(drop)
     assert game.sfen() == Game(sfen).sfen()
@@ -371,10 +371,10 @@ def test_pawn_drop_check_that_is_not_mate_is_legal(colour: Color) -> None:
     # Without the silver the king escapes to 2a.
     sfen, drop, escape = for_colour(colour, "8k/9/7G1/9/9/9/9/9/K8 b P 1", "P*1b", "1a2a")
     game = Game(sfen)
-    assert drop in game.legal_moves()
+    assert drop in game.legal_usi()
     game.push(drop)
     assert game.is_in_check()
-    assert game.legal_moves() == [escape]
+    assert game.legal_usi() == [escape]
     assert_running(game)
 
 
@@ -382,7 +382,7 @@ def test_pawn_drop_check_that_is_not_mate_is_legal(colour: Color) -> None:
 def test_mate_by_pushing_a_pawn_is_legal(colour: Color) -> None:
     sfen, push = for_colour(colour, "8k/6S2/7GP/9/9/9/9/9/K8 b - 1", "1c1b")
     game = Game(sfen)
-    assert push in game.legal_moves()
+    assert push in game.legal_usi()
     game.push(push)
     assert game.is_in_check()
     assert_over(game, Result.win_for(colour), Termination.CHECKMATE)
@@ -397,8 +397,8 @@ def test_nifu(colour: Color) -> None:
         colour, "4k4/9/9/9/9/9/4P4/9/4K4 b P 1", "P*5e", "P*4e"
     )
     game = Game(sfen)
-    assert drop_on_pawn_file not in game.legal_moves()
-    assert drop_elsewhere in game.legal_moves()
+    assert drop_on_pawn_file not in game.legal_usi()
+    assert drop_elsewhere in game.legal_usi()
     pawn_file = drop_on_pawn_file[2]
     assert not any(m[2] == pawn_file for m in drops(game, "P"))
     with pytest.raises(IllegalMoveError):
@@ -406,7 +406,7 @@ def test_nifu(colour: Color) -> None:
     # the opponent's pawn and the own tokin on the file do not count
     for board in ("4k4/9/9/9/9/9/4p4/9/4K4 b P 1", "4k4/9/4+P4/9/9/9/9/9/4K4 b P 1"):
         sfen, drop = for_colour(colour, board, "P*5e")
-        assert drop in Game(sfen).legal_moves(), board
+        assert drop in Game(sfen).legal_usi(), board
 
 
 @COLOURS
@@ -452,7 +452,7 @@ def test_forced_and_optional_promotion(colour: Color) -> None:
     game = Game(sfen)
     # the own king's square and the unpromoted forms of the forced promotions
     (_, king, *unpromoted) = for_colour(colour, "", "5i", "7b7a", "5d4b", "5d6b", "3d3a")
-    pieces = {m for m in game.legal_moves() if not m.startswith(king)}
+    pieces = {m for m in game.legal_usi() if not m.startswith(king)}
     assert pieces == set(expected)
     for usi in unpromoted:
         with pytest.raises(IllegalMoveError, match=re.escape(usi)):
@@ -548,8 +548,8 @@ def test_declaration_disabled(sfen: str) -> None:
     game = Game(sfen, declaration=False)
     assert declaration_points(game._board) is not None
     assert_running(game)
-    game.push(game.legal_moves()[0])
-    game.push(game.legal_moves()[0])
+    game.push(game.legal_usi()[0])
+    game.push(game.legal_usi()[0])
     assert game.ply == 2
     assert not game.is_over
 
@@ -653,14 +653,14 @@ def test_game_ending_on_the_last_ply_keeps_its_real_result() -> None:
 )
 def test_illegal_or_malformed_move_raises_and_leaves_the_game_unchanged(usi: str) -> None:
     game = Game()
-    before = (game.sfen(), game.ply, game.moves, game.legal_moves())
+    before = (game.sfen(), game.ply, game.moves, game.legal_usi())
     with pytest.raises(IllegalMoveError) as info:
         game.push(usi)
     assert isinstance(info.value, ValueError)
     message = str(info.value)
     assert repr(usi) in message
     assert STARTPOS in message
-    assert (game.sfen(), game.ply, game.moves, game.legal_moves()) == before
+    assert (game.sfen(), game.ply, game.moves, game.legal_usi()) == before
     assert_running(game)
     game.push("7g7f")  # the game goes on
     assert game.ply == 1
@@ -732,7 +732,7 @@ def test_copy_is_independent() -> None:
     assert game.moves == ["7g7f"]
     assert game.sfen() == Game.from_usi_position("startpos moves 7g7f").sfen()
     assert_running(game)
-    assert "3c3d" in game.legal_moves()
+    assert "3c3d" in game.legal_usi()
 
 
 # --- SFEN parsing -----------------------------------------------------------------------------------
@@ -798,15 +798,15 @@ def test_accepted_sfen_spellings(sfen: str) -> None:
     assert game.sfen() == STARTPOS
     assert game.turn is Color.BLACK
     assert game.turn == "b"
-    assert len(game.legal_moves()) == 30
+    assert len(game.legal_usi()) == 30
 
 
 def test_white_to_move_sfen() -> None:
     game = Game("lnsgkgsnl/1r5b1/ppppppppp/9/9/2P6/PP1PPPPPP/1B5R1/LNSGKGSNL w - 2")
     assert game.turn is Color.WHITE
     assert game.turn.opponent is Color.BLACK
-    assert "3c3d" in game.legal_moves()
-    assert "7g7f" not in game.legal_moves()
+    assert "3c3d" in game.legal_usi()
+    assert "7g7f" not in game.legal_usi()
 
 
 # --- USI positions and records ----------------------------------------------------------------------

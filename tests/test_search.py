@@ -91,13 +91,13 @@ def raw_move(net: torch.nn.Module, game: Game) -> str:
 def mates_in(game: Game, plies: int) -> bool:
     """Whether the side to move of ``game`` mates in at most ``plies`` plies whatever the defence,
     decided by ``Game``'s adjudication alone (a plain minimax over every legal move)."""
-    for move in game.legal_moves():
+    for move in game.legal_usi():
         after = game.copy()
         after.push(move)
         if after.termination is Termination.CHECKMATE:
             return True
         if plies >= 3 and not after.is_over and all(_reply_loses(after, reply, plies - 2)
-                                                    for reply in after.legal_moves()):
+                                                    for reply in after.legal_usi()):
             return True
     return False
 
@@ -113,7 +113,7 @@ def forced_mate_after(game: Game, move: str, plies: int) -> bool:
     after.push(move)
     if after.termination is Termination.CHECKMATE:
         return True
-    return not after.is_over and all(_reply_loses(after, reply, plies - 2) for reply in after.legal_moves())
+    return not after.is_over and all(_reply_loses(after, reply, plies - 2) for reply in after.legal_usi())
 
 
 # --- mate search ------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def declares_next(game: Game, move: str) -> bool:
     after.push(move)
     if after.is_over:
         return False
-    for reply in after.legal_moves():
+    for reply in after.legal_usi():
         line = after.copy()
         line.push(reply)
         if line.termination is not Termination.DECLARATION or line.winner is not game.turn:
@@ -237,7 +237,7 @@ def test_declaration_in_the_tree_wins(policy: Policy) -> None:
     # Ten Black pieces worth 26 points stand in the camp, two pawns in hand: once the king steps in
     # (5c, 6c or 7c), Black declares on its next turn, whatever White (a lone king far away) does.
     game = Game("RRBBGG3/GG7/SS7/3K5/9/9/9/9/8k b 2P 1")
-    assert {m for m in game.legal_moves() if declares_next(game, m)} == {"6d5c", "6d6c", "6d7c"}
+    assert {m for m in game.legal_usi() if declares_next(game, m)} == {"6d5c", "6d6c", "6d7c"}
     # 110 root moves: at 300 playouts whether the untrained network's values lead back to the
     # king's steps depends on its random weights (about 1 network in 6 missed it, with either
     # encoding); at 1,200 every one of 16 seeds proves it.
@@ -254,8 +254,8 @@ def test_declaration_in_the_tree_wins(policy: Policy) -> None:
 def test_never_an_illegal_move(policy: Policy, positions: list[Game], root: str) -> None:
     results = search(policy, positions, simulations=24, batch_size=8, root=SearchRoot(root))
     for game, result in zip(positions, results):
-        assert result.move in game.legal_moves()
-        assert set(result.visits) == set(game.legal_moves())
+        assert result.move in game.legal_usi()
+        assert set(result.visits) == set(game.legal_usi())
         assert sum(result.visits.values()) == 23  # the root's own evaluation is the first playout
         line = game.copy()
         for move in result.pv:  # the principal variation is a legal line
@@ -331,11 +331,11 @@ def test_stop_and_deadline(policy: Policy) -> None:
     limits = Limits(simulations=None)
     limits.stop.set()
     (result,) = engine.run([Game()], limits)
-    assert result.nodes == 1 and result.move in Game().legal_moves()  # the root is always evaluated
+    assert result.nodes == 1 and result.move in Game().legal_usi()  # the root is always evaluated
     limits = Limits(simulations=None)
     threading.Timer(0.3, limits.stop.set).start()
     (result,) = engine.run([Game()], limits)
-    assert result.nodes > 1 and result.move in Game().legal_moves()
+    assert result.nodes > 1 and result.move in Game().legal_usi()
     start = time.monotonic()
     (result,) = engine.run([Game()], Limits(simulations=None, deadline=start + 0.3))
     assert result.nodes > 1 and time.monotonic() - start < 0.3 + 2.0  # a round past the deadline at most
@@ -355,8 +355,8 @@ def test_play_line_adjudicates_its_last_position_as_play_does() -> None:
         for usi in moves[:count]:
             one_by_one.push(usi)
         line.play_line([Move.from_usi(usi) for usi in moves[:count]])
-        assert (line.sfen(), line.termination, line.legal_moves(), line.ply) == (
-            one_by_one.sfen(), one_by_one.termination, one_by_one.legal_moves(), one_by_one.ply)
+        assert (line.sfen(), line.termination, line.legal_usi(), line.ply) == (
+            one_by_one.sfen(), one_by_one.termination, one_by_one.legal_usi(), one_by_one.ply)
     assert line.termination is Termination.SENNICHITE
 
 
@@ -439,11 +439,11 @@ def test_gumbel_root_still_plays_mates(net: torch.nn.Module, policy: Policy) -> 
     # first phase visits the mate (in one: a checkmate leaf; in three: mates in one at the leaves
     # below the check) and the proof ends the search.
     game = Game(MATE_IN_ONE)
-    legal = len(game.legal_moves())
+    legal = len(game.legal_usi())
     (result,) = search(blind, [game], simulations=4000, mate_plies=0, gumbel_actions=legal, **GUMBEL)
     assert (result.move, result.mate) == ("G*5b", 1) and result.nodes < 4000
     game = Game(MATE_IN_THREE[0])
-    legal = len(game.legal_moves())
+    legal = len(game.legal_usi())
     (result,) = search(policy, [game], simulations=4000, batch_size=16, mate_plies=1, gumbel_actions=legal,
                        **GUMBEL)
     assert result.mate == 3 and forced_mate_after(game, result.move, 3) and result.nodes < 4000
@@ -467,7 +467,7 @@ def test_gumbel_network_evaluations_within_the_budget(net: torch.nn.Module, posi
             assert result.nodes == simulations  # and the plan spends the whole budget
             game = Game()
             game.push(result.move)
-            game.push(game.legal_moves()[0])
+            game.push(game.legal_usi()[0])
             counting.positions = 0
             (result,) = engine.run([game])  # a reused subtree: the root is not evaluated again
             assert counting.positions <= simulations and result.nodes <= simulations
@@ -483,7 +483,7 @@ def test_gumbel_visits_every_candidate(policy: Policy, positions: list[Game]) ->
     for m, simulations in ((4, 8), (16, 64), (16, 200)):
         for batch_size in (1, 16):
             for game in positions[:3]:
-                assert len(game.legal_moves()) > m
+                assert len(game.legal_usi()) > m
                 (result,) = search(policy, [game], simulations=simulations, batch_size=batch_size,
                                    mate_plies=0, gumbel_actions=m, **GUMBEL)
                 visited = [move for move, n in result.visits.items() if n > 0]
@@ -550,7 +550,7 @@ def test_gumbel_stops_with_its_plan_or_a_limit(policy: Policy) -> None:
     limits = Limits(simulations=None)
     limits.stop.set()
     (result,) = engine.run([Game()], limits)
-    assert result.nodes == 1 and result.move in Game().legal_moves()
+    assert result.nodes == 1 and result.move in Game().legal_usi()
     limits = Limits(simulations=None)
     threading.Timer(0.3, limits.stop.set).start()
     (result,) = engine.run([Game()], limits)  # stopped in the first phase: a visited candidate

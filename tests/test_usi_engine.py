@@ -147,7 +147,7 @@ def test_handshake_and_a_legal_move(checkpoint: Path) -> None:
     for name in OPTIONS:
         assert any(line.startswith(f"option name {name} ") for line in out)
     (move,) = bestmoves(out)
-    assert move in Game.from_usi_position(OPENING).legal_moves()
+    assert move in Game.from_usi_position(OPENING).legal_usi()
     info = next(line for line in out if line.startswith("info depth"))
     assert f"pv {move}" in info and " score cp " in info and " nodes " in info and " nps " in info
 
@@ -156,20 +156,20 @@ def test_every_go_form_answers(checkpoint: Path) -> None:
     position = "position sfen lnsgkgsnl/1r5b1/ppppppppp/9/9/2P6/PP1PPPPPP/1B5R1/LNSGKGSNL w - 2"
     out = talk(checkpoint, "usi", "isready", position, "go movetime 50", "go depth 3", "go binc 10 winc 10",
                "go infinite", "stop", "go ponder", "ponderhit")
-    legal = Game("lnsgkgsnl/1r5b1/ppppppppp/9/9/2P6/PP1PPPPPP/1B5R1/LNSGKGSNL w - 2").legal_moves()
+    legal = Game("lnsgkgsnl/1r5b1/ppppppppp/9/9/2P6/PP1PPPPPP/1B5R1/LNSGKGSNL w - 2").legal_usi()
     moves = bestmoves(out)
     assert len(moves) == 5 and all(m in legal for m in moves)
 
 
 def test_movetime_is_kept(engine: Engine) -> None:
     move, elapsed, info = go_and_time(engine, OPENING, "go movetime 500")
-    assert move in Game.from_usi_position(OPENING).legal_moves()
+    assert move in Game.from_usi_position(OPENING).legal_usi()
     assert elapsed < 0.5 + MARGIN_S
     assert nodes(info) > 1  # it searched, not just the policy's move
 
 
 def test_byoyomi_and_clock_are_kept(engine: Engine) -> None:
-    legal = Game.from_usi_position(OPENING).legal_moves()
+    legal = Game.from_usi_position(OPENING).legal_usi()
     move, elapsed, info = go_and_time(engine, OPENING, "go btime 0 wtime 0 byoyomi 600")
     assert move in legal and elapsed < 0.6 + MARGIN_S and nodes(info) > 1
     # 2 s left, no byoyomi: it takes a small share (2000/40 ms + the increment), far from flagging.
@@ -179,7 +179,7 @@ def test_byoyomi_and_clock_are_kept(engine: Engine) -> None:
 
 def test_go_nodes(engine: Engine) -> None:
     move, _, info = go_and_time(engine, OPENING, "go nodes 40")
-    assert move in Game.from_usi_position(OPENING).legal_moves()
+    assert move in Game.from_usi_position(OPENING).legal_usi()
     assert nodes(info) == 40
 
 
@@ -193,7 +193,7 @@ def test_go_infinite_then_stop(engine: Engine) -> None:
     engine.send("stop")
     move = engine.until("bestmove", 10).split()[1]
     assert time.monotonic() - start < 0.5 + MARGIN_S
-    assert move in Game.from_usi_position(OPENING).legal_moves()
+    assert move in Game.from_usi_position(OPENING).legal_usi()
     info = [s for s in engine.seen if s.startswith("info depth")][-1]
     assert nodes(info) > 1 and f" pv {move}" in info
 
@@ -206,7 +206,7 @@ def test_ponder_then_ponderhit(engine: Engine) -> None:
     engine.send("ponderhit")
     move = engine.until("bestmove", 10).split()[1]
     assert time.monotonic() - start < 0.3 + MARGIN_S  # the byoyomi counts from ponderhit
-    assert move in Game.from_usi_position(OPENING).legal_moves()
+    assert move in Game.from_usi_position(OPENING).legal_usi()
 
 
 def test_mate_is_found_and_reported(engine: Engine) -> None:
@@ -228,7 +228,7 @@ def test_win_and_resign(checkpoint: Path) -> None:
     with torch.no_grad():
         value = float(model(torch.from_numpy(encode([Game()])[0]))[1][0])
     assert third == ("resign" if value < 0 else fourth)
-    assert fourth in Game().legal_moves()  # -100: never resigns
+    assert fourth in Game().legal_usi()  # -100: never resigns
 
 
 def test_position_over_by_repetition_is_explained(checkpoint: Path) -> None:
@@ -237,7 +237,7 @@ def test_position_over_by_repetition_is_explained(checkpoint: Path) -> None:
     out = talk(checkpoint, "usi", "isready", f"position startpos moves {moves}", "go nodes 8")
     assert any(line.startswith("info string") and "repetition" in line and "draw" in line for line in out)
     (move,) = bestmoves(out)
-    assert move in Game().legal_moves()  # the same position as the start: it plays on
+    assert move in Game().legal_usi()  # the same position as the start: it plays on
 
 
 # --- options and bad input --------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_bad_option_values_are_reported_and_the_previous_kept(checkpoint: Path) 
     model, _ = load_model(checkpoint)
     with torch.no_grad():
         logits = model(torch.from_numpy(encode([Game()])[0]))[0][0]
-    legal = Game().legal_moves()
+    legal = Game().legal_usi()
     assert move == max(legal, key=lambda usi: logits[move_to_action(usi, "b")].item())
 
 
@@ -275,7 +275,7 @@ def test_bad_input_keeps_it_alive(checkpoint: Path) -> None:
     assert any("Temperature" in s and "abc" in s for s in strings)
     assert any("7g7e" in s for s in strings)
     moves = bestmoves(out)
-    assert moves[:2] == ["resign", "resign"] and moves[2] in Game().legal_moves()
+    assert moves[:2] == ["resign", "resign"] and moves[2] in Game().legal_usi()
 
 
 def test_unloadable_checkpoint_refuses_to_start(tmp_path: Path) -> None:
@@ -299,7 +299,7 @@ def test_a_bad_checkpoint_option_keeps_the_loaded_one(checkpoint: Path, tmp_path
     out = talk(checkpoint, "usi", "isready", f"setoption name Checkpoint value {tmp_path / 'none.pt'}", "isready",
                "position startpos", "go nodes 4")
     assert any(s.startswith("info string cannot load checkpoint") and f"keeping {checkpoint}" in s for s in out)
-    assert bestmoves(out)[0] in Game().legal_moves()
+    assert bestmoves(out)[0] in Game().legal_usi()
 
 
 def test_bad_arguments_exit_with_usage() -> None:

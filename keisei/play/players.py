@@ -53,7 +53,7 @@ class RandomPlayer(Player):
 
 
 def _random_move(game: Game, rng: np.random.Generator) -> str:
-    legal = game.legal
+    legal = game.legal_moves
     return legal[int(rng.integers(len(legal)))].to_usi()
 
 
@@ -91,7 +91,7 @@ class HeuristicPlayer(Player):
         best: list[str] = []
         best_key: tuple[int, int] | None = None
         promotions = []
-        for move in game.legal:
+        for move in game.legal_moves:
             if move.is_promotion():
                 promotions.append(move.to_usi())
             if move.is_drop():

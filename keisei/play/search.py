@@ -583,7 +583,7 @@ class Search:
             prior = probs[j, labels].astype(np.float64)
             prior /= prior.sum()
             value = float(values_np[j])
-            leaf.node.expand(leaf.game.legal, self.encoder.index[j, labels].astype(np.intp), prior, value)
+            leaf.node.expand(leaf.game.legal_moves, self.encoder.index[j, labels].astype(np.intp), prior, value)
             leaf.node.pending = False
             leaf.tree.expanded += 1
             self._backup(leaf.path, value, None)

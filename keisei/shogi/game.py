@@ -247,9 +247,9 @@ class Game:
         return self._board
 
     @property
-    def legal(self) -> list[Move]:
-        """Legal moves of the side to move as rsshogi ``Move`` objects (empty once the game is over);
-        pass one to ``play``. The list is shared: do not modify it."""
+    def legal_moves(self) -> list[Move]:
+        """Legal moves of the side to move as rsshogi ``Move`` objects, as ``Board.legal_moves()``
+        (empty once the game is over); pass one to ``play``. The list is shared: do not modify it."""
         return self._legal
 
     def is_in_check(self) -> bool:
@@ -269,7 +269,7 @@ class Game:
             count += 1
         return count
 
-    def legal_moves(self) -> list[str]:
+    def legal_usi(self) -> list[str]:
         """Legal moves of the side to move as USI strings (empty once the game is over)."""
         return [move.to_usi() for move in self._legal]
 
