@@ -26,8 +26,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # Early in training Adam's moments and gradients are tiny: denormal floats made CPU updates
-    # up to 5x slower (benchmarks/train_throughput.py). Flushing them to zero costs no accuracy here.
+    # Early in training Adam's moments and gradients are tiny, and denormal floats slow CPU updates
+    # down (benchmarks/train_throughput.py measures it). Flushing them to zero costs no accuracy here.
     torch.set_flush_denormal(True)
 
 

@@ -114,8 +114,8 @@ class StemConv(nn.Conv2d):
     (their footprints, computed once per call from the weights) instead of a convolution over 60
     channels: on the 2x32 ResNet the stem is the largest layer (125 input channels against 32).
     Its output is channels-last (NHWC), the layout in which oneDNN's CPU convolutions of the tower
-    run fastest; the layers after it keep that layout. Together about 1.2x faster training on the
-    CPU (``benchmarks/stem.py``, docs/training.md).
+    run fastest; the layers after it keep that layout. ``benchmarks/stem.py`` measures the gain
+    (docs/training.md).
     """
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
