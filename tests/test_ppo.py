@@ -13,7 +13,7 @@ from torch.distributions import Categorical
 from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, PPOConfig, Schedule, TrainingConfig
 from keisei.env.vec_env import VecEnv
 from keisei.nn.model import build_model
-from keisei.nn.policy import Policy, masked_logits, sample
+from keisei.nn.policy import Policy, invert_cdf, masked_logits, sample
 from keisei.play.players import HeuristicPlayer
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game, legal_mask
 from keisei.train.opponent_pool import HEURISTIC, OpponentPool
@@ -522,6 +522,23 @@ def test_sample_draws_legal_moves_with_the_policy_probabilities() -> None:
     sigma = (expected * (1 - probs)).sqrt()
     assert torch.all((counts - expected).abs() <= 5 * sigma + 1)
     assert torch.equal(sample(probs, torch.Generator().manual_seed(1)), sample(probs, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("monotonic", [True, False])
+def test_a_cumulative_sum_off_by_an_ulp_never_draws_an_illegal_label(monotonic: bool) -> None:
+    """A parallel cumulative sum (CUDA) may step up by an ulp at a label of probability 0 (and down
+    again after it: not monotonic); a uniform number that lands in that ulp must still draw a legal
+    label."""
+    probs = torch.tensor([[0.25, 0.25, 0.0, 0.0, 0.5]])
+    exact = probs.cumsum(dim=1)
+    cdf = exact.clone()
+    cdf[0, 2] = torch.nextafter(exact[0, 1], torch.tensor(1.0))
+    if not monotonic:
+        cdf[0, 3] = exact[0, 1]
+    u = exact[0, 1].view(1, 1)  # in the ulp: the search lands on label 2
+    assert torch.searchsorted(cdf, u, right=True).item() == 2
+    assert probs[0, invert_cdf(probs, cdf, u)] > 0
+    assert invert_cdf(probs, exact, torch.tensor([[0.1]])).item() == 0  # the exact sums draw as before
 
 
 # ---------------------------------------------------------------------------------------------

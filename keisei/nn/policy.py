@@ -23,18 +23,25 @@ def masked_logits(logits: torch.Tensor, legal_mask: torch.Tensor) -> torch.Tenso
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row of ``probs`` (B, N), drawn with those probabilities: the inverse of each
-    row's cumulative sum at one uniform number (on ``probs``' device).
-
-    An index of probability 0 (an illegal move) is never drawn: its cumulative sum equals the one
-    before it, and the draw is the first index whose sum exceeds the number, which is kept below the
-    row's total. One uniform number per row, where ``torch.multinomial`` draws one per entry (2187):
-    ``benchmarks/forward_glue.py`` compares the two.
-    """
+    row's cumulative sum at one uniform number (on ``probs``' device). One uniform number per row,
+    where ``torch.multinomial`` draws one per entry (2187): ``benchmarks/forward_glue.py`` compares
+    the two. An index of probability 0 (an illegal move) is never drawn (``invert_cdf``)."""
     cdf = probs.cumsum(dim=1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
+    return invert_cdf(probs, cdf, u)
+
+
+def invert_cdf(probs: torch.Tensor, cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first index of each row whose ``cdf`` exceeds ``u`` (B, 1) in [0, 1) times the row's total.
+
+    With exact sums an index of probability 0 has the same cumulative sum as the one before it and is
+    never the first to exceed; a cumulative sum computed in parallel (CUDA) may step down by an ulp
+    there, so a drawn index of probability 0 is replaced by the row's most likely index."""
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=probs.dtype) * total
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, u, right=True).squeeze(1)
+    u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    drawn = torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[1] - 1)
+    legal = probs.gather(1, drawn) > 0
+    return torch.where(legal, drawn, probs.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
 class Policy:
