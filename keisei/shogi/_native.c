@@ -27,9 +27,9 @@
  * has: they are read from it (board.is_repetition, the counter that adjudicates sennichite)
  * wherever a Game is at hand, and are 0 for bare SFENs and packed positions.
  *
- * The three mate planes (mate_in_one_to/from, opp_mate_in_one_to) come from rsshogi's
- * mate-in-one solver, which this module does not call: it writes them 0 and
- * keisei.shogi.features.fill_mate_planes sets them from the boards.
+ * The three mate planes (mate_in_one_to/from, opp_mate_in_one_to) need the rules of check and
+ * checkmate: the plane encoders write them 0, and mate_planes / mate_planes_boards (the
+ * "mate in one" section) set them by trying only the moves that give check.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1159,6 +1159,438 @@ done:
     Py_RETURN_NONE;
 }
 
+/* --- mate in one --------------------------------------------------------------------
+ * The three mate planes: the to- and from-squares of every legal move of the side to move
+ * that checkmates at once, and the to-squares of the opponent's such moves were the side to
+ * move to pass (none while it is in check). The rules are rsshogi's: a checkmate is a check
+ * with no legal reply; a pawn drop that mates is illegal (so no pawn drop is ever marked);
+ * no piece may stand where it can never move again; no two unpromoted pawns of a side on
+ * one file. Only the moves that give check are tried, found from the king's side: where
+ * each piece type would attack the king (its rays up to the first piece with the current
+ * occupancy: exact, as the king is not in check before the move), and the pieces that
+ * stand between the king and a slider of their own side (a discovered check when they
+ * leave that ray); pinned pieces stay on their ray. Each check is played on a scratch
+ * position, and the checked side looks for a legal reply: a king move to a square not
+ * attacked (the king's own square is seen through), a capture of the only checker, or a
+ * move or drop between it and the king (not a pawn drop that mates the other side). */
+
+typedef struct {
+    int8_t board[NSQ];
+    uint8_t hands[2][NUM_HAND];
+    BB occupied, by_colour[2], by_type[2][NUM_PT + 1];
+    int king[2]; /* -1 without a king */
+} Scratch;
+
+static const int HAND_TYPE[NUM_HAND] = {PAWN, LANCE, KNIGHT, SILVER, GOLD, BISHOP, ROOK};
+static BB ZONE[2], FILE_BB[9], DEAD[2][NUM_PT + 1]; /* promotion zone; files; squares a piece never leaves */
+static int8_t LINE_DIR[NSQ][NSQ];                   /* the direction from one square to another, or -1 */
+static BB NEAR[2][NSQ]; /* from where a step (or knight's jump) of colour c reaches a step check on a king on sq */
+
+static void init_mate_tables(void) {
+    memset(LINE_DIR, -1, sizeof LINE_DIR);
+    for (int sq = 0; sq < NSQ; sq++) {
+        int rank = sq % 9;
+        FILE_BB[sq / 9] |= (BB)1 << sq;
+        ZONE[0] |= (BB)(rank <= 2) << sq;
+        ZONE[1] |= (BB)(rank >= 6) << sq;
+        DEAD[0][PAWN] |= (BB)(rank == 0) << sq;
+        DEAD[0][KNIGHT] |= (BB)(rank <= 1) << sq;
+        DEAD[1][PAWN] |= (BB)(rank == 8) << sq;
+        DEAD[1][KNIGHT] |= (BB)(rank >= 7) << sq;
+        for (int d = 0; d < 8; d++)
+            for (BB ray = RAY[d][sq]; ray; ray &= ray - 1) LINE_DIR[sq][lowest_bit(ray)] = (int8_t)d;
+    }
+    DEAD[0][LANCE] = DEAD[0][PAWN];
+    DEAD[1][LANCE] = DEAD[1][PAWN];
+    for (int c = 0; c < 2; c++) /* a step piece checks from a king's neighbour or knight square */
+        for (int k = 0; k < NSQ; k++) {
+            BB checks = STEP_BB[c][KING][k] | STEP_BB[1 - c][KNIGHT][k];
+            for (int f = 0; f < NSQ; f++)
+                if ((STEP_BB[c][KING][f] | STEP_BB[c][KNIGHT][f]) & checks) NEAR[c][k] |= (BB)1 << f;
+        }
+}
+
+static inline BB square_bb(int sq) { return (BB)1 << sq; }
+
+static void scratch_put(Scratch *s, int sq, int v) {
+    int c = v < 0, pt = c ? -v : v;
+    BB b = square_bb(sq);
+    s->board[sq] = (int8_t)v;
+    s->occupied |= b;
+    s->by_colour[c] |= b;
+    s->by_type[c][pt] |= b;
+    if (pt == KING) s->king[c] = sq;
+}
+
+static int scratch_take(Scratch *s, int sq) {
+    int v = s->board[sq], c = v < 0, pt = c ? -v : v;
+    BB keep = ~square_bb(sq);
+    s->board[sq] = 0;
+    s->occupied &= keep;
+    s->by_colour[c] &= keep;
+    s->by_type[c][pt] &= keep;
+    return v;
+}
+
+static void scratch_init(Scratch *s, const Position *pos) {
+    uint8_t squares[NSQ];
+    int n = 0;
+    BB colours[2] = {0, 0};
+    memset(s->by_type, 0, sizeof s->by_type);
+    memcpy(s->board, pos->board, sizeof s->board);
+    memcpy(s->hands, pos->hands, sizeof s->hands);
+    s->king[0] = s->king[1] = -1;
+    for (int sq = 0; sq < NSQ; sq++) { /* the occupied squares, without a branch per square */
+        squares[n] = (uint8_t)sq;
+        n += pos->board[sq] != 0;
+    }
+    for (int j = 0; j < n; j++) {
+        int sq = squares[j], v = pos->board[sq], c = v < 0, pt = c ? -v : v;
+        BB b = square_bb(sq);
+        colours[c] |= b;
+        s->by_type[c][pt] |= b;
+        s->king[c] = pt == KING ? sq : s->king[c];
+    }
+    s->by_colour[0] = colours[0];
+    s->by_colour[1] = colours[1];
+    s->occupied = colours[0] | colours[1];
+}
+
+/* The first occupied square from sq in direction d (as a bitboard; 0 for none). */
+static inline BB first_on_ray(int d, int sq, BB occupied) {
+    BB stops = RAY[d][sq] & occupied;
+    if (!stops) return 0;
+    return square_bb((d & 1) ? lowest_bit(stops) : highest_bit(stops));
+}
+
+/* The pieces of colour c that attack sq. */
+static BB attackers(const Scratch *s, int sq, int c) {
+    const BB *t = s->by_type[c];
+    int o = 1 - c;
+    BB golds = t[GOLD] | t[PRO_PAWN] | t[PRO_LANCE] | t[PRO_KNIGHT] | t[PRO_SILVER];
+    BB found = (STEP_BB[o][PAWN][sq] & t[PAWN]) | (STEP_BB[o][KNIGHT][sq] & t[KNIGHT]) |
+               (STEP_BB[o][SILVER][sq] & t[SILVER]) | (STEP_BB[o][GOLD][sq] & golds) |
+               (STEP_BB[o][KING][sq] & (t[KING] | t[HORSE] | t[DRAGON]));
+    BB rooks = t[ROOK] | t[DRAGON], bishops = t[BISHOP] | t[HORSE];
+    int behind = c ? 0 : 1; /* the ray from sq on which a lance of colour c attacking sq stands */
+    for (int d = 0; d < 4; d++) {
+        BB line = rooks | (d == behind ? t[LANCE] : 0);
+        if (RAY[d][sq] & line) found |= first_on_ray(d, sq, s->occupied) & line;
+    }
+    for (int d = 4; d < 8; d++)
+        if (RAY[d][sq] & bishops) found |= first_on_ray(d, sq, s->occupied) & bishops;
+    return found;
+}
+
+/* Whether a piece of colour c attacks sq (attackers(...) != 0, stopping at the first found). */
+static int attacked(const Scratch *s, int sq, int c) {
+    const BB *t = s->by_type[c];
+    int o = 1 - c;
+    BB near = (STEP_BB[o][PAWN][sq] & t[PAWN]) | (STEP_BB[o][KNIGHT][sq] & t[KNIGHT]) |
+              (STEP_BB[o][SILVER][sq] & t[SILVER]) |
+              (STEP_BB[o][GOLD][sq] & (t[GOLD] | t[PRO_PAWN] | t[PRO_LANCE] | t[PRO_KNIGHT] | t[PRO_SILVER])) |
+              (STEP_BB[o][KING][sq] & (t[KING] | t[HORSE] | t[DRAGON]));
+    if (near) return 1;
+    BB rooks = t[ROOK] | t[DRAGON], bishops = t[BISHOP] | t[HORSE];
+    int behind = c ? 0 : 1;
+    for (int d = 0; d < 8; d++) {
+        BB line = d < 4 ? rooks | (d == behind ? t[LANCE] : 0) : bishops;
+        if (RAY[d][sq] & line && first_on_ray(d, sq, s->occupied) & line) return 1;
+    }
+    return 0;
+}
+
+static inline BB piece_attacks(int c, int pt, int sq, BB occupied) {
+    BB a = STEP_BB[c][pt][sq];
+    for (int k = 0; k < SLIDE_N[c][pt]; k++) a |= slide(SLIDE_DIRS[c][pt][k], sq, occupied);
+    return a;
+}
+
+static int has_evasion(Scratch *s, int side);
+
+/* Whether `side` may drop a piece of type pt on the empty square sq, which blocks a check: not
+ * on a dead square, no second pawn on the file, and not a pawn drop that mates. */
+static int may_block_by_drop(Scratch *s, int side, int pt, int sq) {
+    if (DEAD[side][pt] & square_bb(sq)) return 0;
+    if (pt != PAWN) return 1;
+    if (s->by_type[side][PAWN] & FILE_BB[sq / 9]) return 0;
+    int other = 1 - side;
+    if (s->king[other] < 0 || !(STEP_BB[side][PAWN][sq] & square_bb(s->king[other]))) return 1;
+    scratch_put(s, sq, side ? -PAWN : PAWN);
+    int legal = has_evasion(s, other);
+    scratch_take(s, sq);
+    return legal;
+}
+
+/* Whether the king of `side` escapes by a move to a square the other side does not attack. */
+static int king_escapes(Scratch *s, int side) {
+    int k = s->king[side], other = 1 - side, king = scratch_take(s, k), safe = 0;
+    for (BB to = STEP_BB[side][KING][k] & ~s->by_colour[side]; to && !safe; to &= to - 1) {
+        int sq = lowest_bit(to), taken = s->board[sq];
+        if (taken) scratch_take(s, sq);
+        safe = !attacked(s, sq, other);
+        if (taken) scratch_put(s, sq, taken);
+    }
+    scratch_put(s, k, king);
+    return safe;
+}
+
+/* Whether a piece of `side` other than the king moving to sq leaves its king out of check. */
+static int piece_blocks(Scratch *s, int side, int sq) {
+    int k = s->king[side], other = 1 - side, safe = 0;
+    for (BB from = attackers(s, sq, side) & ~square_bb(k); from && !safe; from &= from - 1) {
+        int f = lowest_bit(from), taken = s->board[sq], piece = scratch_take(s, f);
+        if (taken) scratch_take(s, sq);
+        scratch_put(s, sq, piece);
+        safe = !attacked(s, k, other);
+        scratch_take(s, sq);
+        if (taken) scratch_put(s, sq, taken);
+        scratch_put(s, f, piece);
+    }
+    return safe;
+}
+
+/* Whether `side`, in check, has a legal move. */
+static int has_evasion(Scratch *s, int side) {
+    int k = s->king[side];
+    if (king_escapes(s, side)) return 1;
+    BB checkers = attackers(s, k, 1 - side);
+    if (checkers & (checkers - 1)) return 0; /* a double check: only the king may move */
+    int checker = lowest_bit(checkers), d = LINE_DIR[k][checker];
+    BB between = d < 0 ? 0 : RAY[d][k] & ~RAY[d][checker] & ~checkers;
+    if (piece_blocks(s, side, checker)) return 1;
+    for (; between; between &= between - 1) {
+        int sq = lowest_bit(between);
+        if (piece_blocks(s, side, sq)) return 1;
+        for (int h = 0; h < NUM_HAND; h++)
+            if (s->hands[side][h] && may_block_by_drop(s, side, HAND_TYPE[h], sq)) return 1;
+    }
+    return 0;
+}
+
+/* The pieces of colour `mine` that stand first on a ray from the square k with a slider of colour
+ * `theirs` right behind them that moves along the ray towards k: pinned pieces (k a king of
+ * `mine`) or pieces whose move off the ray gives a discovered check (k the other king). */
+static BB line_blockers(const Scratch *s, int k, int mine, int theirs) {
+    const BB *t = s->by_type[theirs];
+    BB rooks = t[ROOK] | t[DRAGON], bishops = t[BISHOP] | t[HORSE], found = 0;
+    int lance_dir = theirs ? 0 : 1; /* the ray from k on which a lance of `theirs` moves towards k */
+    for (int d = 0; d < 8; d++) {
+        BB sliders = d < 4 ? rooks | (d == lance_dir ? t[LANCE] : 0) : bishops;
+        if (!(RAY[d][k] & sliders)) continue;
+        BB first = first_on_ray(d, k, s->occupied);
+        if (first & s->by_colour[mine] && first_on_ray(d, lowest_bit(first), s->occupied) & sliders)
+            found |= first;
+    }
+    return found;
+}
+
+/* What the mover (colour c) needs to know to find its checks. */
+typedef struct {
+    BB check[NUM_PT + 1]; /* per piece type: the squares where it would give check */
+    BB discover;          /* the pieces that give a discovered check by leaving their ray */
+    BB pinned;            /* the mover's pinned pieces */
+    int in_check;         /* the mover is in check */
+    int own_known;        /* pinned and in_check are set (at the first candidate move) */
+} CheckInfo;
+
+static void check_info(const Scratch *s, int c, CheckInfo *info) {
+    int k = s->king[1 - c], o = 1 - c;
+    BB reach[8];
+    for (int d = 0; d < 8; d++) reach[d] = slide(d, k, s->occupied);
+    BB rook = reach[0] | reach[1] | reach[2] | reach[3], bishop = reach[4] | reach[5] | reach[6] | reach[7];
+    BB gold = STEP_BB[o][GOLD][k], *check = info->check;
+    check[PAWN] = STEP_BB[o][PAWN][k];
+    check[LANCE] = reach[c ? 0 : 1]; /* the ray from k on which a lance of colour c attacks it */
+    check[KNIGHT] = STEP_BB[o][KNIGHT][k];
+    check[SILVER] = STEP_BB[o][SILVER][k];
+    check[BISHOP] = bishop;
+    check[ROOK] = rook;
+    check[GOLD] = check[PRO_PAWN] = check[PRO_LANCE] = check[PRO_KNIGHT] = check[PRO_SILVER] = gold;
+    check[KING] = 0;
+    check[HORSE] = bishop | STEP_BB[o][HORSE][k];
+    check[DRAGON] = rook | STEP_BB[o][DRAGON][k];
+    info->discover = line_blockers(s, k, c, c);
+    info->own_known = 0;
+}
+
+/* Sets info's pinned and in_check for the mover (colour c), once. */
+static void own_king_info(const Scratch *s, int c, CheckInfo *info) {
+    int own = s->king[c];
+    if (info->own_known) return;
+    info->own_known = 1;
+    info->pinned = own < 0 ? 0 : line_blockers(s, own, c, 1 - c);
+    info->in_check = own >= 0 && attacked(s, own, 1 - c);
+}
+
+/* Whether the move of colour c from `from` (-1: a drop) to `to`, placing piece v, which gives
+ * check, is legal and mates. `exposes`: the move may leave the mover's king in check (it is in
+ * check, or the king moves); a pinned piece's move off its ray is never tried. */
+static int mates(Scratch *s, int c, int from, int to, int v, int exposes) {
+    int other = 1 - c, taken = s->board[to], piece = from >= 0 ? scratch_take(s, from) : 0, result = 0;
+    if (taken) scratch_take(s, to);
+    scratch_put(s, to, v);
+    if (!exposes || !attacked(s, s->king[c], other)) result = !has_evasion(s, other);
+    scratch_take(s, to);
+    if (taken) scratch_put(s, to, taken);
+    if (from >= 0) scratch_put(s, from, piece);
+    return result;
+}
+
+/* The squares of the ray from the square k through `sq` (which is on one). */
+static inline BB ray_through(int k, int sq) { return RAY[LINE_DIR[k][sq]][k]; }
+
+/* The mating moves of the piece of colour c on `from` into *to_out / *from_out. */
+static void piece_mates(Scratch *s, int c, int from, CheckInfo *info, BB *to_out, BB *from_out) {
+    int v = s->board[from], pt = v < 0 ? -v : v, sign = c ? -1 : 1, other_king = s->king[1 - c];
+    int can_promote = pt <= ROOK, promoted = can_promote ? promoted_type(pt) : pt;
+    BB moves = piece_attacks(c, pt, from, s->occupied) & ~s->by_colour[c] & ~square_bb(other_king);
+    BB discovered = info->discover >> from & 1 ? moves & ~ray_through(other_king, from) : 0;
+    BB targets = (moves & (info->check[pt] | info->check[promoted])) | discovered;
+    if (!targets) return;
+    own_king_info(s, c, info);
+    if (info->pinned >> from & 1) targets &= ray_through(s->king[c], from);
+    int exposes = info->in_check || pt == KING;
+    for (; targets; targets &= targets - 1) {
+        int to = lowest_bit(targets);
+        BB here = square_bb(to);
+        int promotes = can_promote && ((ZONE[c] & (here | square_bb(from))) != 0);
+        int found = !(DEAD[c][pt] & here) && ((discovered | info->check[pt]) & here) &&
+                    mates(s, c, from, to, v, exposes);
+        if (!found && promotes && ((discovered | info->check[promoted]) & here))
+            found = mates(s, c, from, to, sign * promoted, exposes);
+        if (found) {
+            *to_out |= here;
+            *from_out |= square_bb(from);
+        }
+    }
+}
+
+/* The to- and from-squares of every legal move of colour c that checkmates at once. A pawn drop
+ * never does (that would be illegal). */
+static void mating_moves(Scratch *s, int c, BB *to_out, BB *from_out) {
+    CheckInfo info;
+    *to_out = *from_out = 0;
+    if (s->king[1 - c] < 0) return;
+    check_info(s, c, &info);
+    const BB *t = s->by_type[c];
+    BB sliders = t[LANCE] | t[BISHOP] | t[ROOK] | t[HORSE] | t[DRAGON];
+    BB pieces = s->by_colour[c] & (NEAR[c][s->king[1 - c]] | sliders | info.discover); /* the others cannot check */
+    for (; pieces; pieces &= pieces - 1) piece_mates(s, c, lowest_bit(pieces), &info, to_out, from_out);
+    for (int h = 1; h < NUM_HAND; h++) {
+        if (!s->hands[c][h]) continue;
+        int pt = HAND_TYPE[h];
+        BB to = info.check[pt] & ~s->occupied & ~DEAD[c][pt];
+        if (to) own_king_info(s, c, &info);
+        for (; to; to &= to - 1) {
+            int sq = lowest_bit(to);
+            if (mates(s, c, -1, sq, c ? -pt : pt, info.in_check)) *to_out |= square_bb(sq);
+        }
+    }
+}
+
+/* The three mate planes of `pos` into out (81 bytes each, in the side to move's frame). */
+static void mate_planes_of(const Position *pos, uint8_t *out) {
+    Scratch s;
+    BB to, from, threat = 0, unused;
+    int me = pos->turn;
+    scratch_init(&s, pos);
+    mating_moves(&s, me, &to, &from);
+    if (s.king[me] < 0 || !attacked(&s, s.king[me], 1 - me)) mating_moves(&s, 1 - me, &threat, &unused);
+    expand(to, out, me);
+    expand(from, out + NSQ, me);
+    expand(threat, out + 2 * NSQ, me);
+}
+
+PyDoc_STRVAR(mate_planes_doc,
+"mate_planes(positions, obs[, rows])\n\n"
+"The three mate planes (mate_in_one_to, mate_in_one_from, opp_mate_in_one_to) of the\n"
+"positions (uint8, N x 96, as apply_moves keeps them) into obs (uint8, K x NUM_PLANES x 81;\n"
+"the other planes are left as they are): of positions[k] into obs[k], or with `rows`, of\n"
+"positions[rows[k]] into obs[k].");
+
+static PyObject *mate_planes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "mate_planes(positions, obs[, rows]) takes 2 or 3 arguments");
+        return NULL;
+    }
+    PyObject *rows = NULL;
+    Py_buffer positions, obs;
+    int got = 0, ok = 0;
+    if (PyObject_GetBuffer(args[0], &positions, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    got = 1;
+    if (PyObject_GetBuffer(args[1], &obs, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    got = 2;
+    Py_ssize_t n = positions.len / POSITION_SIZE, k = obs.len / (NUM_PLANES * NSQ);
+    if (nargs == 3 && args[2] != Py_None) {
+        if (!(rows = PySequence_Fast(args[2], "rows must be a sequence"))) goto done;
+        if (PySequence_Fast_GET_SIZE(rows) > k) {
+            PyErr_Format(PyExc_ValueError, "%zd rows, obs holds %zd", PySequence_Fast_GET_SIZE(rows), k);
+            goto done;
+        }
+        k = PySequence_Fast_GET_SIZE(rows);
+    } else if (k > n) {
+        PyErr_Format(PyExc_ValueError, "obs holds %zd positions, positions only %zd", k, n);
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Py_ssize_t i = j;
+        if (rows) {
+            i = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(rows, j));
+            if (i == -1 && PyErr_Occurred()) goto done;
+            if (i < 0 || i >= n) {
+                PyErr_Format(PyExc_IndexError, "row %zd is outside the %zd positions", i, n);
+                goto done;
+            }
+        }
+        mate_planes_of((const Position *)positions.buf + i, (uint8_t *)obs.buf + (j * NUM_PLANES + P_MATE) * NSQ);
+    }
+    ok = 1;
+done:
+    Py_XDECREF(rows);
+    if (got >= 2) PyBuffer_Release(&obs);
+    PyBuffer_Release(&positions);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(mate_planes_boards_doc,
+"mate_planes_boards(boards, obs)\n\n"
+"As mate_planes, of rsshogi Boards (read through their packed SFEN): boards[i] into obs[i].");
+
+static PyObject *mate_planes_boards(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "mate_planes_boards(boards, obs) takes 2 arguments");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "boards must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer obs;
+    int ok = 0;
+    if (get_buffer(args[1], &obs, n * NUM_PLANES * NSQ, "obs", 1) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Position pos;
+        PyObject *packed = PyObject_CallMethodNoArgs(PySequence_Fast_GET_ITEM(seq, i), str_to_packed_sfen);
+        if (!packed) goto done;
+        int bad = decode_packed_object(packed, &pos);
+        Py_DECREF(packed);
+        if (bad) goto done;
+        mate_planes_of(&pos, (uint8_t *)obs.buf + (i * NUM_PLANES + P_MATE) * NSQ);
+    }
+    ok = 1;
+done:
+    PyBuffer_Release(&obs);
+    Py_DECREF(seq);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"encode_planes", (PyCFunction)(void (*)(void))encode_planes, METH_FASTCALL, encode_planes_doc},
     {"fill_masks", (PyCFunction)(void (*)(void))fill_masks, METH_FASTCALL, fill_masks_doc},
@@ -1170,6 +1602,8 @@ static PyMethodDef methods[] = {
     {"reload_positions", (PyCFunction)(void (*)(void))reload_positions, METH_FASTCALL, reload_positions_doc},
     {"encode_tracked", (PyCFunction)(void (*)(void))encode_tracked, METH_FASTCALL, encode_tracked_doc},
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
+    {"mate_planes", (PyCFunction)(void (*)(void))mate_planes, METH_FASTCALL, mate_planes_doc},
+    {"mate_planes_boards", (PyCFunction)(void (*)(void))mate_planes_boards, METH_FASTCALL, mate_planes_boards_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1186,6 +1620,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         PyErr_SetString(PyExc_RuntimeError, "keisei._native: bad movement table");
         return NULL;
     }
+    init_mate_tables();
     if (!str_board && !(str_board = PyUnicode_InternFromString("_board"))) return NULL;
     if (!str_legal && !(str_legal = PyUnicode_InternFromString("_legal"))) return NULL;
     if (!str_to_packed_sfen && !(str_to_packed_sfen = PyUnicode_InternFromString("to_packed_sfen"))) return NULL;

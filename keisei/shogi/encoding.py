@@ -5,8 +5,9 @@ buffers it owns (or is given: the environment's hot path) and remembers which le
 label stands for, so that ``Encoder.move(i, action)`` turns the network's choice back into a move.
 The C extension reads each game's packed SFEN (rsshogi's 32-byte ``to_packed_sfen``), how often
 its position occurred before (``Board.is_repetition``: the ``repeated_ge1/ge2`` planes, see
-``Game.repetitions``) and its list of legal ``Move`` objects in one call for the whole batch;
-``features.fill_mate_planes`` then asks rsshogi's mate-in-one solver for the mate planes.
+``Game.repetitions``) and its list of legal ``Move`` objects in one call for the whole batch; a
+second call sets the mate planes (``_native.mate_planes`` from the decoded positions the encoder
+keeps, else ``features.fill_mate_planes`` from the boards).
 Every observation of a ``Game`` goes through here; the planes of bare SFENs
 (``keisei.shogi.features``) have no history, so their repetition planes are 0.
 """
@@ -20,10 +21,9 @@ from rsshogi.core import Move
 
 from keisei.shogi import _native
 from keisei.shogi.actions import NUM_ACTIONS, label_table
-from keisei.shogi.features import OBSERVATION_SHAPE, PLANE_NAMES, fill_mate_planes
+from keisei.shogi.features import OBSERVATION_SHAPE, fill_mate_planes
 from keisei.shogi.game import Game, IllegalMoveError
 
-_WHITE_TO_MOVE = PLANE_NAMES.index("white_to_move")
 # Where a Move keeps its 16-bit value, so that masks read it without a Python call per move
 # (probed on Moves of known values; the slow path, same labels, stays when no offset fits).
 MOVE_LAYOUT = _native.set_move_layout([Move(v) for v in (0x0305, 0x4A2C, 0x8B17, 0x1234, 0xFEDC, 0x40A1)])
@@ -48,8 +48,8 @@ class Encoder:
     that started anew, and ``encode_tracked(games)`` encodes without asking rsshogi for the
     positions again. The kept positions must follow the games exactly: every move played goes
     through ``advance``, every other change through ``reload`` or ``encode``. The repetition planes
-    and mate planes are not kept: they are read from the games' boards at every encoding (``planes``
-    takes the games for them).
+    are not kept: they are read from the games' boards at every encoding (``planes`` takes the games
+    for them); the mate planes come from the kept positions.
     """
 
     def __init__(self, capacity: int, *, obs: np.ndarray | None = None, mask: np.ndarray | None = None,
@@ -72,7 +72,10 @@ class Encoder:
         index = self.index[:n] if self.index is not None else None
         positions = self.positions[:n] if self.positions is not None else None
         self._legal = _native.encode_games(games, self._table, obs, self.to_play[:n], mask, index, positions)
-        fill_mate_planes([game.board for game in games], self.to_play[:n], obs)
+        if positions is None:
+            fill_mate_planes([game.board for game in games], obs)
+        else:
+            _native.mate_planes(positions, obs)
         return obs, mask
 
     def advance(self, moves: Sequence[Move]) -> None:
@@ -85,19 +88,19 @@ class Encoder:
 
     def planes(self, rows: Sequence[int], out: np.ndarray, games: Sequence[Game] | None = None) -> None:
         """The planes of the kept positions ``rows`` into ``out`` (uint8, len(rows) x 125 x 9 x 9); the
-        repetition and mate planes from ``games[k]``, the game at row ``rows[k]`` (0 without ``games``)."""
-        _native.encode_rows(self._tracked(0), rows, out, games)
-        if games is not None:
-            fill_mate_planes([game.board for game in games], out[:, _WHITE_TO_MOVE, 0, 0], out)
+        repetition planes from ``games[k]``, the game at row ``rows[k]`` (0 without ``games``)."""
+        positions = self._tracked(0)
+        _native.encode_rows(positions, rows, out, games)
+        _native.mate_planes(positions, out, rows)
 
     def encode_tracked(self, games: Sequence[Game]) -> tuple[np.ndarray, np.ndarray]:
         """As ``encode(games)``, the planes from the kept positions (which must be those of ``games``)."""
         n = len(games)
         obs, mask = self.obs[:n], self.mask[:n]
         index = self.index[:n] if self.index is not None else None
-        self._legal = _native.encode_tracked(self._tracked(n), games, self._table, obs, self.to_play[:n], mask,
-                                             index)
-        fill_mate_planes([game.board for game in games], self.to_play[:n], obs)
+        positions = self._tracked(n)
+        self._legal = _native.encode_tracked(positions, games, self._table, obs, self.to_play[:n], mask, index)
+        _native.mate_planes(positions, obs)
         return obs, mask
 
     def _tracked(self, n: int) -> np.ndarray:

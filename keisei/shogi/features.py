@@ -9,9 +9,10 @@ docs/observations.md describes every plane. Square ``s`` of a plane is
 rotated 180 degrees), the same numbering as the to-square of an action label, so
 ``obs.reshape(125, 9, 9)[c, file_index, rank_index]``.
 
-The C extension writes the mate planes 0; ``fill_mate_planes`` sets them from rsshogi's
-mate-in-one solver. The repetition planes need the game's history: ``keisei.shogi.encoding``
-fills them from the ``Game``; the planes of bare SFENs here have them at 0.
+The C extension's plane encoders write the mate planes 0; ``fill_mate_planes`` sets them (the
+environment's encoder, ``keisei.shogi.encoding``, from the positions it keeps). The repetition
+planes need the game's history: ``keisei.shogi.encoding`` fills them from the ``Game``; the planes
+of bare SFENs here have them at 0.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import numpy as np
 from rsshogi.core import Board
 
 from keisei.shogi import _native
-from keisei.shogi.actions import DROP_FLAG
 
 NUM_PLANES = _native.NUM_PLANES
 OBSERVATION_SHAPE = (NUM_PLANES, 9, 9)
@@ -69,46 +69,20 @@ assert PLANE_NAMES[MATE_PLANE:MATE_PLANE + 3] == ("mate_in_one_to", "mate_in_one
 BOARD_PLANES = PLANE_NAMES.index("own_hand_pawn_ge1")
 
 
-def fill_mate_planes(boards: Sequence[Board], turns: np.ndarray, obs: np.ndarray) -> None:
-    """Set the mate planes of ``obs`` (uint8 (n, 125, 9, 9), the rest written by the C extension, which
-    leaves these 0) from ``boards[i]`` (side to move ``turns[i]``, 0 Black, 1 White): ``mate_in_one_to``
-    and ``_from`` mark the to- and from-squares of every legal move that mates at once (a drop has no
-    from-square), ``opp_mate_in_one_to`` the to-squares of the opponent's mating moves if the side to
-    move passed (nothing while in check: passing then is not a position). Every mating move, not one:
-    the planes of a position and of its colour-flipped twin are the same.
+def fill_mate_planes(boards: Sequence[Board], obs: np.ndarray) -> None:
+    """Set the mate planes of ``obs[i]`` (uint8 (n, 125, 9, 9); the other planes are left as they are)
+    from ``boards[i]``: ``mate_in_one_to`` and ``_from`` mark the to- and from-squares of every legal
+    move of the side to move that checkmates at once (a drop has no from-square),
+    ``opp_mate_in_one_to`` the to-squares of the opponent's mating moves if the side to move passed
+    (nothing while in check: passing then is not a position). Every mating move, not one: the planes
+    of a position and of its colour-flipped twin are the same.
 
-    rsshogi's mate-in-one solver says first whether there is a mate (about a microsecond); only then
-    are the legal moves tried one by one. The pass costs most: rsshogi sets up a second board for it
-    (10-20 microseconds), which makes random-play env steps about 2.2x slower; in training the env's
-    share of the time went from about 4 % to 6 % (docs/environment.md)."""
-    planes = obs.reshape(len(obs), NUM_PLANES, 81)
-    for i, board in enumerate(boards):
-        flip = 80 if turns[i] else 0  # White's view: square s becomes 80 - s
-        if board.solve_mate_in_one() is not None:
-            for value in _mating_moves(board.copy()):
-                planes[i, MATE_PLANE, abs(flip - (value & 127))] = 1
-                if not value & DROP_FLAG:
-                    planes[i, MATE_PLANE + 1, abs(flip - (value >> 7 & 127))] = 1
-        if board.is_in_check():
-            continue
-        fields = board.to_sfen().split(" ")
-        fields[1] = "b" if fields[1] == "w" else "w"
-        passed = Board(" ".join(fields))
-        if passed.solve_mate_in_one() is not None:
-            for value in _mating_moves(passed):
-                planes[i, MATE_PLANE + 2, abs(flip - (value & 127))] = 1
-
-
-def _mating_moves(board: Board) -> list[int]:
-    """The 16-bit values of the legal moves of ``board`` that checkmate (``board`` is played on and
-    restored: pass a copy of a game's board)."""
-    found = []
-    for move in board.legal_moves():
-        board.push_move(move)
-        if board.is_mated():
-            found.append(move.value)
-        board.undo_move(move)
-    return found
+    The C extension finds them (``_native.mate_planes_boards``, from each board's packed SFEN) by
+    trying only the moves that can give check, under rsshogi's rules: checkmate is check with no
+    legal reply, a pawn drop that mates is illegal. The environment's encoder computes the same
+    planes from the positions it keeps (``_native.mate_planes``); benchmarks/env_throughput.py
+    measures what they cost."""
+    _native.mate_planes_boards(boards, obs)
 
 
 def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
@@ -124,7 +98,7 @@ def encode_observations(sfens: Sequence[str], out: np.ndarray | None = None) -> 
                          f"got {out.dtype} {out.shape}")
     turns = np.empty(n, dtype=np.uint8)
     _native.encode_planes(sfens, out, turns)
-    fill_mate_planes([Board(sfen) for sfen in sfens], turns, out)
+    fill_mate_planes([Board(sfen) for sfen in sfens], out)
     return out
 
 
