@@ -5,24 +5,35 @@ Every setting comes from ``conf/evaluate.yaml`` and its groups (see docs/evaluat
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from keisei.cli import fail_cleanly
-from keisei.config import register_configs, validate_evaluate
+from keisei.config import CONF, register_configs, validate_evaluate
+
+
+def conf_options(group: str, selected: str) -> str:
+    """The options of config group ``group`` (the files ``conf/<group>/*.yaml``), ``selected`` first and
+    marked, wrapped to follow the 18-column labels of the ``--help`` text (conf/evaluate.yaml)."""
+    others = sorted(path.stem for path in (CONF / group).glob("*.yaml") if path.stem != selected)
+    return textwrap.fill(", ".join([f"{selected} (selected)", *others]), width=110, initial_indent=" " * 18,
+                         subsequent_indent=" " * 18).lstrip()
+
 
 register_configs()
+OmegaConf.register_new_resolver("conf_options", conf_options, replace=True)
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     with fail_cleanly():
-        from keisei.evaluation.app import evaluate
+        from keisei.evaluation.app import run_evaluation
 
-        return evaluate(validate_evaluate(cfg), Path(HydraConfig.get().runtime.output_dir))
+        return run_evaluation(validate_evaluate(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

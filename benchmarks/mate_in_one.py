@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from rsshogi.core import Board, Move
 
-from keisei.evaluation.app import checkpoint_player
+from keisei.evaluation.opponents import checkpoint_player
 from keisei.play.match import match_results, play_match
 from keisei.play.players import Choice, HeuristicPlayer, Player, RandomPlayer
 from keisei.shogi import Game

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from keisei.config import ModelConfig, SearchConfig, SearchRoot
-from keisei.evaluation.app import searching_name
+from keisei.evaluation.opponents import searching_name
 from keisei.nn.checkpoint import load_model
 from keisei.nn.model import build_model
 from keisei.nn.policy import Policy

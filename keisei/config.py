@@ -475,7 +475,7 @@ def opponent_presets() -> list[str]:
 def validate_periodic_opponents(ev: EvaluationConfig) -> None:
     """``evaluation.periodic_opponents``: distinct names of existing opponent presets, with periodic
     evaluation on. (Whether each preset can be played alone is checked when it is composed, by
-    ``keisei.evaluation.periodic_opponents``.)"""
+    ``keisei.evaluation.opponents.periodic_opponents``.)"""
     names = ev.periodic_opponents
     if not names:
         return

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from keisei.evaluation.app import format_match
 from keisei.evaluation.elo import elo_from_score, expected_score, match_stats, ratings
+from keisei.evaluation.report import format_match
 from keisei.play.match import match_results, play_match
 from keisei.play.players import RandomPlayer
 

@@ -23,8 +23,8 @@ from keisei.nn.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = "/usr/games/fairy-stockfish"
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "training.num_steps=16",
-        "training.minibatch_size=64", "logging.progress_bar=false"]
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
+        "algorithm.minibatch_size=64", "logging.progress_bar=false"]
 RESULT_KEYS = {"player", "opponent", "games", "wins", "draws", "losses", "score", "win_rate", "win_rate_low",
                "win_rate_high", "elo", "elo_error", "terminations", "game_length"}
 EVAL_KEYS = {"update", "eval/global_step", "eval/win_rate", "eval/score", "eval/draw_rate", "eval/elo",
@@ -627,7 +627,7 @@ def test_periodic_opponents_bad_config_fails_before_anything_is_written(tmp_path
 def test_periodic_opponents_composed_outside_hydra() -> None:
     """The presets compose from conf/ without a running Hydra app too (programmatic use)."""
     from keisei.config import EvaluationConfig, OpponentConfig, OpponentKind
-    from keisei.evaluation.app import periodic_opponents
+    from keisei.evaluation.opponents import periodic_opponents
 
     presets = periodic_opponents(EvaluationConfig(periodic_opponents=["heuristic", "fairy_stockfish_weakest"]),
                                  OpponentConfig())

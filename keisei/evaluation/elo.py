@@ -129,21 +129,30 @@ def ratings(players: Sequence[str], results: Sequence[tuple[str, str, float]], a
         wins[i] += s
         wins[j] += n - s
         pair_games[(i, j)] = pair_games.get((i, j), 0.0) + n
-    strength = [1.0] * len(played)
+    strength = _bradley_terry(wins, pair_games, index[anchor], iterations)
+    return {p: 400.0 * math.log10(strength[index[p]]) for p in played}
+
+
+def _bradley_terry(wins: list[float], pair_games: dict[tuple[int, int], float], anchor: int,
+                   iterations: int) -> list[float]:
+    """Bradley-Terry strengths by minorisation-maximisation updates, from each player's (fractional)
+    wins and the games played by each pair of players (by index); the ``anchor``'s strength is 1."""
+    strength = [1.0] * len(wins)
     for _ in range(iterations):
         new = []
-        for i in range(len(played)):
+        for i in range(len(wins)):
             denom = 0.0
             for (a, b), n in pair_games.items():
                 if i in (a, b):
                     denom += n / (strength[a] + strength[b])
             new.append(wins[i] / denom)
-        scale = new[index[anchor]]
+        scale = new[anchor]
         strength = [s / scale for s in new]
-    return {p: 400.0 * math.log10(strength[index[p]]) for p in played}
+    return strength
 
 
 def _check_connected(anchor: str, opponents: dict[str, list[str]]) -> None:
+    """A ValueError naming the players that no chain of games (``opponents``: whom each met) links to ``anchor``."""
     reached, frontier = {anchor}, [anchor]
     while frontier:
         for q in opponents[frontier.pop()]:

@@ -6,7 +6,7 @@ metrics in one record: ``eval/win_rate``, ... for ``opponent`` (the objective is
 
 Two ways to run it behind one interface (``start`` a match, ``result`` when it is done):
 ``Inline`` plays the match at once in the training process (training waits);
-``Background`` plays it in a worker process (``python -m keisei.evaluation.app``) from a snapshot
+``Background`` plays it in a worker process (``python -m keisei.evaluation.worker``) from a snapshot
 of the network, while training goes on; its result arrives one or more updates later.
 ``PeriodicEvaluation`` decides when to start one and turns results into metrics records.
 """
@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from keisei.config import OpponentConfig, PeriodicMode, TrainConfig, to_container
-from keisei.evaluation.app import build_opponent, eval_metrics, periodic_matches, periodic_opponents, searching_name
+from keisei.evaluation.opponents import build_opponent, periodic_opponents, searching_name
+from keisei.evaluation.report import eval_metrics
+from keisei.evaluation.tournament import periodic_matches
 from keisei.nn.checkpoint import model_state, save_checkpoint
 from keisei.play.players import AgentPlayer, Player
 
@@ -93,7 +95,7 @@ class Background:
                 "periodic_opponents": {name: to_container(op) for name, op in self.others.items()},
                 "seed": seed, "device": str(self.device)}
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
-            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.app", str(snapshot), str(out_dir),
+            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.worker", str(snapshot), str(out_dir),
                                      json.dumps(spec)], stdout=logfile, stderr=subprocess.STDOUT)
         self.pending = (proc, step, out_dir)
 

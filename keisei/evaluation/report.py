@@ -1,0 +1,55 @@
+"""Results as text and metrics: the console line of a match, the round robin's summary, the
+gauntlet's markdown table, and the metrics record of a periodic evaluation (``eval/...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_match(results: dict[str, Any]) -> str:
+    """One line for a match's results: games, +W =D -L, score, win rate [95 %], Elo, how the games
+    ended and their mean length."""
+    r = results
+    ends = ", ".join(f"{k} {v}" for k, v in r["terminations"].items())
+    return (f"{r['player']} vs {r['opponent']}: {r['games']} games, +{r['wins']} ={r['draws']} -{r['losses']}, "
+            f"score {r['score']:.3f}, win rate {r['win_rate']:.3f} "
+            f"[{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}], "
+            f"Elo {r['elo']:+.0f} ± {r['elo_error']:.0f}; ended by: {ends}; "
+            f"length {r['game_length']['mean']:.0f} plies")
+
+
+def format_round_robin(summary: dict[str, Any]) -> str:
+    """A round robin's results: a line per pairing, then the Elo table (best first)."""
+    lines = [format_match(pairing) for pairing in summary["pairings"]]
+    lines.append("Elo (first player at 0): " + ", ".join(f"{k} {v:+.0f}" for k, v in summary["elo"].items()))
+    return "\n".join(lines)
+
+
+def gauntlet_table(player: str, games: int, matches: list[dict[str, Any]]) -> str:
+    """The gauntlet's markdown table: a row per opponent with +W =D -L, win rate [95 %] and Elo."""
+    rows = ["| opponent | games | +W =D -L | win rate [95 %] | Elo |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in matches:
+        rows.append(f"| {r['opponent']} | {r['games']} | +{r['wins']} ={r['draws']} -{r['losses']} | "
+                    f"{r['win_rate']:.3f} [{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}] | "
+                    f"{r['elo']:+.0f} ± {r['elo_error']:.0f} |")
+    return f"{player}, {games} games per opponent\n\n" + "\n".join(rows) + "\n"
+
+
+def eval_metrics(results: dict[str, Any], global_step: int,
+                 others: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """The metrics record of a periodic evaluation: ``eval/win_rate``, ... of the match against
+    ``opponent`` (``results``), and ``eval/<name>/win_rate``, ... of each match against one of
+    ``evaluation.periodic_opponents`` (``others``: results by preset name)."""
+    record = {"eval/global_step": global_step, **_match_metrics(results, "eval/")}
+    for name, other in (others or {}).items():
+        record.update(_match_metrics(other, f"eval/{name}/"))
+    return record
+
+
+def _match_metrics(results: dict[str, Any], prefix: str) -> dict[str, float]:
+    """A match's figures as metrics named ``<prefix>win_rate``, ``<prefix>elo``, ..."""
+    return {f"{prefix}win_rate": results["win_rate"], f"{prefix}score": results["score"],
+            f"{prefix}draw_rate": results["draws"] / results["games"], f"{prefix}elo": results["elo"],
+            f"{prefix}elo_error": results["elo_error"], f"{prefix}games": results["games"],
+            f"{prefix}game_length": results["game_length"]["mean"]}

@@ -1,0 +1,62 @@
+"""The background worker of periodic evaluation (``evaluation.periodic=background``), started by
+``keisei.train.periodic_evaluation`` while training goes on::
+
+    python -m keisei.evaluation.worker SNAPSHOT OUT_DIR CONFIG_JSON
+
+It plays the snapshot checkpoint against the configured opponent, then against each of the
+``periodic_opponents`` (their configs, composed by the trainer, by preset name), as
+``periodic_matches`` does inline, and writes their results into ``OUT_DIR`` (``OUT_DIR/<name>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from keisei.config import EvaluationConfig, OpponentConfig
+from keisei.evaluation.opponents import build_opponent, checkpoint_player
+from keisei.evaluation.tournament import periodic_matches
+from keisei.play.players import Player
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and play the evaluation's matches; the opponents' engines are closed at
+    the end, also when the trainer stops the worker (SIGTERM)."""
+    parser = argparse.ArgumentParser(prog="python -m keisei.evaluation.worker")
+    parser.add_argument("snapshot")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'periodic_opponents', 'seed', 'device'")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.config)
+    ev: EvaluationConfig = _structured(EvaluationConfig, spec["evaluation"])
+    device = torch.device(spec["device"])
+    torch.set_num_threads(1)  # leave the cores to training
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engines below
+    agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent", search=ev.search)
+    players: list[Player] = []  # seeded by periodic_matches
+    try:
+        players.append(build_opponent(_structured(OpponentConfig, spec["opponent"]), device, spec["seed"]))
+        others: dict[str, Player] = {}
+        for name, data in spec.get("periodic_opponents", {}).items():
+            others[name] = build_opponent(_structured(OpponentConfig, data), device, spec["seed"])
+            players.append(others[name])
+        periodic_matches(agent, players[0], others, ev, args.out_dir, seed=spec["seed"])
+    finally:
+        for player in players:
+            player.close()
+
+
+def _structured(schema: type, data: dict[str, Any]) -> Any:
+    """``data`` (a config section as plain JSON) as an instance of its schema dataclass."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
