@@ -50,5 +50,7 @@ def build_algorithm(cfg: TrainConfig, state: TrainState) -> Algorithm:
 
 
 def batch_size(cfg: TrainConfig, world: int) -> int:
-    """Env steps of all ranks per update (one collect / learn pair)."""
-    return cfg.env.num_envs * cfg.algorithm.num_steps * world
+    """Env steps of all ranks per update (one collect / learn pair of ``cfg.algorithm``)."""
+    if isinstance(cfg.algorithm, PPOConfig):
+        return cfg.env.num_envs * cfg.algorithm.num_steps * world
+    raise ValueError(f"algorithm={cfg.algorithm.name}: no such algorithm")
