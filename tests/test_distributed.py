@@ -1,13 +1,16 @@
 """DD-PPO over torch.distributed (gloo on this CPU box): real ``torchrun`` launches of ``train.py`` with
-2 ranks, and the gradient all-reduce against one process on the whole batch.
+2 ranks (a rank killed under ``--max-restarts`` included), and the gradient all-reduce against one
+process on the whole batch.
 
 Tiny runs: mlp, 8 envs x 16 steps per rank = 256 env steps per update with 2 ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,10 +22,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from keisei.config import ModelConfig, ModelName, PPOConfig, TrainingConfig
+from keisei.config import ConfigError, ModelConfig, ModelName, PPOConfig, TrainingConfig
 from keisei.nn.model import build_model
 from keisei.nn.policy import Policy
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES
+from keisei.train.distributed import check_restartable
 from keisei.train.optim import build_optimizer
 from keisei.train.ppo import Batch, ppo_update
 
@@ -35,18 +39,36 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
 
 
-def torchrun(cwd: Path, *overrides: str, nproc: int = 2) -> subprocess.Popen[str]:
+def torchrun(cwd: Path, *overrides: str, nproc: int = 2, max_restarts: int = 0) -> subprocess.Popen[str]:
     env = clean_env()
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-           str(REPO / "train.py"), *TINY, *overrides]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--max-restarts={max_restarts}", "--standalone", str(REPO / "train.py"), *TINY, *overrides]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
+
+
+def ranks_of(agent: int) -> dict[int, tuple[int, int]]:
+    """The worker processes torchrun's agent (``agent``) runs now: {rank: (pid, restart count)}, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != agent:
+                continue
+            env = dict(v.split("=", 1) for v in (stat.parent / "environ").read_text().split("\0") if "=" in v)
+        except (OSError, ValueError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = (int(stat.parent.name), int(env["TORCHELASTIC_RESTART_COUNT"]))
+    return found
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[str, str]:
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        for pid, _ in ranks_of(proc.pid).values():  # torchrun starts each rank in a session of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"did not finish\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
@@ -120,6 +142,61 @@ def test_sigterm_to_torchrun_stops_both_ranks_with_last_pt_written_once(tmp_path
     assert last["global_step"] == steps(run_dir)[-1] and last["world_size"] == 2
     assert not (run_dir / "checkpoints" / "final.pt").exists()
     assert "Traceback" not in err.split("stopped by signal")[0]  # the ranks stopped cleanly
+
+
+def test_a_rank_killed_mid_run_restarts_the_group_from_last_pt(tmp_path: Path) -> None:
+    """torchrun --max-restarts=1: SIGKILL of rank 0 (the one that writes the record) after a checkpoint,
+    with a metrics row past it. torchrun stops rank 1 and starts both again; they resume from last.pt,
+    the rows past it are superseded, and the run reaches its total with every update once."""
+    run_dir, total, interval = tmp_path / "run", 256 * 12, 512  # a checkpoint every 2 updates
+    proc = torchrun(tmp_path, f"training.total_timesteps={total}", f"training.checkpoint_interval_timesteps={interval}",
+                    f"hydra.run.dir={run_dir}", max_restarts=1)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 180
+    # An odd number of updates logged: a row past the checkpoint (the next one is an update away).
+    while not (last.exists() and (run_dir / "metrics.jsonl").exists() and len(steps(run_dir)) % 2 == 1):
+        assert proc.poll() is None and time.monotonic() < deadline, finish(proc)
+        time.sleep(0.02)
+    ranks = ranks_of(proc.pid)
+    assert sorted(ranks) == [0, 1] and all(count == 0 for _, count in ranks.values()), ranks
+    os.kill(ranks[0][0], signal.SIGKILL)
+    before = steps(run_dir)
+    out, err = finish(proc, timeout=180)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+
+    assert "exitcode: -9" in err and "torchrun restart 1 of at most 1" in out, (out[-3000:], err[-3000:])
+    resumed = {int(s) for s in re.findall(rf"resumed from {run_dir}/checkpoints/last.pt at global_step (\d+)", out)}
+    assert len(resumed) == 1, out[-3000:]  # both ranks, from the same checkpoint
+    (resumed_at,) = resumed
+    assert resumed_at % interval == 0 and before[-1] > resumed_at  # rows past the checkpoint were written...
+    assert steps(run_dir) == list(range(256, total + 1, 256))  # ...and superseded: every update once
+    state = final(run_dir)
+    assert state["global_step"] == total and state["update"] == total // 256 and state["world_size"] == 2
+
+
+def test_restartable_torchrun_needs_a_fixed_run_dir(tmp_path: Path) -> None:
+    """Hydra's default run dir is named after the start time: a restarted group would start over in a
+    new one. torchrun --max-restarts refuses it at once, with one error line per start."""
+    proc = torchrun(tmp_path, "training.total_timesteps=256", nproc=1, max_restarts=1)
+    _, err = finish(proc)
+    assert proc.returncode != 0
+    lines = err.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
+    assert len(errors) == 2 and "torchrun --max-restarts=1: set hydra.run.dir=" in lines[errors[0]], err[-3000:]
+    assert not any("Traceback" in line for line in lines[:errors[-1]])  # one line each; torchrun's summary follows
+    assert not [p for p in tmp_path.glob("outputs/*/*") if any(p.iterdir())]  # nothing trained, nothing kept
+
+
+def test_restartable_torchrun_on_several_nodes_needs_its_store_unshared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On several nodes the ranks' restart counts differ (each agent counts its own restarts), so they
+    cannot pick keys of their own in torchrun's shared store: such a launch must not share it."""
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    with pytest.raises(ConfigError, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        check_restartable()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # what TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 sets
+    check_restartable()
 
 
 def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:

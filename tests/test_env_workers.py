@@ -223,8 +223,10 @@ SCRIPT = textwrap.dedent("""
 def test_a_signalled_parent_leaves_no_orphan_workers(sig: signal.Signals, group: bool) -> None:
     """Ctrl-C (SIGINT to the process group), SIGTERM (to the group, as a scheduler does, or to the
     parent alone) and SIGKILL of the parent: its workers are gone soon after."""
+    # SIGINT at its default in the child: a background job of a non-interactive shell (pytest ... &)
+    # starts with it ignored, and its children would inherit that.
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 2 and all(alive(p) for p in pids)

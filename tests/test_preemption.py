@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_slurm_real as real
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,3 +181,90 @@ def test_a_signal_the_parent_ignores_checkpoints_and_training_goes_on(tmp_path: 
     assert steps(run_dir) == ALL_STEPS
     assert_same_weights(checkpoint(run_dir / "checkpoints" / "final.pt")["model"],
                         checkpoint(reference / "checkpoints" / "final.pt")["model"])
+
+
+# --- a node failure on the real one-node Slurm of scripts/slurm.sh (slow, slurm) ---------------------
+
+slurm = real.slurm  # the fixture that starts it
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_requeued_after_a_node_failure_resumes_on_real_slurm(slurm, tmp_path: Path):
+    """``--requeue``, then a node failure mid-run: the node is set DOWN, as slurmctld does with a node
+    that stops answering, and the job's process is killed (SIGKILL) at once, as the node's death would
+    (a DOWN node's own processes would otherwise train on: slurmd only sends SIGTERM, which submitit
+    bypasses). Slurm puts the job back in the queue under the same id; it runs the same command in the
+    same run dir, resumes from the last checkpoint, drops the metrics lines written after it, and ends
+    with every update once.
+
+    The launching ``train.py -m`` may not see that: if submitit polls sacct while the job waits to start
+    again, it reads the failed allocation's NODE_FAIL as the job's end and raises (docs/slurm.md); so the
+    job is followed through Slurm here."""
+    batch, total, interval = real.BATCH, real.LONG_TOTAL, 4 * real.BATCH
+    sweep = tmp_path / "sweep"
+    job_dir = sweep / "0"
+    metrics = job_dir / "metrics.jsonl"
+    cmd = [sys.executable, "train.py", *real.LAUNCHER, "+hydra.launcher.additional_parameters.requeue=true",
+           *real.TINY, "training.lr_schedule=constant", f"training.total_timesteps={total}",
+           f"training.checkpoint_interval_timesteps={interval}", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=real.clean_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    job_id = node = None
+    def lines() -> int:
+        return metrics.read_text(encoding="utf-8").count("\n") if metrics.is_file() else 0
+
+    try:
+        deadline = time.monotonic() + 240  # submitted, scheduled, started
+        while not lines():
+            assert proc.poll() is None, f"exited early: {proc.communicate()}\n{real.cluster_state()}"
+            assert time.monotonic() < deadline, f"no update after 240 s\n{real.cluster_state()}"
+            time.sleep(0.05)
+        (job_id,) = real.submitit_jobs(sweep)
+        node = real.slurm_cmd("squeue", "-h", "-j", job_id, "-o", "%N").strip()
+        (task,) = [pid for pid in submitit_task_pids(sweep)  # the task, not the srun that started it
+                   if not Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"srun")]
+        while not ((n := lines()) > 4 and n % 4):  # a checkpoint written, and lines past it
+            assert proc.poll() is None and time.monotonic() < deadline, real.cluster_state(job_id)
+            time.sleep(0.02)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=keisei test: node failure"],
+                       check=True, timeout=30, env=real.clean_env())
+        os.kill(task, signal.SIGKILL)
+        before = steps(job_dir)
+        deadline = time.monotonic() + 60
+        while real.slurm_cmd("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
+            assert time.monotonic() < deadline, f"not requeued after 60 s\n{real.cluster_state(job_id)}"
+            time.sleep(0.5)
+        # The node comes back (slurm.sh's ReturnToService=2 may already have brought it back).
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, timeout=30,
+                       env=real.clean_env())
+        deadline = time.monotonic() + real.REQUEUE_WAIT_S  # pending (BeginTime), then it trains to the end
+        while real.slurm_cmd("squeue", "-h", "-j", job_id, "-o", "%T").strip():
+            assert time.monotonic() < deadline, (f"the requeued job did not finish within {real.REQUEUE_WAIT_S} s\n"
+                                                 f"{real.cluster_state(job_id)}\n{real.job_logs(sweep, job_id)}")
+            time.sleep(1)
+        states = real.wait_finished(job_id)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        real.cancel([job_id] if job_id else real.submitit_jobs(sweep))  # leave no job behind, and the node up
+        if node:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True,
+                           timeout=30, env=real.clean_env())
+
+    assert [s for _, s in states] == ["NODE_FAIL", "COMPLETED"], real.cluster_state(job_id)
+    assert real.submitit_jobs(sweep) == [job_id]  # requeued by Slurm, not submitted again
+    script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text(encoding="utf-8")
+    assert "#SBATCH --requeue" in script.splitlines(), script
+    logs = real.job_logs(sweep, job_id)
+    assert logs.count(f"Starting with JobEnvironment(job_id={job_id},") == 2, logs
+    resumed = re.search(rf"resumed from {job_dir / 'checkpoints' / 'last.pt'} at global_step (\d+)", logs)
+    assert resumed, logs
+    resumed_at = int(resumed.group(1))
+    # The last periodic checkpoint, or a later one: slurmd's SIGTERM to the job on a DOWN node may make
+    # it write one after the update in progress, before the SIGKILL lands.
+    assert interval <= resumed_at <= before[-1], (resumed_at, before)
+    assert steps(job_dir) == list(range(batch, total + 1, batch))  # every update once across the requeue
+    assert checkpoint(job_dir / "checkpoints" / "final.pt")["global_step"] == total
+    assert json.loads((job_dir / "job_result.json").read_text(encoding="utf-8"))["status"] == "completed"

@@ -35,9 +35,17 @@ def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
                           timeout=timeout)
 
 
+def default_sigint() -> None:
+    """In the child before it starts: SIGINT at its default, so that Ctrl-C interrupts it. A background
+    job of a non-interactive shell (``python -m pytest ... &`` in a script, some CI runners) starts with
+    SIGINT ignored, its children inherit that, and the programs respect it (docs/training.md)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(script: str, *args: str) -> subprocess.Popen[str]:
+    """``python SCRIPT ARGS`` running, with Ctrl-C at its default however the tests were started."""
     return subprocess.Popen([sys.executable, script, *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env())
+                            stderr=subprocess.PIPE, text=True, env=env(), preexec_fn=default_sigint)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str], *named: str) -> str:
@@ -135,6 +143,30 @@ def test_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays_readable(tmp_
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))  # no temporary file left behind
 
 
+def test_started_with_sigint_ignored_ctrl_c_is_ignored_and_sigterm_stops_safely(tmp_path: Path) -> None:
+    """A background job of a non-interactive shell (``nohup python train.py ... &`` in a script) starts
+    with SIGINT ignored: it asked not to be interrupted by Ctrl-C, and the trainer respects that (a
+    Ctrl-C meant for the script's foreground command reaches it too). SIGTERM stops it the safe way."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    wait_until(lambda: len(metric_steps(run_dir)) >= 2, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # not even a second Ctrl-C stops it
+    at_ctrl_c = len(metric_steps(run_dir))
+    wait_until(lambda: len(metric_steps(run_dir)) >= at_ctrl_c + 3, proc)  # it trains on
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, (out[-2000:], err[-2000:])
+    assert "Ctrl-C" not in err and "Traceback" not in err + out, err
+    assert "SIGINT is ignored" in out + err  # said at the start
+    done = metric_steps(run_dir)
+    assert f"stopped by signal 15 at global_step {done[-1]}" in err
+    last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == done[-1]
+
+
 def test_checkpoints_by_time_before_the_step_interval(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = start("train.py", *LONG, "training.checkpoint_interval_minutes=0.005", f"hydra.run.dir={run_dir}")
@@ -163,8 +195,7 @@ def ctrl_c_after_the_first_game(*args: str, helpers: dict[int, bytes] | None = N
     """Run ``evaluate.py ARGS`` (400 games a match), press Ctrl-C once the progress bar shows a finished
     game, and check that it exits with 130 and no traceback; returns (stdout, stderr). ``helpers``
     receives its child processes (pid: command line) at the moment of the Ctrl-C."""
-    proc = subprocess.Popen([sys.executable, "evaluate.py", *args, "evaluation.games=400"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    proc = start("evaluate.py", *args, "evaluation.games=400")
     seen: list[str] = []
 
     def read() -> None:  # the progress bar (stderr): "k/400" once k games have finished

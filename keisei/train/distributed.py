@@ -8,10 +8,20 @@ record (config, metrics, checkpoints, evaluations). Launched by ``torchrun`` (wh
 through submitit (``hydra.launcher.tasks_per_node=K``: the rendezvous comes from submitit's
 ``TorchDistributedEnvironment``). gloo on the CPU, NCCL on GPUs; a rank's GPU is its
 ``LOCAL_RANK``. With one process nothing here does anything.
+
+Under ``torchrun --max-restarts=N`` a rank that dies (killed, out of memory, a crashed node) makes
+torchrun stop the others and start the whole group again with the same command line; the ranks
+resume from the run dir's ``checkpoints/last.pt`` (``keisei.train.run``). That needs the same run dir
+at every start: such a launch must name it (``hydra.run.dir=...``) and is refused otherwise, since
+Hydra's default run dir is named after the time it starts. torchrun keeps the store the ranks meet in
+across restarts, with the previous group's addresses still in it; on one node each start of the group
+uses keys of its own (``_elastic_store``), on several nodes torchrun must be told not to share its
+store (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), and such a launch is refused otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +29,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 from torch import nn
+
+from keisei.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: How long a collective (or joining the group) waits for the other ranks.
+TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -42,15 +62,60 @@ def _from_submitit() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def check_restartable() -> None:
+    """Under ``torchrun --max-restarts=N`` (N > 0), refuse what would keep a restarted group from resuming:
+    a run dir named after the start time (Hydra's default: the group torchrun starts again would start
+    over in a new one instead of resuming from this one's ``checkpoints/last.pt``), and on several nodes
+    torchrun's store shared with the ranks (see ``_elastic_store``)."""
+    max_restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if max_restarts <= 0:
+        return
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise ConfigError(f"torchrun --max-restarts={max_restarts} on several nodes: start torchrun with "
+                          "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment (else a restarted group may "
+                          "read the previous group's addresses in torchrun's store and fail to connect)")
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    node = "sweep" if hydra.mode == RunMode.MULTIRUN else "run"
+    key, template = f"hydra.{node}.dir", str(OmegaConf.to_container(hydra[node], resolve=False)["dir"])
+    if "${now:" in template:
+        raise ConfigError(f"torchrun --max-restarts={max_restarts}: set {key}=<a dir> (the same at every "
+                          f"start) so that a group torchrun restarts resumes from its checkpoints/last.pt; "
+                          f"the default, {template}, is a new dir at every start")
+
+
+def _elastic_store() -> dict[str, Any]:
+    """Under torchrun on one node, the store the ranks meet in, with keys of this start of the group
+    (else {}: ``init_process_group`` reads the environment). torchrun shares its own store with the
+    ranks and keeps it across restarts (pytorch/pytorch#135712): a restarted group used to read the
+    previous group's addresses there now and then, and failed to connect or hung. The restart count
+    is the same on every rank only when one torchrun agent started them all, hence one node."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if (restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or int(os.environ.get("GROUP_WORLD_SIZE", "1")) != 1):
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=TIMEOUT)
+    return {"store": dist.PrefixStore(f"keisei/start_{restart}/", store), "rank": int(os.environ["RANK"]),
+            "world_size": int(os.environ["WORLD_SIZE"])}
+
+
 def setup(use_cuda: bool) -> Ranks:
     """Join the process group when launched as several processes (else one rank, nothing initialised)."""
+    check_restartable()
     _from_submitit()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=10))
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT, **_elastic_store())
+    ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart and ranks.main:
+        log.info("torchrun restart %d of at most %s: the group started again after a rank failed", restart,
+                 os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"))
+    return ranks
 
 
 def active() -> bool:

@@ -10,11 +10,17 @@ and requeue it; SIGTERM it ignores, and training goes on) or, when there was non
 status 128 + signal number. The requeued job starts in the same run dir and resumes from
 ``last.pt``. A second Ctrl-C stops at once (``KeyboardInterrupt``); checkpoints are written
 atomically, so the last one written stays intact.
+
+A process that starts with SIGINT ignored keeps it ignored: a shell without job control (a script,
+``nohup python train.py ... &`` in one, some CI runners) ignores SIGINT in its background jobs so that
+the Ctrl-C meant for its foreground command does not stop them. Such a run says so at the start; SIGTERM
+stops it, with ``last.pt`` written, as Ctrl-C would have.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -39,7 +45,10 @@ class StopSignals:
             return self
         for sig in STOP_SIGNALS:
             if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
-                continue  # a background job (nohup, &): Ctrl-C is not meant for it
+                log.info("SIGINT is ignored (as a shell without job control has it for its background jobs): "
+                         "Ctrl-C does not stop this run; SIGTERM (kill %d) stops it after the current update, "
+                         "with checkpoints/last.pt written", os.getpid())
+                continue
             self._previous[sig] = signal.signal(sig, self._record)
         return self
 
