@@ -450,3 +450,25 @@ def test_a_check_failing_after_the_env_started_closes_its_workers(tmp_path: Path
         train_in_process(cfg, tmp_path / "run")
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _child_pids() - before}
     assert not left
+
+
+def _tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_resume_drops_tensorboard_events_written_after_checkpoint(tmp_path: Path) -> None:
+    """A run that logged 4 updates but whose last checkpoint is at update 2 (a crash in between)
+    resumes there; TensorBoard, like metrics.jsonl, then has every step once."""
+    run_dir = tmp_path / "run"
+    tb = ["logging.tensorboard=true", CONSTANT, "training.checkpoint_interval_timesteps=256"]
+    train(run_dir, *tb, "training.total_timesteps=256")
+    kept = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    train(run_dir, *tb, "training.total_timesteps=512")
+    assert _tensorboard_steps(run_dir, "losses/value_loss") == [128, 256, 384, 512]
+    (run_dir / "checkpoints" / "last.pt").write_bytes(kept)  # the crash: update 4 logged, not saved
+    train(run_dir, *tb, "training.total_timesteps=512")
+    assert _tensorboard_steps(run_dir, "losses/value_loss") == [128, 256, 384, 512]

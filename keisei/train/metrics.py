@@ -82,7 +82,9 @@ def check_sinks(cfg: TrainConfig) -> None:
 class MetricsLogger:
     """Writes one record per update to every enabled sink."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, wandb_run_id: str | None) -> None:
+    def __init__(self, run_dir: Path, cfg: TrainConfig, wandb_run_id: str | None, resumed_step: int = 0) -> None:
+        """``resumed_step``: the global step of the checkpoint a resumed run goes on from; TensorBoard
+        drops the events written after it, as ``truncate_metrics`` drops the lines of ``metrics.jsonl``."""
         self.path = run_dir / "metrics.jsonl"
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = None
@@ -91,7 +93,8 @@ class MetricsLogger:
             check_sinks(cfg)
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+                                     purge_step=resumed_step + 1 if resumed_step else None)
         if cfg.wandb.mode is not WandbMode.disabled:
             import wandb
 

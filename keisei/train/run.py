@@ -59,7 +59,7 @@ class Run:
             self.state = self._checked(stack)
             if self.ranks.main:
                 write_record(self.cfg, self.run_dir, self.state)
-                self.logger = MetricsLogger(self.run_dir, self.cfg, self.state.wandb_run_id)
+                self.logger = MetricsLogger(self.run_dir, self.cfg, self.state.wandb_run_id, self.state.global_step)
                 stack.callback(self.logger.close)
                 self.state.wandb_run_id = self.logger.wandb_run_id
             self.batch_size = batch_size(self.cfg, self.ranks.world)
