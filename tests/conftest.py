@@ -11,6 +11,10 @@ import pytest
 
 from keisei.shogi import Game
 
+#: A training run that takes seconds: the MLP, 8 games x 16 steps (128 env steps an update).
+TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
+        "logging.progress_bar=false"]
+
 
 def play_random_games(seed: int, games: int, max_plies: int = 200) -> list[Game]:
     """Snapshots of every position of ``games`` random games (both colours to move)."""

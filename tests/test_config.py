@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -35,8 +36,6 @@ from keisei.config import (
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 #: The small-batch setup the subprocess tests use: batch = 8 * 16 = 128.
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
-        "algorithm.minibatch_size=64"]
 
 
 @pytest.fixture(scope="module", autouse=True)

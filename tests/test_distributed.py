@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import TINY as TINY_RUN
 
 from keisei.config import ConfigError, ModelConfig, ModelName, PPOConfig, TrainingConfig
 from keisei.nn.model import build_model
@@ -31,8 +32,7 @@ from keisei.train.optim import build_optimizer
 from keisei.train.ppo import Batch, ppo_update
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
-        "logging.progress_bar=false", "training.lr_schedule=constant"]
+TINY = [*TINY_RUN, "training.lr_schedule=constant"]
 
 
 def clean_env() -> dict[str, str]:

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 
 from keisei.nn.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = "/usr/games/fairy-stockfish"
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
-        "algorithm.minibatch_size=64", "logging.progress_bar=false"]
 RESULT_KEYS = {"player", "opponent", "games", "wins", "draws", "losses", "score", "win_rate", "win_rate_low",
                "win_rate_high", "elo", "elo_error", "terminations", "game_length"}
 EVAL_KEYS = {"update", "eval/global_step", "eval/win_rate", "eval/score", "eval/draw_rate", "eval/elo",

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import test_slurm_real as real
 import torch
+from conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
-        "logging.progress_bar=false"]
 TOTAL = 1280
 LONG = [*TINY, f"training.total_timesteps={TOTAL}", "training.checkpoint_interval_timesteps=100000",
         "training.lr_schedule=constant"]

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wait_gone
+from conftest import TINY, wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
-        "algorithm.minibatch_size=64", "logging.progress_bar=false"]
 LONG = [*TINY, "training.total_timesteps=1e6", "training.lr_schedule=constant"]
 
 

@@ -24,11 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
-        "logging.progress_bar=false"]
 TOTAL = 1280
 STEADY = [*TINY, "training.checkpoint_interval_timesteps=100000", "training.lr_schedule=constant"]
 LONG = [*STEADY, f"training.total_timesteps={TOTAL}"]

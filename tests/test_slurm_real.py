@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -29,8 +30,6 @@ SCRIPT = REPO / "scripts" / "slurm.sh"
 PARTITION = "debug"  # the partition scripts/slurm.sh configures
 LAUNCHER = ["-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.partition={PARTITION}",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30"]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
-        "logging.progress_bar=false"]
 BATCH = 128
 LONG_TOTAL = 50 * BATCH  # about a minute of training on this 2-core box
 REQUEUE_WAIT_S = 360  # a requeued job waits PENDING (BeginTime) before it starts again, then trains on

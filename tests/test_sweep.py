@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
-        "logging.progress_bar=false"]
 
 
 def clean_env() -> dict[str, str]:

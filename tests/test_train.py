@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from keisei.config import from_container
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8 * 16
-TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16",
-        "algorithm.minibatch_size=64", "logging.progress_bar=false"]
 CONSTANT = "training.lr_schedule=constant"
 LOSS_KEYS = ["losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
              "losses/clipfrac", "losses/explained_variance"]
