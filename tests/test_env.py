@@ -9,6 +9,7 @@ from rsshogi.core import Board
 
 from keisei.env.vec_env import StepResult, VecEnv
 from keisei.shogi import (
+    NUM_ACTIONS,
     OBSERVATION_SHAPE,
     PLANE_NAMES,
     STARTPOS,
@@ -161,6 +162,42 @@ def test_bad_actions_are_errors_naming_env_and_action() -> None:
     with pytest.raises(ValueError, match="integers"):
         env.step(np.array([good, good, good], dtype=np.float32))
     assert [g.sfen() for g in env.games] == before  # nothing was played
+
+
+def test_actions_of_any_integer_dtype_and_bad_ones_in_any_env() -> None:
+    env = VecEnv(3)
+    out = env.reset(seed=0)
+    before = [g.sfen() for g in env.games]
+    good = int(np.flatnonzero(out.legal_mask[0])[0])
+    for bad, env_index in ((-1, 0), (2**40, 2), (NUM_ACTIONS, 1)):
+        actions = [good, good, good]
+        actions[env_index] = bad
+        with pytest.raises(IllegalMoveError, match=rf"env {env_index}: action {bad} is outside 0..2186"):
+            env.step(np.array(actions, dtype=np.int64))
+    with pytest.raises(IllegalMoveError, match=r"env 2: action -1 is outside"):  # as int64, as before
+        env.step(np.array([good, good, 2**64 - 1], dtype=np.uint64))
+    assert [g.sfen() for g in env.games] == before  # nothing was played
+    rng = np.random.default_rng(0)
+    for dtype in (np.int16, np.uint16, np.int32, np.uint64):
+        out = env.step(random_actions(out.legal_mask, rng).astype(dtype))
+        for game, row in zip(env.games, out.legal_mask):
+            assert set(np.flatnonzero(row)) == legal_labels(game)
+
+
+def test_the_environment_makes_no_rsshogi_move_lists() -> None:
+    """The environment's masks and moves come from the positions its encoder keeps: no game asks rsshogi
+    for its list of legal moves (``Game.legal_moves`` stays unmade), and the moves picked for the actions
+    are shared ``Move`` objects, one per move value."""
+    env = VecEnv(4, max_plies=40, opening_plies=2)
+    rng = np.random.default_rng(0)
+    out = env.reset(seed=0)
+    for _ in range(100):
+        actions = random_actions(out.legal_mask, rng)
+        picked = env._encoder.moves(actions)
+        assert all(a is b for a, b in zip(picked, env._encoder.moves(actions)))
+        out = env.step(actions)
+        assert all(game._legal is None for game in env.games)
+    assert env.pop_finished()
 
 
 def test_bad_construction() -> None:

@@ -8,12 +8,13 @@ positions are given for Black and turned into the same position for White with
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 from rsshogi.record import Record
 
-from keisei.shogi import STARTPOS, Color, Game, IllegalMoveError, Result, Termination, declaration_points
+from keisei.shogi import STARTPOS, Color, Game, IllegalMoveError, Result, Termination, _native, declaration_points
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -997,3 +998,154 @@ def test_record_of_a_running_game_has_no_result() -> None:
     assert "-3334FU" in csa
     assert "まで" not in game.to_kif()
     assert "７六歩" in game.to_kif()
+
+
+# --- the environment's legal moves, and the adjudication screen ------------------------------------
+# The environment does not ask rsshogi for its lists of legal moves: the C extension finds the moves
+# in the positions it keeps (``_native.legal_move_values`` reads them from a board for these tests),
+# and ``Game.play`` screens each move with cheap rsshogi calls before deciding. Both are checked
+# here against rsshogi's own lists and the full rules, position by position.
+
+#: Starts for random play: the opening, middle games and endgames with every kind of piece in hand
+#: (drops, pawn-drop mates, double checks, pins), bare kings (repetitions, and stalemates with the
+#: rooks), entering kings (declarations) and the perft positions.
+RANDOM_STARTS = [
+    STARTPOS,
+    "ln5nl/4k4/p1ppppp1p/9/9/9/P1PPPPP1P/4K4/LN5NL b RBGSrbgs2p 1",
+    "4k4/9/9/9/9/9/9/9/4K4 b RBGSNLPrbgsnlp 1",
+    "lnsgkgsnl/9/9/9/9/9/9/9/LNSGKGSNL b RBPPPPPPPPPrbppppppppp 1",
+    "8k/9/9/9/9/9/9/9/K8 b G2S3Pgs3p 1",
+    "4k4/9/9/9/9/9/9/9/4K4 b 9P9p 1",
+    "8k/9/9/9/9/9/9/9/K8 b Rr 1",
+    BARE_KINGS,
+    "GGGGSSSS1/RRBB5/9/5K3/9/9/9/9/4k4 b - 1",
+    flip_sfen("GGGGSSSS1/RRBB5/9/5K3/9/9/9/9/4k4 b - 1"),
+    "l6nl/5+P1gk/2np1S3/p1p4Pp/3P2Sp1/1PPb2P1P/P5GS1/R8/LN4bKL w GR5pnsg 1",
+    "ln1g5/1r2S1k2/p2pppn2/2ps2p2/1p7/2P6/PPSPPPPLP/2G2K1pr/LN4G1b w BGSLPnp 62",
+]
+
+#: Positions of the tests above, each with the rule it is about.
+LISTED = [PAWN_DROP_MATE[0], "8k/6S2/7G1/9/9/9/9/9/K8 b L 1", "8k/9/7G1/9/9/9/9/9/K8 b P 1",
+          "8k/6S2/7GP/9/9/9/9/9/K8 b - 1", "4k4/9/9/9/9/9/4P4/9/4K4 b P 1", "4k4/9/4+P4/9/9/9/9/9/4K4 b P 1",
+          "4k4/9/9/9/9/9/9/9/4K4 b PLNG 1", "k8/9/9/9/4r4/9/9/4G4/4K4 b - 1", "k8/9/9/9/3r5/9/9/9/4K4 b - 1",
+          HEAD_GOLD_MATE[0], STALEMATE, ROOK_CHECKS, DECL_BLACK_28, DECL_WHITE_27]
+
+
+def rsshogi_values(board) -> list[int]:
+    return sorted(int(move) for move in board.legal_moves())
+
+
+def random_boards(seed: int, games: int = 24, plies: int = 200):
+    """Boards of random games from ``RANDOM_STARTS`` (every position; each game until it has no legal move)."""
+    rng = random.Random(seed)
+    for g in range(games):
+        board = Game(RANDOM_STARTS[g % len(RANDOM_STARTS)], declaration=False).board.copy()
+        for _ in range(plies):
+            yield board.copy()
+            moves = board.legal_moves()
+            if not moves:
+                break
+            board.push_move(rng.choice(moves))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_environment_legal_moves_are_rsshogis_in_random_play(seed: int) -> None:
+    boards = list(random_boards(seed))
+    assert len(boards) > 2000
+    assert _native.legal_move_values(boards) == [rsshogi_values(board) for board in boards]
+
+
+def test_environment_legal_moves_are_rsshogis_in_the_listed_and_perft_positions() -> None:
+    starts = [sfen for listed in LISTED for sfen in (listed, flip_sfen(listed))] + RANDOM_STARTS[-2:]
+    boards = []
+    for sfen in starts:  # each position and every position one and two moves after it
+        board = Game(sfen, declaration=False).board
+        boards.append(board)
+        for move in board.legal_moves():
+            child = board.copy()
+            child.push_move(move)
+            boards.append(child)
+            for reply in child.legal_moves():
+                grandchild = child.copy()
+                grandchild.push_move(reply)
+                boards.append(grandchild)
+    assert len(boards) > 30_000
+    assert _native.legal_move_values(boards) == [rsshogi_values(board) for board in boards]
+
+
+def reference_ending(board, ply: int, max_plies: int, declaration: bool) -> Termination:
+    """The ending of the position ``board`` reached after ``ply`` moves, by the full rules in their
+    order (as ``Game`` decided before it screened moves): rsshogi's repetition state, its list of legal
+    moves, the declaration points, the ply limit."""
+    state = str(board.repetition_state())
+    if state in ("rep_draw", "rep_win", "rep_lose"):
+        return Termination.SENNICHITE if state == "rep_draw" else Termination.PERPETUAL_CHECK
+    if not board.legal_moves():
+        return Termination.CHECKMATE if board.is_in_check() else Termination.NO_LEGAL_MOVES
+    if declaration and declaration_points(board) is not None:
+        return Termination.DECLARATION
+    return Termination.MAX_PLIES if ply >= max_plies else Termination.NONE
+
+
+def board_repetitions(board) -> int:
+    count = 0
+    while count < 3 and board.is_repetition(count + 1):
+        count += 1
+    return count
+
+
+def test_play_decides_every_position_as_the_full_rules() -> None:
+    """Random games from starts where repetitions, declarations, stalemates and the ply limit happen,
+    the moves often checks or steps back (for repetitions and perpetual checks): after every move,
+    ``play``'s answer, the result and ``repetitions`` are those of the full rules."""
+    rng = random.Random(0)
+    starts = [*RANDOM_STARTS, "4k4/9/9/9/9/9/9/9/4K4 b G 1", "8k/9/9/9/9/9/9/9/K8 b R 1",
+              DECL_BLACK_28.replace(" b ", " w "), DECL_WHITE_27.replace(" w ", " b ")]
+    seen = set()
+    for g in range(256):
+        game = Game(starts[g % len(starts)], max_plies=150, declaration=g % 5 != 4)
+        while not game.is_over:
+            over = game.play(biased_move(game, rng))
+            expected = reference_ending(game.board, game.ply, game.max_plies, game.declaration)
+            assert over == (expected is not Termination.NONE) == game.is_over, game.sfen()
+            assert game.repetitions == board_repetitions(game.board)
+        assert game.termination is expected
+        seen.add(expected)
+    assert seen == {Termination.CHECKMATE, Termination.NO_LEGAL_MOVES, Termination.SENNICHITE,
+                    Termination.PERPETUAL_CHECK, Termination.DECLARATION, Termination.MAX_PLIES}
+
+
+def biased_move(game: Game, rng: random.Random):
+    """A random legal move of ``game``, often a check or the side to move's last move backwards."""
+    moves = game.legal_moves
+    if rng.random() < 0.5:
+        checks = [m for m in moves if gives_check(game, m)]
+        if checks:
+            return rng.choice(checks)
+    if len(game.moves) >= 2 and rng.random() < 0.8:
+        last = game.moves[-2]
+        back = [m for m in moves if last[1] != "*" and m.to_usi() == last[2:4] + last[0:2]]
+        if back:
+            return back[0]
+    return rng.choice(moves)
+
+
+def gives_check(game: Game, move) -> bool:
+    board = game.board.copy()
+    board.push_move(move)
+    return board.is_in_check()
+
+
+@COLOURS
+def test_declaration_when_the_king_arrives_from_afar(colour: Color) -> None:
+    """``play`` looks at a king far from the enemy camp again only when it could have arrived (a rank
+    per move of its side): here exactly on the ply it does."""
+    sfen, *moves = for_colour(colour, "GGGGSSSS1/RRBB5/9/9/9/5K3/9/9/4k4 b - 1",
+                              "4f4e", "5i5h", "4e4d", "5h5i", "4d4c", "5i5h")
+    game = Game(sfen)
+    for usi in moves[:-1]:
+        game.push(usi)
+        assert_running(game)
+    game.push(moves[-1])
+    assert game.ply == 6
+    assert_over(game, Result.win_for(colour), Termination.DECLARATION)

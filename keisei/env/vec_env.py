@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from rsshogi.core import Move
 
 from keisei.shogi import (
     MAX_PLIES,
@@ -174,22 +175,28 @@ class VecEnv:
         """Play one action label in every game; see ``StepResult``."""
         if not self.games:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self._result.legal_mask, lambda i: self.games[i].sfen())
-
+        moves = self._moves(actions)
         self._clear_step_arrays()
-        ended = []
         games = self.games
-        moves = self._encoder.moves(actions)
-        for i, move in enumerate(moves):
-            game = games[i]
-            game.play(move)
-            if game.is_over:
-                ended.append(i)
+        over = list(map(Game.play, games, moves))
         self._encoder.advance(moves)  # the encoder follows the boards without reading them again
-        if ended:
-            self._finish_games(ended)
+        if any(over):
+            self._finish_games([i for i, game_over in enumerate(over) if game_over])
         self._encoder.encode_tracked(games)
         return self._result
+
+    def _moves(self, actions: np.ndarray | list[int]) -> list[Move]:
+        """The legal move of each game labelled by its action. The encoder checks every label against
+        the game's legal moves as it finds them; a bad one is reported by ``check_actions`` (naming the
+        env, the action and the position), before anything is played."""
+        array = np.asarray(actions)
+        if array.shape == (self.num_envs,) and array.dtype.kind in "iu":
+            try:
+                return self._encoder.moves(array)
+            except ValueError:
+                pass
+        array = check_actions(actions, self.num_envs, self._result.legal_mask, lambda i: self.games[i].sfen())
+        return self._encoder.moves(array)
 
     @property
     def current(self) -> StepResult:
@@ -237,12 +244,10 @@ class VecEnv:
         self.close()
 
     def _finish_games(self, ended: list[int]) -> None:
-        finals = [self.games[i] for i in ended]
-        final_obs = np.empty((len(ended), *OBSERVATION_SHAPE), dtype=np.uint8)
-        self._encoder.planes(ended, final_obs, finals)
         out = self._result
-        out.final_obs[ended] = final_obs
-        for i, game in zip(ended, finals):
+        for i in ended:
+            game = self.games[i]
+            self._encoder.planes([i], out.final_obs[i:i + 1], [game])
             mover = game.turn.opponent
             if game.result is not Result.DRAW:
                 out.reward[i] = 1.0 if game.winner is mover else -1.0

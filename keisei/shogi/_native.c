@@ -1,16 +1,20 @@
 /*
  * keisei.shogi._native: the hot path of observation and legal-mask encoding.
  *
- * rsshogi owns the rules (move generation, legality, repetition). This module
- * only turns what rsshogi hands out -- packed SFENs (or SFEN strings) and lists of
- * legal Move objects -- into the fixed arrays a network consumes, for a whole batch
- * in one call, so that the per-step Python work of the vectorised environment stays small.
+ * rsshogi owns the rules of a Game (legality of what is played, repetition, the end of a game).
+ * This module turns what rsshogi hands out -- packed SFENs (or SFEN strings) and lists of legal
+ * Move objects -- into the fixed arrays a network consumes, for a whole batch in one call, so
+ * that the per-step Python work of the vectorised environment stays small. For the environment
+ * it also finds the legal moves itself, in the positions it keeps, under rsshogi's rules (the
+ * "legal moves" section; the tests compare them with rsshogi's): making rsshogi's lists, a Python
+ * object per move, was the largest cost of a step.
  *
  * Where the time goes (measured, docs/environment.md): the environment's positions change
  * every step, so mispredicted branches and calls into rsshogi cost more than arithmetic.
- * Hence packed SFENs decoded by table, attacks as bitboards, Move values read in place
- * (set_move_layout), and, for the environment, positions kept here and moved along by the
- * moves played (apply_moves) instead of being read from rsshogi every step.
+ * Hence packed SFENs decoded by table, attacks as bitboards computed once per position for
+ * planes, legal moves and mate planes alike, Move values read in place (set_move_layout), and,
+ * for the environment, positions kept here and moved along by the moves played (apply_moves)
+ * instead of being read from rsshogi every step.
  *
  * Frame: everything is written from the side to move's point of view. For White
  * the board is rotated 180 degrees (square s becomes 80 - s) and the hands are
@@ -24,8 +28,9 @@
  * Two planes are not in the frame: white_to_move says which colour the side to move is (the
  * declaration rule is not symmetric), and repeated_ge1/ge2 say how often the position occurred
  * before in its game. The repetitions need the game's history, which only rsshogi's Board
- * has: they are read from it (board.is_repetition, the counter that adjudicates sennichite)
- * wherever a Game is at hand, and are 0 for bare SFENs and packed positions.
+ * has: wherever a Game is at hand they are its `_repeats` (Game.repetitions, read from the
+ * board's is_repetition after every move, the counter that adjudicates sennichite), and 0 for
+ * bare SFENs and packed positions.
  *
  * The three mate planes (mate_in_one_to/from, opp_mate_in_one_to) need the rules of check and
  * checkmate: the plane encoders write them 0, and mate_planes / mate_planes_boards (the
@@ -414,70 +419,138 @@ static inline void expand(BB b, uint8_t *out, int rotate) {
     }
 }
 
-/* 8 planes of ones, then 8 of zeros: `count` hand planes of ones out of `max` are the
- * `max` planes from plane 8 - count. */
-static uint8_t ONES_ZEROS[16 * NSQ];
+/* --- the analysed position -------------------------------------------------------------
+ * What every encoder below works from: the board and hands, bitboards of the occupied squares,
+ * of each colour and of each colour and type, the kings, and each piece's attacks with that
+ * occupancy, computed once per position for the planes, the legal moves and the mate planes.
+ * The searches for legal moves and mates play moves on it with scratch_put/scratch_take, which
+ * keep the bitboards up to date but not `attacks` and `covered`, and restore it before they
+ * return: those two hold for the position as scratch_init found it. */
+typedef struct {
+    int8_t board[NSQ];
+    uint8_t hands[2][NUM_HAND];
+    BB occupied, by_colour[2], by_type[2][NUM_PT + 1];
+    int king[2];           /* -1 without a king */
+    int count;             /* pieces on the board */
+    uint8_t squares[NSQ];  /* their squares, in increasing order */
+    BB attacks[NSQ];       /* by square: the attacks of the piece there (as scratch_init found it) */
+    BB covered[2];         /* by colour: the union of its pieces' attacks (as scratch_init found it) */
+} Scratch;
 
-static inline void hand_planes(uint8_t *out, const uint8_t *hand) {
-#define HAND(h, max) memcpy(out + HAND_OFFSET[h] * NSQ, ONES_ZEROS + (8 - (hand[h] < (max) ? hand[h] : (max))) * NSQ, (max) * NSQ)
-    HAND(0, 8);
-    HAND(1, 4);
-    HAND(2, 4);
-    HAND(3, 4);
-    HAND(4, 4);
-    HAND(5, 2);
-    HAND(6, 2);
-#undef HAND
+static BB SQUARE_BB[128]; /* 1 << sq: a load, where a 128-bit shift by a variable branches */
+static inline BB square_bb(int sq) { return SQUARE_BB[sq]; }
+
+static inline BB piece_attacks(int c, int pt, int sq, BB occupied) {
+    BB a = STEP_BB[c][pt][sq];
+    for (int k = 0; k < SLIDE_N[c][pt]; k++) a |= slide(SLIDE_DIRS[c][pt][k], sq, occupied);
+    return a;
 }
 
-/* Write the NUM_PLANES x 81 planes of one position (9.9 KB, every byte written once or
- * twice); `repeats` is how often it occurred before in its game (game_repeats; 0 unknown).
- * Attacks are bitboards: per piece one table lookup (plus a bit scan per slide direction),
- * per colour and type an OR, and the "attacked at least 1, 2, 3 times" sets by carry-save
- * addition of each piece's attacks. */
-static void encode_position(const Position *pos, int repeats, uint8_t *out) {
-    uint8_t squares[NSQ];
-    int8_t pieces[NSQ];
-    BB occupied = 0, attacks[2][NUM_PT + 1], ge1[2] = {0, 0}, ge2[2] = {0, 0}, ge3[2] = {0, 0};
-    int n = 0, me = pos->turn, kings[2] = {-1, -1};
+static void scratch_put(Scratch *s, int sq, int v) {
+    int c = v < 0, pt = c ? -v : v;
+    BB b = square_bb(sq);
+    s->board[sq] = (int8_t)v;
+    s->occupied |= b;
+    s->by_colour[c] |= b;
+    s->by_type[c][pt] |= b;
+    if (pt == KING) s->king[c] = sq;
+}
 
-    memset(attacks, 0, sizeof attacks);
-    for (int sq = 0; sq < NSQ; sq++) {
-        int v = pos->board[sq];
-        squares[n] = (uint8_t)sq;
-        pieces[n] = (int8_t)v;
-        n += v != 0;
+static int scratch_take(Scratch *s, int sq) {
+    int v = s->board[sq], c = v < 0, pt = c ? -v : v;
+    BB keep = ~square_bb(sq);
+    s->board[sq] = 0;
+    s->occupied &= keep;
+    s->by_colour[c] &= keep;
+    s->by_type[c][pt] &= keep;
+    return v;
+}
+
+static void scratch_init(Scratch *s, const Position *pos) {
+    int n = 0;
+    memset(s->by_type, 0, sizeof s->by_type);
+    memcpy(s->board, pos->board, sizeof s->board);
+    memcpy(s->hands, pos->hands, sizeof s->hands);
+    for (int sq = 0; sq < NSQ; sq++) { /* the occupied squares, without a branch per square */
+        s->squares[n] = (uint8_t)sq;
+        n += pos->board[sq] != 0;
     }
-    for (int j = 0; j < n; j++) occupied |= (BB)1 << squares[j];
-    memset(out, 0, (size_t)P_OWN_ATTACKS * NSQ);
+    s->count = n;
     for (int j = 0; j < n; j++) {
-        int sq = squares[j], v = pieces[j], colour = v < 0, pt = colour ? -v : v;
-        out[((colour == me ? P_OWN_PIECES : P_OPP_PIECES) + pt - 1) * NSQ + (me ? 80 - sq : sq)] = 1;
-        BB a = STEP_BB[colour][pt][sq];
-        for (int k = 0, slides = SLIDE_N[colour][pt]; k < slides; k++)
-            a |= slide(SLIDE_DIRS[colour][pt][k], sq, occupied);
-        attacks[colour][pt] |= a;
-        ge3[colour] |= ge2[colour] & a;
-        ge2[colour] |= ge1[colour] & a;
-        ge1[colour] |= a;
-        kings[colour] = pt == KING ? sq : kings[colour];
+        int sq = s->squares[j], v = pos->board[sq], c = v < 0;
+        s->by_type[c][c ? -v : v] |= square_bb(sq);
     }
+    for (int c = 0; c < 2; c++) { /* after the loop: no chain of updates through memory in it */
+        BB colour = 0;
+        for (int pt = 1; pt <= NUM_PT; pt++) colour |= s->by_type[c][pt];
+        s->by_colour[c] = colour;
+        s->king[c] = s->by_type[c][KING] ? lowest_bit(s->by_type[c][KING]) : -1;
+    }
+    s->occupied = s->by_colour[0] | s->by_colour[1];
+    s->covered[0] = s->covered[1] = 0;
+    for (int j = 0; j < n; j++) {
+        int sq = s->squares[j], v = pos->board[sq], c = v < 0;
+        s->attacks[sq] = piece_attacks(c, c ? -v : v, sq, s->occupied);
+        s->covered[c] |= s->attacks[sq];
+    }
+}
+
+/* The hand planes of one side, written 0 before: for each kind, as many planes of ones as pieces
+ * in hand (up to HAND_MAX), the rest left 0. The planes of a kind are contiguous. */
+static const int HAND_MAX[NUM_HAND] = {8, 4, 4, 4, 4, 2, 2};
+
+static void hand_planes(uint8_t *out, const uint8_t *hand) {
+    for (int h = 0; h < NUM_HAND; h++) {
+        int planes = hand[h] < HAND_MAX[h] ? hand[h] : HAND_MAX[h];
+        if (planes) memset(out + HAND_OFFSET[h] * NSQ, 1, (size_t)planes * NSQ);
+    }
+}
+
+/* Write the NUM_PLANES x 81 planes of the analysed position s, side to move `me` (9.9 KB, every
+ * byte written once or twice); `repeats` is how often it occurred before in its game
+ * (game_repeats; 0 unknown). Per colour and piece type: the pieces and the OR of their attacks, and over the
+ * colour's pieces the "attacked at least 1, 2, 3 times" sets by carry-save addition. The mate
+ * planes are written 0 (scratch_mate_planes sets them). */
+static void encode_scratch(const Scratch *s, int me, int repeats, uint8_t *out) {
     for (int side = 0; side < 2; side++) {
         int colour = side ? 1 - me : me;
-        uint8_t *planes = out + (side ? P_OPP_ATTACKS : P_OWN_ATTACKS) * NSQ;
-        for (int pt = 1; pt <= NUM_PT; pt++) expand(attacks[colour][pt], planes + (pt - 1) * NSQ, me);
-        planes = out + (side ? P_OPP_COUNT : P_OWN_COUNT) * NSQ;
-        expand(ge1[colour], planes, me);
-        expand(ge2[colour], planes + NSQ, me);
-        expand(ge3[colour], planes + 2 * NSQ, me);
+        uint8_t *pieces = out + (side ? P_OPP_PIECES : P_OWN_PIECES) * NSQ;
+        uint8_t *attacks = out + (side ? P_OPP_ATTACKS : P_OWN_ATTACKS) * NSQ;
+        BB ge1 = 0, ge2 = 0, ge3 = 0;
+        memset(pieces, 0, NUM_PT * NSQ);
+        for (int pt = 1; pt <= NUM_PT; pt++) {
+            BB of_type = 0;
+            for (BB b = s->by_type[colour][pt]; b; b &= b - 1) {
+                int sq = lowest_bit(b);
+                BB a = s->attacks[sq];
+                pieces[(pt - 1) * NSQ + (me ? 80 - sq : sq)] = 1;
+                of_type |= a;
+                ge3 |= ge2 & a;
+                ge2 |= ge1 & a;
+                ge1 |= a;
+            }
+            expand(of_type, attacks + (pt - 1) * NSQ, me);
+        }
+        uint8_t *counts = out + (side ? P_OPP_COUNT : P_OWN_COUNT) * NSQ;
+        expand(ge1, counts, me);
+        expand(ge2, counts + NSQ, me);
+        expand(ge3, counts + 2 * NSQ, me);
     }
-    memset(out + P_MATE * NSQ, 0, 3 * NSQ);
-    hand_planes(out + P_OWN_HAND * NSQ, pos->hands[me]);
-    hand_planes(out + P_OPP_HAND * NSQ, pos->hands[1 - me]);
-    memset(out + P_CHECK * NSQ, kings[me] >= 0 && (int)((ge1[1 - me] >> kings[me]) & 1), NSQ);
+    memset(out + P_MATE * NSQ, 0, (P_OPP_HAND + HAND_PLANES - P_MATE) * NSQ); /* mate and hand planes */
+    hand_planes(out + P_OWN_HAND * NSQ, s->hands[me]);
+    hand_planes(out + P_OPP_HAND * NSQ, s->hands[1 - me]);
+    int king = s->king[me];
+    memset(out + P_CHECK * NSQ, king >= 0 && (int)((s->covered[1 - me] >> king) & 1), NSQ);
     memset(out + P_WHITE * NSQ, me, NSQ);
     memset(out + P_REPEATED * NSQ, repeats >= 1, NSQ);
     memset(out + (P_REPEATED + 1) * NSQ, repeats >= 2, NSQ);
+}
+
+/* The planes of `pos` (encode_scratch). */
+static void encode_position(const Position *pos, int repeats, uint8_t *out) {
+    Scratch s;
+    scratch_init(&s, pos);
+    encode_scratch(&s, pos->turn, repeats, out);
 }
 
 static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *name, int writable) {
@@ -545,6 +618,7 @@ static PyObject *encode_planes(PyObject *self, PyObject *const *args, Py_ssize_t
  * there. A different type, or no probe done, takes the slow path: the same labels. */
 static PyTypeObject *move_type = NULL;
 static Py_ssize_t move_offset = -1;
+static PyObject *move_class = NULL; /* the probes' type, for Moves made here (cached_move) */
 
 static inline int move_value(PyObject *move, long *value) {
     if (Py_TYPE(move) == move_type) {
@@ -565,7 +639,8 @@ PyDoc_STRVAR(set_move_layout_doc,
 "Find the byte offset of the 16-bit move value inside the objects of `probes` (Moves of\n"
 "one type with distinct, known values, read with int()); the masks then read values there\n"
 "for objects of exactly that type. Returns the offset, or -1 (slow path kept) when no\n"
-"single offset fits every probe.");
+"single offset fits every probe. The probes' type is kept as the one pick_tracked makes\n"
+"Moves of.");
 
 static PyObject *set_move_layout(PyObject *self, PyObject *probes) {
     (void)self;
@@ -609,6 +684,8 @@ static PyObject *set_move_layout(PyObject *self, PyObject *probes) {
         }
     }
     Py_DECREF(seq);
+    Py_INCREF(type);
+    Py_XSETREF(move_class, (PyObject *)type);
     if (matches == 1 && type->tp_itemsize == 0) {
         Py_XINCREF(type);
         Py_XSETREF(move_type, type);
@@ -754,32 +831,18 @@ done:
 }
 
 /* --- packed SFENs ----------------------------------------------------------------- */
-static PyObject *str_board = NULL, *str_legal = NULL, *str_to_packed_sfen = NULL, *str_is_repetition = NULL;
-static PyObject *int_one = NULL, *int_two = NULL;
+static PyObject *str_board = NULL, *str_legal_moves = NULL, *str_to_packed_sfen = NULL, *str_repeats = NULL;
 
-/* How often the current position of `board` (a Game's rsshogi Board) occurred before in its
- * game, capped at 2: board.is_repetition(k) is true once it has occurred k times before -- the
- * counter rsshogi adjudicates sennichite by (Game.repetitions). -1 with an exception set. */
-static int board_repeats(PyObject *board) {
-    int repeats = 0;
-    for (; repeats < 2; repeats++) {
-        PyObject *r = PyObject_CallMethodOneArg(board, str_is_repetition, repeats ? int_two : int_one);
-        if (!r) return -1;
-        int yes = PyObject_IsTrue(r);
-        Py_DECREF(r);
-        if (yes < 0) return -1;
-        if (!yes) break;
-    }
-    return repeats;
-}
-
-/* board_repeats of game._board. */
+/* How often the current position of `game` (a keisei Game) occurred before in its game, capped at
+ * 2 for the repeated_ge1/ge2 planes: its `_repeats` (Game.repetitions, which Game keeps from rsshogi's
+ * is_repetition after every move). -1 with an exception set. */
 static int game_repeats(PyObject *game) {
-    PyObject *board = PyObject_GetAttr(game, str_board);
-    if (!board) return -1;
-    int repeats = board_repeats(board);
-    Py_DECREF(board);
-    return repeats;
+    PyObject *count = PyObject_GetAttr(game, str_repeats);
+    if (!count) return -1;
+    long repeats = PyLong_AsLong(count);
+    Py_DECREF(count);
+    if (repeats == -1 && PyErr_Occurred()) return -1;
+    return repeats < 2 ? (int)repeats : 2;
 }
 
 /* The 32 bytes of a packed SFEN (a bytes object) into `pos`. */
@@ -829,24 +892,22 @@ done:
 PyDoc_STRVAR(encode_games_doc,
 "encode_games(games, table, obs, turns, mask, index) -> list\n\n"
 "The whole encoding of a batch of keisei Games in one call: for game i, the planes of\n"
-"game._board (via its packed SFEN; the repetition planes from its is_repetition) into obs[i],\n"
-"its side to move into turns[i], and the labels of game._legal into mask[i] and index[i]\n"
+"game._board (via its packed SFEN; the repetition planes from game._repeats) into obs[i],\n"
+"its side to move into turns[i], and the labels of game.legal_moves into mask[i] and index[i]\n"
 "(as fill_masks; index may be None).\n"
-"Returns the list of the games' legal-move lists (index[i] points into the i-th).\n"
-"With `positions` (uint8, N x 96), also keeps each decoded position there (apply_moves).");
+"Returns the list of the games' legal-move lists (index[i] points into the i-th).");
 
 static PyObject *encode_games(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 6 && nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "encode_games(games, table, obs, turns, mask, index[, positions]) takes 6 or 7 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "encode_games(games, table, obs, turns, mask, index) takes 6 arguments");
         return NULL;
     }
     PyObject *seq = PySequence_Fast(args[0], "games must be a sequence");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    Py_buffer table, obs, turns, mask, index, positions;
-    int got = 0, ok = 0, keep = nargs == 7 && args[6] != Py_None;
+    Py_buffer table, obs, turns, mask, index;
+    int got = 0, ok = 0;
     PyObject *legals = PyList_New(n);
     if (!legals) {
         Py_DECREF(seq);
@@ -860,25 +921,17 @@ static PyObject *encode_games(PyObject *self, PyObject *const *args, Py_ssize_t 
     got = 3;
     if (get_buffer(args[4], &mask, n * NUM_LABELS, "mask", 1) < 0) goto done;
     got = 4;
-    if (keep && get_buffer(args[6], &positions, n * POSITION_SIZE, "positions", 1) < 0) {
-        keep = 0;
-        goto done;
-    }
     if (args[5] != Py_None) {
-        if (get_buffer(args[5], &index, n * NUM_LABELS * 2, "index", 1) < 0) {
-            if (keep) PyBuffer_Release(&positions);
-            keep = 0;
-            goto done;
-        }
+        if (get_buffer(args[5], &index, n * NUM_LABELS * 2, "index", 1) < 0) goto done;
         got = 5;
     }
     PyObject **games = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
         Position pos;
-        PyObject *board = PyObject_GetAttr(games[i], str_board);
+        int repeats = game_repeats(games[i]);
+        PyObject *board = repeats < 0 ? NULL : PyObject_GetAttr(games[i], str_board);
         if (!board) goto done;
-        int repeats = board_repeats(board);
-        PyObject *packed = repeats < 0 ? NULL : PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
+        PyObject *packed = PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
         Py_DECREF(board);
         if (!packed) goto done;
         int bad = decode_packed_object(packed, &pos);
@@ -886,8 +939,7 @@ static PyObject *encode_games(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (bad) goto done;
         encode_position(&pos, repeats, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
         ((uint8_t *)turns.buf)[i] = (uint8_t)pos.turn;
-        if (keep) ((Position *)positions.buf)[i] = pos;
-        PyObject *legal = PyObject_GetAttr(games[i], str_legal);
+        PyObject *legal = PyObject_GetAttr(games[i], str_legal_moves);
         if (!legal) goto done;
         PyList_SET_ITEM(legals, i, legal); /* the list owns it now */
         if (fill_mask_row(i, legal, pos.turn, (const int16_t *)table.buf, (uint8_t *)mask.buf + i * NUM_LABELS,
@@ -896,7 +948,6 @@ static PyObject *encode_games(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     ok = 1;
 done:
-    if (keep) PyBuffer_Release(&positions);
     if (got >= 5) PyBuffer_Release(&index);
     if (got >= 4) PyBuffer_Release(&mask);
     if (got >= 3) PyBuffer_Release(&turns);
@@ -916,7 +967,7 @@ done:
  * step, applies the move just played to it instead of asking rsshogi for a packed SFEN
  * and decoding it again: moving a piece, taking a capture into hand (unpromoted),
  * promoting, dropping, and passing the turn. This is bookkeeping of where pieces stand,
- * not rules: the moves come from rsshogi's legal move lists, and a game that starts
+ * not rules: the moves are legal ones (legal_moves_of, below), and a game that starts
  * anew is read from rsshogi again (reload_positions). */
 
 static inline int base_type(int pt) {
@@ -1046,69 +1097,6 @@ done:
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(encode_tracked_doc,
-"encode_tracked(positions, games, table, obs, turns, mask, index) -> list\n\n"
-"As encode_games, with the planes of the tracked positions[i] (uint8, N x 96) instead of\n"
-"game i's packed SFEN (the repetition planes still from game i's board); index may be None.");
-
-static PyObject *encode_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "encode_tracked(positions, games, table, obs, turns, mask, index) takes 7 arguments");
-        return NULL;
-    }
-    PyObject *games = PySequence_Fast(args[1], "games must be a sequence");
-    if (!games) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(games);
-    PyObject *legals = PyList_New(n);
-    Py_buffer positions, table, obs, turns, mask, index;
-    int got = 0, ok = 0;
-    if (!legals) goto done;
-    if (!get_positions(args[0], &positions, n)) goto done;
-    got = 1;
-    if (get_buffer(args[2], &table, 2 * LUT_SIZE * 2, "table", 0) < 0) goto done;
-    got = 2;
-    if (get_buffer(args[3], &obs, n * NUM_PLANES * NSQ, "obs", 1) < 0) goto done;
-    got = 3;
-    if (get_buffer(args[4], &turns, n, "turns", 1) < 0) goto done;
-    got = 4;
-    if (get_buffer(args[5], &mask, n * NUM_LABELS, "mask", 1) < 0) goto done;
-    got = 5;
-    if (args[6] != Py_None) {
-        if (get_buffer(args[6], &index, n * NUM_LABELS * 2, "index", 1) < 0) goto done;
-        got = 6;
-    }
-    const Position *pos = (const Position *)positions.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *game = PySequence_Fast_GET_ITEM(games, i);
-        int repeats = game_repeats(game);
-        if (repeats < 0) goto done;
-        encode_position(&pos[i], repeats, (uint8_t *)obs.buf + i * NUM_PLANES * NSQ);
-        ((uint8_t *)turns.buf)[i] = pos[i].turn;
-        PyObject *legal = PyObject_GetAttr(game, str_legal);
-        if (!legal) goto done;
-        PyList_SET_ITEM(legals, i, legal);
-        if (fill_mask_row(i, legal, pos[i].turn, (const int16_t *)table.buf, (uint8_t *)mask.buf + i * NUM_LABELS,
-                          got >= 6 ? (int16_t *)index.buf + i * NUM_LABELS : NULL) < 0)
-            goto done;
-    }
-    ok = 1;
-done:
-    if (got >= 6) PyBuffer_Release(&index);
-    if (got >= 5) PyBuffer_Release(&mask);
-    if (got >= 4) PyBuffer_Release(&turns);
-    if (got >= 3) PyBuffer_Release(&obs);
-    if (got >= 2) PyBuffer_Release(&table);
-    if (got >= 1) PyBuffer_Release(&positions);
-    Py_DECREF(games);
-    if (!ok) {
-        Py_XDECREF(legals);
-        return NULL;
-    }
-    return legals;
-}
-
 PyDoc_STRVAR(encode_rows_doc,
 "encode_rows(positions, rows, obs[, games])\n\n"
 "The planes of positions[rows[k]] (uint8, N x 96) into obs[k]; the repetition planes from\n"
@@ -1174,13 +1162,6 @@ done:
  * attacked (the king's own square is seen through), a capture of the only checker, or a
  * move or drop between it and the king (not a pawn drop that mates the other side). */
 
-typedef struct {
-    int8_t board[NSQ];
-    uint8_t hands[2][NUM_HAND];
-    BB occupied, by_colour[2], by_type[2][NUM_PT + 1];
-    int king[2]; /* -1 without a king */
-} Scratch;
-
 static const int HAND_TYPE[NUM_HAND] = {PAWN, LANCE, KNIGHT, SILVER, GOLD, BISHOP, ROOK};
 static BB ZONE[2], FILE_BB[9], DEAD[2][NUM_PT + 1]; /* promotion zone; files; squares a piece never leaves */
 static int8_t LINE_DIR[NSQ][NSQ];                   /* the direction from one square to another, or -1 */
@@ -1210,52 +1191,6 @@ static void init_mate_tables(void) {
         }
 }
 
-static inline BB square_bb(int sq) { return (BB)1 << sq; }
-
-static void scratch_put(Scratch *s, int sq, int v) {
-    int c = v < 0, pt = c ? -v : v;
-    BB b = square_bb(sq);
-    s->board[sq] = (int8_t)v;
-    s->occupied |= b;
-    s->by_colour[c] |= b;
-    s->by_type[c][pt] |= b;
-    if (pt == KING) s->king[c] = sq;
-}
-
-static int scratch_take(Scratch *s, int sq) {
-    int v = s->board[sq], c = v < 0, pt = c ? -v : v;
-    BB keep = ~square_bb(sq);
-    s->board[sq] = 0;
-    s->occupied &= keep;
-    s->by_colour[c] &= keep;
-    s->by_type[c][pt] &= keep;
-    return v;
-}
-
-static void scratch_init(Scratch *s, const Position *pos) {
-    uint8_t squares[NSQ];
-    int n = 0;
-    BB colours[2] = {0, 0};
-    memset(s->by_type, 0, sizeof s->by_type);
-    memcpy(s->board, pos->board, sizeof s->board);
-    memcpy(s->hands, pos->hands, sizeof s->hands);
-    s->king[0] = s->king[1] = -1;
-    for (int sq = 0; sq < NSQ; sq++) { /* the occupied squares, without a branch per square */
-        squares[n] = (uint8_t)sq;
-        n += pos->board[sq] != 0;
-    }
-    for (int j = 0; j < n; j++) {
-        int sq = squares[j], v = pos->board[sq], c = v < 0, pt = c ? -v : v;
-        BB b = square_bb(sq);
-        colours[c] |= b;
-        s->by_type[c][pt] |= b;
-        s->king[c] = pt == KING ? sq : s->king[c];
-    }
-    s->by_colour[0] = colours[0];
-    s->by_colour[1] = colours[1];
-    s->occupied = colours[0] | colours[1];
-}
-
 /* The first occupied square from sq in direction d (as a bitboard; 0 for none). */
 static inline BB first_on_ray(int d, int sq, BB occupied) {
     BB stops = RAY[d][sq] & occupied;
@@ -1282,8 +1217,13 @@ static BB attackers(const Scratch *s, int sq, int c) {
     return found;
 }
 
+static int attacked_through(const Scratch *s, int sq, int c, BB occupied);
+
 /* Whether a piece of colour c attacks sq (attackers(...) != 0, stopping at the first found). */
-static int attacked(const Scratch *s, int sq, int c) {
+static int attacked(const Scratch *s, int sq, int c) { return attacked_through(s, sq, c, s->occupied); }
+
+/* As attacked, the sliders' rays stopping at the squares of `occupied`. */
+static int attacked_through(const Scratch *s, int sq, int c, BB occupied) {
     const BB *t = s->by_type[c];
     int o = 1 - c;
     BB near = (STEP_BB[o][PAWN][sq] & t[PAWN]) | (STEP_BB[o][KNIGHT][sq] & t[KNIGHT]) |
@@ -1295,18 +1235,13 @@ static int attacked(const Scratch *s, int sq, int c) {
     int behind = c ? 0 : 1;
     for (int d = 0; d < 8; d++) {
         BB line = d < 4 ? rooks | (d == behind ? t[LANCE] : 0) : bishops;
-        if (RAY[d][sq] & line && first_on_ray(d, sq, s->occupied) & line) return 1;
+        if (RAY[d][sq] & line && first_on_ray(d, sq, occupied) & line) return 1;
     }
     return 0;
 }
 
-static inline BB piece_attacks(int c, int pt, int sq, BB occupied) {
-    BB a = STEP_BB[c][pt][sq];
-    for (int k = 0; k < SLIDE_N[c][pt]; k++) a |= slide(SLIDE_DIRS[c][pt][k], sq, occupied);
-    return a;
-}
-
 static int has_evasion(Scratch *s, int side);
+static BB line_blockers(const Scratch *s, int k, int mine, int theirs);
 
 /* Whether `side` may drop a piece of type pt on the empty square sq, which blocks a check: not
  * on a dead square, no second pawn on the file, and not a pawn drop that mates. */
@@ -1322,32 +1257,21 @@ static int may_block_by_drop(Scratch *s, int side, int pt, int sq) {
     return legal;
 }
 
-/* Whether the king of `side` escapes by a move to a square the other side does not attack. */
-static int king_escapes(Scratch *s, int side) {
-    int k = s->king[side], other = 1 - side, king = scratch_take(s, k), safe = 0;
-    for (BB to = STEP_BB[side][KING][k] & ~s->by_colour[side]; to && !safe; to &= to - 1) {
-        int sq = lowest_bit(to), taken = s->board[sq];
-        if (taken) scratch_take(s, sq);
-        safe = !attacked(s, sq, other);
-        if (taken) scratch_put(s, sq, taken);
-    }
-    scratch_put(s, k, king);
-    return safe;
+/* Whether the king of `side` escapes by a move to a square the other side does not attack (the
+ * king's own square seen through; a piece it would take does not guard its own square). */
+static int king_escapes(const Scratch *s, int side) {
+    int k = s->king[side], other = 1 - side;
+    BB occupied = s->occupied & ~square_bb(k);
+    for (BB to = STEP_BB[side][KING][k] & ~s->by_colour[side]; to; to &= to - 1)
+        if (!attacked_through(s, lowest_bit(to), other, occupied)) return 1;
+    return 0;
 }
 
-/* Whether a piece of `side` other than the king moving to sq leaves its king out of check. */
-static int piece_blocks(Scratch *s, int side, int sq) {
-    int k = s->king[side], other = 1 - side, safe = 0;
-    for (BB from = attackers(s, sq, side) & ~square_bb(k); from && !safe; from &= from - 1) {
-        int f = lowest_bit(from), taken = s->board[sq], piece = scratch_take(s, f);
-        if (taken) scratch_take(s, sq);
-        scratch_put(s, sq, piece);
-        safe = !attacked(s, k, other);
-        scratch_take(s, sq);
-        if (taken) scratch_put(s, sq, taken);
-        scratch_put(s, f, piece);
-    }
-    return safe;
+/* Whether a piece of `side` other than the king can move to sq, taking the only checker or
+ * stepping between it and the king: any that is not pinned (`pinned`: by line_blockers). A pinned
+ * piece would leave its ray, and could not stay on it: the rays from the king meet only there. */
+static int piece_blocks(const Scratch *s, int side, int sq, BB pinned) {
+    return (attackers(s, sq, side) & ~square_bb(s->king[side]) & ~pinned) != 0;
 }
 
 /* Whether `side`, in check, has a legal move. */
@@ -1358,10 +1282,11 @@ static int has_evasion(Scratch *s, int side) {
     if (checkers & (checkers - 1)) return 0; /* a double check: only the king may move */
     int checker = lowest_bit(checkers), d = LINE_DIR[k][checker];
     BB between = d < 0 ? 0 : RAY[d][k] & ~RAY[d][checker] & ~checkers;
-    if (piece_blocks(s, side, checker)) return 1;
+    BB pinned = line_blockers(s, k, side, 1 - side);
+    if (piece_blocks(s, side, checker, pinned)) return 1;
     for (; between; between &= between - 1) {
         int sq = lowest_bit(between);
-        if (piece_blocks(s, side, sq)) return 1;
+        if (piece_blocks(s, side, sq, pinned)) return 1;
         for (int h = 0; h < NUM_HAND; h++)
             if (s->hands[side][h] && may_block_by_drop(s, side, HAND_TYPE[h], sq)) return 1;
     }
@@ -1414,13 +1339,13 @@ static void check_info(const Scratch *s, int c, CheckInfo *info) {
     info->own_known = 0;
 }
 
-/* Sets info's pinned and in_check for the mover (colour c), once. */
+/* Sets info's pinned and in_check for the mover (colour c), once (s as scratch_init left it). */
 static void own_king_info(const Scratch *s, int c, CheckInfo *info) {
     int own = s->king[c];
     if (info->own_known) return;
     info->own_known = 1;
     info->pinned = own < 0 ? 0 : line_blockers(s, own, c, 1 - c);
-    info->in_check = own >= 0 && attacked(s, own, 1 - c);
+    info->in_check = own >= 0 && (int)(s->covered[1 - c] >> own & 1);
 }
 
 /* Whether the move of colour c from `from` (-1: a drop) to `to`, placing piece v, which gives
@@ -1444,7 +1369,7 @@ static inline BB ray_through(int k, int sq) { return RAY[LINE_DIR[k][sq]][k]; }
 static void piece_mates(Scratch *s, int c, int from, CheckInfo *info, BB *to_out, BB *from_out) {
     int v = s->board[from], pt = v < 0 ? -v : v, sign = c ? -1 : 1, other_king = s->king[1 - c];
     int can_promote = pt <= ROOK, promoted = can_promote ? promoted_type(pt) : pt;
-    BB moves = piece_attacks(c, pt, from, s->occupied) & ~s->by_colour[c] & ~square_bb(other_king);
+    BB moves = s->attacks[from] & ~s->by_colour[c] & ~square_bb(other_king);
     BB discovered = info->discover >> from & 1 ? moves & ~ray_through(other_king, from) : 0;
     BB targets = (moves & (info->check[pt] | info->check[promoted])) | discovered;
     if (!targets) return;
@@ -1489,17 +1414,23 @@ static void mating_moves(Scratch *s, int c, BB *to_out, BB *from_out) {
     }
 }
 
-/* The three mate planes of `pos` into out (81 bytes each, in the side to move's frame). */
-static void mate_planes_of(const Position *pos, uint8_t *out) {
-    Scratch s;
+/* The three mate planes of the position in s, side to move `me`, into out (81 bytes each, in the
+ * side to move's frame); `in_check`: whether `me` is in check. */
+static void scratch_mate_planes(Scratch *s, int me, int in_check, uint8_t *out) {
     BB to, from, threat = 0, unused;
-    int me = pos->turn;
-    scratch_init(&s, pos);
-    mating_moves(&s, me, &to, &from);
-    if (s.king[me] < 0 || !attacked(&s, s.king[me], 1 - me)) mating_moves(&s, 1 - me, &threat, &unused);
+    mating_moves(s, me, &to, &from);
+    if (!in_check) mating_moves(s, 1 - me, &threat, &unused);
     expand(to, out, me);
     expand(from, out + NSQ, me);
     expand(threat, out + 2 * NSQ, me);
+}
+
+/* The three mate planes of `pos` into out. */
+static void mate_planes_of(const Position *pos, uint8_t *out) {
+    Scratch s;
+    int me = pos->turn;
+    scratch_init(&s, pos);
+    scratch_mate_planes(&s, me, s.king[me] >= 0 && (int)(s.covered[1 - me] >> s.king[me] & 1), out);
 }
 
 PyDoc_STRVAR(mate_planes_doc,
@@ -1591,6 +1522,298 @@ done:
     Py_RETURN_NONE;
 }
 
+/* --- legal moves --------------------------------------------------------------------
+ * The environment's legal masks come from here rather than from rsshogi's lists of Move
+ * objects (making those lists, one Python object per move, was the largest cost of a step):
+ * the legal moves of a kept position under rsshogi's rules, as its 16-bit move values (to in
+ * bits 0-6, from or the dropped piece type in 7-13, drop 14, promotion 15). Every move of a
+ * piece to a square it attacks that is not its own side's: the king's to squares the other
+ * side does not attack (the king's own square seen through); while in check, the other
+ * pieces only capture a single checker or step in between; a pinned piece stays on its ray;
+ * a promotion wherever the move starts or ends in the far three ranks, and the move without
+ * promotion unless the piece could never move again (pawn or lance on the last rank, knight on
+ * the last two). Drops: on empty squares (between a single checker and the king while in
+ * check), no piece where it could never move, no second unpromoted pawn on a file, and no pawn
+ * drop that mates (has_evasion, as for the mate planes). tests/test_rules.py compares the
+ * moves with rsshogi's Board.legal_moves() on random play and on the perft positions. */
+#define MAX_LEGAL 600 /* above the 593 legal moves a shogi position can have */
+#define DROP_FLAG 0x4000
+#define PROMOTE_FLAG 0x8000
+static BB BOARD_BB; /* the 81 squares */
+
+/* The move values `base | to` for each square `to` of `squares`, appended at out[n] (a 64-bit
+ * half at a time: cheaper than scanning the 128-bit bitboard). */
+static inline int emit_moves(int base, BB squares, uint16_t *out, int n) {
+    for (uint64_t lo = (uint64_t)squares; lo; lo &= lo - 1) out[n++] = (uint16_t)(base | __builtin_ctzll(lo));
+    for (uint64_t hi = (uint64_t)(squares >> 64); hi; hi &= hi - 1)
+        out[n++] = (uint16_t)(base | (64 + __builtin_ctzll(hi)));
+    return n;
+}
+
+/* The king's moves of colour c to squares the other side does not attack, appended at out[n]:
+ * the other side's attacks as scratch_init found them, but for the pieces that give check
+ * (`checkers`) as if the king had left its square (a sliding checker attacks the square behind
+ * it too). */
+static int king_moves(const Scratch *s, int c, BB checkers, uint16_t *out, int n) {
+    int k = s->king[c];
+    if (k < 0) return n;
+    BB danger = s->covered[1 - c], occupied = s->occupied & ~square_bb(k);
+    for (; checkers; checkers &= checkers - 1) {
+        int sq = lowest_bit(checkers), v = s->board[sq];
+        danger |= piece_attacks(1 - c, v < 0 ? -v : v, sq, occupied);
+    }
+    return emit_moves(k << 7, STEP_BB[c][KING][k] & ~s->by_colour[c] & ~danger, out, n);
+}
+
+/* The moves of a piece of type pt and colour c from `from` to each square of `to`, with and
+ * without promotion as allowed, appended at out[n]. */
+static int piece_moves(int c, int pt, int from, BB to, uint16_t *out, int n) {
+    BB promoting = pt <= ROOK ? (ZONE[c] & square_bb(from) ? to : to & ZONE[c]) : 0;
+    n = emit_moves(from << 7, to & ~DEAD[c][pt], out, n);
+    return emit_moves(from << 7 | PROMOTE_FLAG, promoting, out, n);
+}
+
+/* Where colour c may not drop a pawn among `to`: files with its unpromoted pawn, and the square
+ * in front of the other king when a pawn there would mate. */
+static BB no_pawn_drops(Scratch *s, int c, BB to) {
+    BB banned = 0, pawns = s->by_type[c][PAWN];
+    for (int f = 0; f < 9; f++)
+        if (pawns & FILE_BB[f]) banned |= FILE_BB[f];
+    int other = 1 - c, k = s->king[other];
+    BB front = k < 0 ? 0 : STEP_BB[other][PAWN][k] & to & ~banned;
+    if (front) {
+        int sq = lowest_bit(front);
+        scratch_put(s, sq, c ? -PAWN : PAWN);
+        if (!has_evasion(s, other)) banned |= front;
+        scratch_take(s, sq);
+    }
+    return banned;
+}
+
+/* The drops of colour c on the squares of `to` (empty), appended at out[n]. */
+static int drop_moves(Scratch *s, int c, BB to, uint16_t *out, int n) {
+    for (int h = 0; h < NUM_HAND; h++) {
+        if (!s->hands[c][h]) continue;
+        int pt = HAND_TYPE[h];
+        BB squares = to & ~DEAD[c][pt];
+        if (pt == PAWN) squares &= ~no_pawn_drops(s, c, squares);
+        n = emit_moves(DROP_FLAG | pt << 7, squares, out, n);
+    }
+    return n;
+}
+
+/* The legal moves of colour c in s into out (at most MAX_LEGAL); returns their number and sets
+ * *in_check. s is left as it was. */
+static int legal_moves_of(Scratch *s, int c, uint16_t *out, int *in_check) {
+    int other = 1 - c, k = s->king[c];
+    BB checkers = k >= 0 && (s->covered[other] >> k & 1) ? attackers(s, k, other) : 0;
+    int n = king_moves(s, c, checkers, out, 0);
+    *in_check = checkers != 0;
+    if (checkers & (checkers - 1)) return n; /* a double check: only the king may move */
+    BB target = ~s->by_colour[c], empty = ~s->occupied & BOARD_BB;
+    if (checkers) {
+        int checker = lowest_bit(checkers), d = LINE_DIR[k][checker];
+        empty = d < 0 ? 0 : RAY[d][k] & ~RAY[d][checker] & ~checkers;
+        target = checkers | empty;
+    }
+    BB pinned = k < 0 ? 0 : line_blockers(s, k, c, other);
+    BB pieces = s->by_colour[c] & ~s->by_type[c][KING];
+    for (; pieces; pieces &= pieces - 1) {
+        int from = lowest_bit(pieces), v = s->board[from], pt = v < 0 ? -v : v;
+        BB to = s->attacks[from] & target;
+        if (pinned >> from & 1) to &= ray_through(k, from);
+        n = piece_moves(c, pt, from, to, out, n);
+    }
+    return drop_moves(s, c, empty, out, n);
+}
+
+/* The labels of moves[0..n) (side to move `turn`) into the mask row, each move as label << 16 | value
+ * into entries, and its position there into the index row (if any). -1 with an exception on a
+ * move without a label or two moves with one. */
+static int mark_moves(Py_ssize_t env, const uint16_t *moves, int n, int turn, const int16_t *lut, uint8_t *mrow,
+                      uint32_t *entries, int16_t *irow) {
+    const int16_t *labels = lut + (turn ? LUT_SIZE : 0);
+    memset(mrow, 0, NUM_LABELS);
+    for (int k = 0; k < n; k++) {
+        int label = labels[moves[k]];
+        if (label < 0 || mrow[label]) {
+            PyErr_Format(PyExc_RuntimeError, "env %zd: move value %d has %s label %d", env, moves[k],
+                         label < 0 ? "no" : "a duplicate", label);
+            return -1;
+        }
+        mrow[label] = 1;
+        entries[k] = (uint32_t)label << 16 | moves[k];
+        if (irow) irow[label] = (int16_t)k;
+    }
+    return 0;
+}
+
+/* Move objects by value, made once (of move_class) and shared: a Move is immutable. */
+static PyObject *move_cache[LUT_SIZE];
+
+static PyObject *cached_move(int v) {
+    PyObject *move = move_cache[v];
+    if (!move) {
+        if (!move_class) {
+            PyErr_SetString(PyExc_RuntimeError, "no Move type: call set_move_layout first");
+            return NULL;
+        }
+        if (!(move = PyObject_CallFunction(move_class, "i", v))) return NULL;
+        move_cache[v] = move; /* the cache's reference */
+    }
+    Py_INCREF(move);
+    return move;
+}
+
+PyDoc_STRVAR(encode_tracked_doc,
+"encode_tracked(positions, games, table, obs, turns, mask, index, moves, counts)\n\n"
+"Everything the environment needs of the tracked positions[i] (uint8, N x 96) of games[i]:\n"
+"the planes into obs[i] (the repetition planes from game i's _repeats, the mate planes\n"
+"included), the side to move into turns[i], the legal moves (legal_moves_of) into moves[i]\n"
+"(uint32, N x MAX_LEGAL: label << 16 | move value) and their number into counts[i] (int32),\n"
+"their labels into mask[i] and their positions in moves[i] into index[i] (int16, N x 2187;\n"
+"index may be None).");
+
+/* One row of encode_tracked. */
+static int encode_tracked_row(Py_ssize_t i, const Position *pos, int repeats, const int16_t *table, uint8_t *obs,
+                              uint8_t *mask, int16_t *index, uint32_t *entries, int32_t *count) {
+    Scratch s;
+    uint16_t moves[MAX_LEGAL];
+    int in_check;
+    scratch_init(&s, pos);
+    encode_scratch(&s, pos->turn, repeats, obs);
+    *count = legal_moves_of(&s, pos->turn, moves, &in_check);
+    scratch_mate_planes(&s, pos->turn, in_check, obs + P_MATE * NSQ);
+    return mark_moves(i, moves, *count, pos->turn, table, mask, entries, index);
+}
+
+static PyObject *encode_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode_tracked(positions, games, table, obs, turns, mask, index, moves, "
+                                         "counts) takes 9 arguments");
+        return NULL;
+    }
+    PyObject *games = PySequence_Fast(args[1], "games must be a sequence");
+    if (!games) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(games);
+    /* the buffers: positions, table, obs, turns, mask, moves, counts, and index if given */
+    static const char *names[8] = {"positions", "table", "obs", "turns", "mask", "moves", "counts", "index"};
+    const int arg[8] = {0, 2, 3, 4, 5, 7, 8, 6}, writable[8] = {0, 0, 1, 1, 1, 1, 1, 1};
+    const Py_ssize_t need[8] = {n * POSITION_SIZE, 2 * LUT_SIZE * 2, n * NUM_PLANES * NSQ, n, n * NUM_LABELS,
+                                n * MAX_LEGAL * 4, n * 4, n * NUM_LABELS * 2};
+    int wanted = args[6] == Py_None ? 7 : 8, got = 0, ok = 0;
+    Py_buffer views[8];
+    for (; got < wanted; got++)
+        if (get_buffer(args[arg[got]], &views[got], need[got], names[got], writable[got]) < 0) goto done;
+    const Position *pos = (const Position *)views[0].buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int repeats = game_repeats(PySequence_Fast_GET_ITEM(games, i));
+        if (repeats < 0) goto done;
+        ((uint8_t *)views[3].buf)[i] = pos[i].turn;
+        if (encode_tracked_row(i, &pos[i], repeats, (const int16_t *)views[1].buf,
+                               (uint8_t *)views[2].buf + i * NUM_PLANES * NSQ, (uint8_t *)views[4].buf + i * NUM_LABELS,
+                               wanted == 8 ? (int16_t *)views[7].buf + i * NUM_LABELS : NULL,
+                               (uint32_t *)views[5].buf + i * MAX_LEGAL, (int32_t *)views[6].buf + i) < 0)
+            goto done;
+    }
+    ok = 1;
+done:
+    while (got-- > 0) PyBuffer_Release(&views[got]);
+    Py_DECREF(games);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(pick_tracked_doc,
+"pick_tracked(moves, counts, actions) -> list\n\n"
+"For env i, the Move among the first counts[i] entries of moves[i] (label << 16 | value, as\n"
+"encode_tracked wrote them) whose label is actions[i] (int64, N). The Moves are made once per\n"
+"value and shared. ValueError naming the first env where no move has that label.");
+
+static PyObject *pick_tracked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pick_tracked(moves, counts, actions) takes 3 arguments");
+        return NULL;
+    }
+    Py_buffer actions, moves, counts;
+    PyObject *picked = NULL;
+    if (get_buffer(args[2], &actions, 0, "actions", 0) < 0) return NULL;
+    Py_ssize_t n = actions.len / (Py_ssize_t)sizeof(int64_t);
+    if (actions.itemsize != sizeof(int64_t)) {
+        PyErr_SetString(PyExc_TypeError, "actions must be int64");
+        goto release_actions;
+    }
+    if (get_buffer(args[0], &moves, n * MAX_LEGAL * 4, "moves", 0) < 0) goto release_actions;
+    if (get_buffer(args[1], &counts, n * 4, "counts", 0) < 0) goto release_moves;
+    if (!(picked = PyList_New(n))) goto release;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint32_t *row = (const uint32_t *)moves.buf + i * MAX_LEGAL;
+        int64_t want = ((const int64_t *)actions.buf)[i];
+        int count = ((const int32_t *)counts.buf)[i], k = 0;
+        while (k < count && (int64_t)(row[k] >> 16) != want) k++;
+        PyObject *move = k < count ? cached_move(row[k] & 0xffff) : NULL;
+        if (!move) {
+            if (k == count)
+                PyErr_Format(PyExc_ValueError, "env %zd: action %lld is not a legal move", i, (long long)want);
+            Py_CLEAR(picked);
+            break;
+        }
+        PyList_SET_ITEM(picked, i, move);
+    }
+release:
+    PyBuffer_Release(&counts);
+release_moves:
+    PyBuffer_Release(&moves);
+release_actions:
+    PyBuffer_Release(&actions);
+    return picked;
+}
+
+PyDoc_STRVAR(legal_move_values_doc,
+"legal_move_values(boards) -> list\n\n"
+"The legal moves of each rsshogi Board's position (read through its packed SFEN) as sorted\n"
+"lists of move values, by legal_moves_of: what the environment's masks are made of (tests\n"
+"compare it with Board.legal_moves()).");
+
+/* The sorted list of the legal move values of `board`'s position (legal_move_values). */
+static PyObject *board_move_values(PyObject *board) {
+    Position pos;
+    Scratch s;
+    uint16_t moves[MAX_LEGAL];
+    int in_check;
+    PyObject *packed = PyObject_CallMethodNoArgs(board, str_to_packed_sfen);
+    int bad = !packed || decode_packed_object(packed, &pos) < 0;
+    Py_XDECREF(packed);
+    if (bad) return NULL;
+    scratch_init(&s, &pos);
+    int count = legal_moves_of(&s, pos.turn, moves, &in_check);
+    PyObject *values = PyList_New(count);
+    for (int k = 0; values && k < count; k++) {
+        PyObject *v = PyLong_FromLong(moves[k]);
+        if (!v) Py_CLEAR(values);
+        else PyList_SET_ITEM(values, k, v);
+    }
+    if (values && PyList_Sort(values) < 0) Py_CLEAR(values);
+    return values;
+}
+
+static PyObject *legal_move_values(PyObject *self, PyObject *boards) {
+    (void)self;
+    PyObject *seq = PySequence_Fast(boards, "boards must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *result = PyList_New(n);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        PyObject *values = board_move_values(PySequence_Fast_GET_ITEM(seq, i));
+        if (!values) Py_CLEAR(result);
+        else PyList_SET_ITEM(result, i, values);
+    }
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_planes", (PyCFunction)(void (*)(void))encode_planes, METH_FASTCALL, encode_planes_doc},
     {"fill_masks", (PyCFunction)(void (*)(void))fill_masks, METH_FASTCALL, fill_masks_doc},
@@ -1604,6 +1827,8 @@ static PyMethodDef methods[] = {
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL, encode_rows_doc},
     {"mate_planes", (PyCFunction)(void (*)(void))mate_planes, METH_FASTCALL, mate_planes_doc},
     {"mate_planes_boards", (PyCFunction)(void (*)(void))mate_planes_boards, METH_FASTCALL, mate_planes_boards_doc},
+    {"pick_tracked", (PyCFunction)(void (*)(void))pick_tracked, METH_FASTCALL, pick_tracked_doc},
+    {"legal_move_values", (PyCFunction)legal_move_values, METH_O, legal_move_values_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1615,23 +1840,23 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_codes();
-    memset(ONES_ZEROS, 1, 8 * NSQ);
     if (init_tables() < 0) {
         PyErr_SetString(PyExc_RuntimeError, "keisei._native: bad movement table");
         return NULL;
     }
     init_mate_tables();
+    BOARD_BB = ((BB)1 << NSQ) - 1;
+    for (int sq = 0; sq < 128; sq++) SQUARE_BB[sq] = (BB)1 << sq;
     if (!str_board && !(str_board = PyUnicode_InternFromString("_board"))) return NULL;
-    if (!str_legal && !(str_legal = PyUnicode_InternFromString("_legal"))) return NULL;
+    if (!str_legal_moves && !(str_legal_moves = PyUnicode_InternFromString("legal_moves"))) return NULL;
     if (!str_to_packed_sfen && !(str_to_packed_sfen = PyUnicode_InternFromString("to_packed_sfen"))) return NULL;
-    if (!str_is_repetition && !(str_is_repetition = PyUnicode_InternFromString("is_repetition"))) return NULL;
-    if (!int_one && !(int_one = PyLong_FromLong(1))) return NULL;
-    if (!int_two && !(int_two = PyLong_FromLong(2))) return NULL;
+    if (!str_repeats && !(str_repeats = PyUnicode_InternFromString("_repeats"))) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "NUM_PLANES", NUM_PLANES) < 0 ||
         PyModule_AddIntConstant(m, "POSITION_SIZE", (long)POSITION_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "NUM_LABELS", NUM_LABELS) < 0) {
+        PyModule_AddIntConstant(m, "NUM_LABELS", NUM_LABELS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_LEGAL", MAX_LEGAL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

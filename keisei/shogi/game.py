@@ -15,6 +15,7 @@ from enum import Enum, IntEnum
 import numpy as np
 from rsshogi.core import Board, Move
 from rsshogi.record import GameResult, Record, RecordMetadataBuilder
+from rsshogi.types import Color as RsColor
 from rsshogi.types import PieceType, RepetitionState
 
 STARTPOS = "lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1"
@@ -68,6 +69,10 @@ FORFEITS = frozenset({Termination.RESIGN, Termination.ILLEGAL_MOVE, Termination.
 _COLORS = (Color.BLACK, Color.WHITE)
 _REPETITION = {RepetitionState.DRAW: "draw", RepetitionState.WIN: "win", RepetitionState.LOSE: "lose"}
 _BIG_PIECES = frozenset({PieceType.BISHOP, PieceType.ROOK, PieceType.HORSE, PieceType.DRAGON})
+#: Each side (by rsshogi ``Color.value``: Black, White) as its rsshogi Color and, by rank index (0 is
+#: rank a), how many ranks its king stands from the enemy camp (the far three ranks; 0 or less: in it).
+_SIDES = ((RsColor.BLACK, tuple(rank - 2 for rank in range(9))),
+          (RsColor.WHITE, tuple(6 - rank for rank in range(9))))
 
 
 def parse_sfen(sfen: str) -> Board:
@@ -129,14 +134,29 @@ def declaration_points(board: Board) -> tuple[int, int] | None:
     return None
 
 
+def _repetitions(board: Board) -> int:
+    """How often ``board``'s position occurred before: 0 to 3, by rsshogi's ``is_repetition(k)``."""
+    count = 0
+    while count < 3 and board.is_repetition(count + 1):
+        count += 1
+    return count
+
+
+def _sides_from(turn: int, ply: int) -> tuple:
+    """``Game._sides``: the entries of ``_SIDES`` for the side to move after an even and an odd number of
+    moves, from the side to move (``Color.value``) after ``ply`` moves."""
+    first = turn ^ (ply & 1)
+    return _SIDES[first], _SIDES[1 - first]
+
+
 def random_opening(start: Game, plies: int, rng: np.random.Generator, tries: int = 1000) -> Game:
     """A copy of ``start`` after ``plies`` uniformly random legal moves that leave it running
     (drawn again when one ends the game; ``RuntimeError`` after ``tries`` draws)."""
     for _ in range(tries):
         game = start.copy()
         for _ in range(plies):
-            game.play(game._legal[int(rng.integers(len(game._legal)))])
-            if game._result is not None:
+            legal = game.legal_moves
+            if game.play(legal[int(rng.integers(len(legal)))]):
                 break
         else:
             return game
@@ -150,14 +170,16 @@ class Game:
     when it is reached the game is a draw (``Termination.MAX_PLIES``).
     """
 
-    __slots__ = ("_board", "_history", "_legal", "_result", "_start_sfen", "_termination",
-                 "declaration", "max_plies")
+    __slots__ = ("_board", "_camp_checks", "_history", "_legal", "_repeats", "_result", "_sides", "_start_sfen",
+                 "_termination", "declaration", "max_plies")
 
     def __init__(self, sfen: str | None = None, *, max_plies: int = MAX_PLIES, declaration: bool = True) -> None:
         if not isinstance(max_plies, int) or max_plies < 1:
             raise ValueError(f"max_plies must be a positive integer, got {max_plies!r}")
         self._board = parse_sfen(sfen) if sfen is not None else Board()
         self._start_sfen = self._board.to_sfen()
+        self._sides = _sides_from(self._board.turn.value, 0)
+        self._camp_checks = [0, 0]
         self.max_plies = max_plies
         self.declaration = declaration
         self._history: list[Move] = []
@@ -249,8 +271,12 @@ class Game:
     @property
     def legal_moves(self) -> list[Move]:
         """Legal moves of the side to move as rsshogi ``Move`` objects, as ``Board.legal_moves()``
-        (empty once the game is over); pass one to ``play``. The list is shared: do not modify it."""
-        return self._legal
+        (empty once the game is over); pass one to ``play``. Made on first use after each move (the
+        environment never asks: its encoder finds the moves itself) and shared: do not modify it."""
+        legal = self._legal
+        if legal is None:
+            legal = self._legal = self._board.legal_moves()
+        return legal
 
     def is_in_check(self) -> bool:
         return self._board.is_in_check()
@@ -259,25 +285,25 @@ class Game:
     def repetitions(self) -> int:
         """How often the current position (board, hands and side to move) occurred before in this
         game: 0 to 3, by the count rsshogi adjudicates sennichite with (at 3 this is the 4th
-        occurrence and the game is over). The board keeps the history itself (``copy`` and
-        ``play_line`` included), so this costs nothing per move. Positions before ``start_sfen``
-        are not known, and rsshogi looks back only to the latest position on the same board (see
-        docs/observations.md); a game from ``from_finished_state`` has no history and counts 0.
-        ``keisei.shogi.encoding`` reads the same count for the ``repeated_ge1/ge2`` planes."""
-        board, count = self._board, 0
-        while count < 3 and board.is_repetition(count + 1):
-            count += 1
-        return count
+        occurrence and the game is over), read from the board after every move (``play`` asks
+        ``is_repetition(1)``, and only when that is true for the exact count). Positions before
+        ``start_sfen`` are not known, and rsshogi looks back only to the latest position on the same
+        board (see docs/observations.md); a game from ``from_finished_state`` has no history and
+        counts 0. ``keisei.shogi.encoding`` reads the same count for the ``repeated_ge1/ge2`` planes."""
+        return self._repeats
 
     def legal_usi(self) -> list[str]:
         """Legal moves of the side to move as USI strings (empty once the game is over)."""
-        return [move.to_usi() for move in self._legal]
+        return [move.to_usi() for move in self.legal_moves]
 
     def copy(self) -> Game:
         other = object.__new__(Game)
         other._board = self._board.copy()
         other._history = list(self._history)
         other._legal = self._legal
+        other._repeats = self._repeats
+        other._sides = self._sides
+        other._camp_checks = list(self._camp_checks)
         other._result = self._result
         other._termination = self._termination
         other._start_sfen = self._start_sfen
@@ -298,7 +324,7 @@ class Game:
             move = None
         if move is None:
             raise IllegalMoveError(f"malformed move {usi!r} in position {self.sfen()}")
-        if move not in self._legal:
+        if move not in self.legal_moves:
             raise IllegalMoveError(f"illegal move {usi!r} in position {self.sfen()}")
         self.play(move)
 
@@ -315,12 +341,34 @@ class Game:
             raise IllegalMoveError(f"the game is already over ({self._termination.name.lower()})")
         self._finish(Result.win_for(self.turn.opponent), termination)
 
-    def play(self, move: Move) -> None:
-        """Play a move taken from ``legal``, without validation: the fast path of environments,
-        players and search. Anything else is undefined; ``push`` checks a USI move."""
-        self._board.push_move(move)
-        self._history.append(move)
-        self._adjudicate()
+    def play(self, move: Move) -> bool:
+        """Play a move taken from ``legal_moves``, without validation: the fast path of environments,
+        players and search. Anything else is undefined; ``push`` checks a USI move. Returns whether
+        the game is over.
+
+        Most moves end nothing: a screen of cheap rsshogi calls, each true whenever one of the endings
+        may apply (a repeated position, no legal move, the ply limit, the king in the enemy camp),
+        passes the rest to ``_adjudicate``, which decides in the rules' order."""
+        board, history = self._board, self._history
+        board.apply_move(move)
+        history.append(move)
+        n = len(history)
+        if (board.is_repetition(1) or board.is_mated() or n >= self.max_plies
+                or (self.declaration and n >= self._camp_checks[n & 1] and self._king_in_camp(n))):
+            return self._adjudicate()
+        self._legal = None  # made by legal_moves when asked for
+        self._repeats = 0
+        return False
+
+    def _king_in_camp(self, n: int) -> bool:
+        """Whether the king of the side to move after ``n`` moves stands in its enemy camp. When not,
+        it cannot get there before ``n + 2 * distance`` (a king moves one rank at most, on every other
+        ply): until then ``play`` does not ask again (``_camp_checks``, by the parity of ``n``)."""
+        color, distances = self._sides[n & 1]
+        distance = distances[self._board.king_square(color).value % 9]
+        if distance > 0:
+            self._camp_checks[n & 1] = n + 2 * distance
+        return distance <= 0
 
     def finished_state(self) -> tuple:
         """A finished game as plain data (start, final SFEN, move values, result, termination, settings),
@@ -338,6 +386,9 @@ class Game:
         game._board = Board(final)
         game._history = [Move(v) for v in values]
         game._legal = []
+        game._repeats = 0
+        game._sides = _sides_from(game._board.turn.value, len(values))
+        game._camp_checks = [0, 0]
         game._result = Result(result)
         game._termination = Termination(termination)
         game._start_sfen = start
@@ -353,7 +404,7 @@ class Game:
             return
         board, history = self._board, self._history
         for move in moves:
-            board.push_move(move)
+            board.apply_move(move)
             history.append(move)
         self._adjudicate()
 
@@ -362,25 +413,35 @@ class Game:
         self._termination = termination
         self._legal = []
 
-    def _adjudicate(self) -> None:
+    def _adjudicate(self) -> bool:
+        """Decide the position just reached, in this order: the 4th occurrence of a position (rsshogi's
+        ``is_repetition(3)``, then ``repetition_state()`` for perpetual check), no legal move (rsshogi's
+        ``is_mated()``, true exactly when ``legal_moves()`` is empty, without making the list), the
+        declaration (``declaration_points``), ``max_plies``. Returns whether the game is over."""
         board = self._board
-        repetition = _REPETITION.get(board.repetition_state())
-        if repetition is not None:
-            if repetition == "draw":
-                self._finish(Result.DRAW, Termination.SENNICHITE)
-            else:  # rsshogi reports perpetual check from the side to move's view
-                mover = self.turn
-                winner = mover if repetition == "win" else mover.opponent
-                self._finish(Result.win_for(winner), Termination.PERPETUAL_CHECK)
-            return
-        self._legal = board.legal_moves()
-        if not self._legal:
+        self._legal = None  # made by legal_moves when asked for
+        self._repeats = _repetitions(board)
+        if self._repeats == 3:
+            self._finish_repetition()
+        elif board.is_mated():
             reason = Termination.CHECKMATE if board.is_in_check() else Termination.NO_LEGAL_MOVES
             self._finish(Result.win_for(self.turn.opponent), reason)
         elif self.declaration and declaration_points(board) is not None:
             self._finish(Result.win_for(self.turn), Termination.DECLARATION)
         elif len(self._history) >= self.max_plies:
             self._finish(Result.DRAW, Termination.MAX_PLIES)
+        return self._result is not None
+
+    def _finish_repetition(self) -> None:
+        """End the game on the 4th occurrence of its position: a draw, or a loss for the side that
+        checked on every move of the cycle (rsshogi reports it from the side to move's view)."""
+        repetition = _REPETITION[self._board.repetition_state()]
+        if repetition == "draw":
+            self._finish(Result.DRAW, Termination.SENNICHITE)
+        else:
+            mover = self.turn
+            winner = mover if repetition == "win" else mover.opponent
+            self._finish(Result.win_for(winner), Termination.PERPETUAL_CHECK)
 
     # --- records -----------------------------------------------------------------------
     def to_usi_position(self) -> str:
