@@ -391,7 +391,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     assert isinstance(cfg, TrainConfig)
     _validate_training(cfg.training)
-    _validate_ppo(cfg.algorithm, cfg.env)
+    if isinstance(cfg.algorithm, PPOConfig):
+        _validate_ppo(cfg.algorithm, cfg.env)
     _validate_opponent_pool(cfg.training.opponent_pool, cfg.env)
     _validate_env(cfg.env)
     _validate_model(cfg.model)
