@@ -31,6 +31,6 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
             learn_start = time.perf_counter()
             losses = algorithm.learn(batch)
             rollout.timing["update"] = time.perf_counter() - learn_start
-            run.end_update(losses, rollout, lr, wall=time.perf_counter() - start)
+            run.end_update(losses, rollout, lr, start)
             run.checkpoint_or_stop()
         return run.finish()

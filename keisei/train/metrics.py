@@ -84,7 +84,8 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, wandb_run_id: str | None, resumed_step: int = 0) -> None:
         """``resumed_step``: the global step of the checkpoint a resumed run goes on from; TensorBoard
-        drops the events written after it, as ``truncate_metrics`` drops the lines of ``metrics.jsonl``."""
+        drops its events of later steps (``truncate_metrics`` cuts ``metrics.jsonl`` by update: an
+        evaluation logged after the checkpoint but of an earlier step stays in TensorBoard only)."""
         self.path = run_dir / "metrics.jsonl"
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = None

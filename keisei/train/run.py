@@ -53,19 +53,17 @@ class Run:
 
     def __enter__(self) -> Run:
         with ExitStack() as stack:  # on a failure here, what was opened so far is closed
+            self.stop = StopSignals()
+            stack.callback(self.stop.__exit__, None, None, None)  # the signal handlers go last, after the env
             self.ranks = distributed.setup(use_cuda=resolve_device(self.cfg.device).type == "cuda")
             stack.callback(distributed.shutdown)
             self.run_dir = _shared_run_dir(self.run_dir)
             self.state = self._checked(stack)
-            if self.ranks.main:
-                write_record(self.cfg, self.run_dir, self.state)
-                self.logger = MetricsLogger(self.run_dir, self.cfg, self.state.wandb_run_id, self.state.global_step)
-                stack.callback(self.logger.close)
-                self.state.wandb_run_id = self.logger.wandb_run_id
+            self._start_record(stack)
             self.batch_size = batch_size(self.cfg, self.ranks.world)
             self.bar = self._progress_bar()
             stack.callback(self.bar.close)
-            self.stop = stack.enter_context(StopSignals())
+            self.stop.__enter__()
             self.last_save = time.monotonic()
             self._stack = stack.pop_all()
         return self
@@ -86,9 +84,21 @@ class Run:
                 stack.callback(self.evaluation.close)
         except Exception as exc:
             failure = exc
-        if distributed.all_reduce(failure is not None, "max"):
-            raise failure or ConfigError("another process of this distributed run failed its checks (see its error)")
+        _raise_if_any_rank_failed(failure)
         return state
+
+    def _start_record(self, stack: ExitStack) -> None:
+        """Rank 0 writes the run's record and opens the metrics sinks; if that fails, every rank raises."""
+        failure: Exception | None = None
+        if self.ranks.main:
+            try:
+                write_record(self.cfg, self.run_dir, self.state)
+                self.logger = MetricsLogger(self.run_dir, self.cfg, self.state.wandb_run_id, self.state.global_step)
+                stack.callback(self.logger.close)
+                self.state.wandb_run_id = self.logger.wandb_run_id
+            except Exception as exc:
+                failure = exc
+        _raise_if_any_rank_failed(failure)
 
     def _progress_bar(self) -> tqdm:
         step, total = self.state.global_step, self.cfg.training.total_timesteps
@@ -109,13 +119,15 @@ class Run:
         set_learning_rate(self.state.optimizer, lr)
         return lr
 
-    def end_update(self, losses: dict[str, float], rollout: RolloutStats, lr: float, wall: float) -> None:
+    def end_update(self, losses: dict[str, float], rollout: RolloutStats, lr: float, start: float) -> None:
         """Count the update, keep a snapshot for the opponent pool, log its metrics (the games of every
-        rank; losses and timings are rank 0's), run the periodic evaluation, move the progress bar."""
+        rank; losses and timings are rank 0's; ``start``: the update's ``time.perf_counter()`` at its
+        start), run the periodic evaluation, move the progress bar."""
         state = self.state
         state.update += 1
         state.global_step += self.batch_size
         state.pool.add(state.policy, state.update)
+        wall = time.perf_counter() - start
         played = distributed.gather(([Outcome.of(g) for g in rollout.games], rollout.pool_scores,
                                      rollout.heuristic_scores))
         games, pool_scores, heuristic_scores = ([x for rank in played or [] for x in rank[k]] for k in range(3))
@@ -173,6 +185,12 @@ class Run:
         if self.ranks.main:
             print(summary(self.state, self.run_dir))
         return self.state.objective
+
+
+def _raise_if_any_rank_failed(failure: Exception | None) -> None:
+    """Raise ``failure``, or, when another rank of a distributed run failed, an error saying so."""
+    if distributed.all_reduce(failure is not None, "max"):
+        raise failure or ConfigError("another process of this distributed run failed its checks (see its error)")
 
 
 def _shared_run_dir(own_dir: Path) -> Path:
