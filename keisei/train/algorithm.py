@@ -32,6 +32,11 @@ class PPO:
     def __init__(self, cfg: PPOConfig, state: TrainState) -> None:
         self.cfg, self.state = cfg, state
 
+    @staticmethod
+    def steps_per_update(cfg: TrainConfig) -> int:
+        """Env steps of one rank per collect / learn pair: a rollout of every game."""
+        return cfg.env.num_envs * cfg.algorithm.num_steps
+
     def collect(self) -> tuple[Batch, RolloutStats]:
         s, c = self.state, self.cfg
         return collect(s.policy, s.env, s.pool, c.num_steps, c.gamma, c.gae_lambda, c.bootstrap_truncated)
@@ -42,15 +47,15 @@ class PPO:
                           s.scaler)
 
 
+#: The algorithm of each ``algorithm`` config type.
+BY_CONFIG: dict[type, type] = {PPOConfig: PPO}
+
+
 def build_algorithm(cfg: TrainConfig, state: TrainState) -> Algorithm:
     """The algorithm ``cfg.algorithm`` names, training ``state``."""
-    if isinstance(cfg.algorithm, PPOConfig):
-        return PPO(cfg.algorithm, state)
-    raise ValueError(f"algorithm={cfg.algorithm.name}: no such algorithm")
+    return BY_CONFIG[type(cfg.algorithm)](cfg.algorithm, state)
 
 
 def batch_size(cfg: TrainConfig, world: int) -> int:
     """Env steps of all ranks per update (one collect / learn pair of ``cfg.algorithm``)."""
-    if isinstance(cfg.algorithm, PPOConfig):
-        return cfg.env.num_envs * cfg.algorithm.num_steps * world
-    raise ValueError(f"algorithm={cfg.algorithm.name}: no such algorithm")
+    return BY_CONFIG[type(cfg.algorithm)].steps_per_update(cfg) * world
