@@ -84,6 +84,8 @@ class ModelConfig:
     material_potential: float = 0.0  # value of a pawn of material added to the value (shaping; 0: off)
     material_potential_max: float = 0.5  # the shaping potential saturates at +-this (below a win's 1)
     king_potential: float = 0.0  # value of an attack on a square of a king's zone (shaping; 0: off)
+    value_reach: bool = True  # the value head spans 1 + the potentials' bound, so head + potentials reach +-1
+    value_plane_norm: bool = False  # resnet: normalise the value head's one plane (loses its level; old runs)
 
 
 @dataclass
@@ -198,6 +200,7 @@ class OpponentConfig:
     byoyomi_ms: int | None = None  # kind=usi: instead, go btime 0 wtime 0 byoyomi N
     depth: int | None = None  # kind=usi: instead, go depth N
     timeout_s: float = 5.0  # kind=usi: silence beyond the move time forfeits the game
+    random_moves: float = 0.0  # kind=heuristic: share of its moves played uniformly at random instead
     search: SearchConfig = field(default_factory=SearchConfig)  # kind=checkpoint: search at play time
 
 
@@ -205,6 +208,7 @@ class EvaluationMode(str, Enum):
     single_opponent = "single_opponent"
     round_robin = "round_robin"
     gauntlet = "gauntlet"
+    ladder = "ladder"
 
 
 class PeriodicMode(str, Enum):
@@ -229,6 +233,7 @@ class EvaluationConfig:
     interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
     periodic: PeriodicMode = PeriodicMode.inline  # train.py: inline blocks; background runs a process
     periodic_opponents: list[str] = field(default_factory=list)  # train.py: opponent presets played too
+    ladder_rungs: int = 3  # ladder: rungs played (`games` each), each the one nearest the rating so far
 
 
 @dataclass
@@ -314,6 +319,8 @@ def validate_evaluation(ev: EvaluationConfig, op: OpponentConfig) -> None:
     _check(ev.temperature >= 0, "evaluation.temperature", ev.temperature, "must be >= 0")
     _check(ev.workers >= 1, "evaluation.workers", ev.workers, "must be >= 1 (1: in this process)")
     _check(op.temperature >= 0, "opponent.temperature", op.temperature, "must be >= 0")
+    _check(0 <= op.random_moves <= 1, "opponent.random_moves", op.random_moves, "must be in [0, 1]")
+    _check(ev.ladder_rungs >= 1, "evaluation.ladder_rungs", ev.ladder_rungs, "must be >= 1")
     validate_search(ev.search, "evaluation.search")
     validate_search(op.search, "opponent.search")
     if op.kind is OpponentKind.checkpoint:

@@ -414,7 +414,53 @@ def test_material_potential_stays_below_a_win(bound: float) -> None:
     assert torch.allclose(potential[1], -potential[0])
     with torch.no_grad():
         value = shaped(obs)[1]
-    assert value.max() <= 1 + bound  # the head's tanh plus the bound
+    assert value.max() <= 2 * (1 + bound)  # the head's tanh, scaled by 1 + bound, plus the bound
+
+
+@pytest.mark.parametrize("name", ["resnet", "mlp"])
+@pytest.mark.parametrize("reach", [True, False])
+def test_value_reaches_the_outcome_against_the_potentials(name: str, reach: bool) -> None:
+    """Ahead in material (the potential near its bound, king zone potential too) the value can still
+    reach a loss's -1, and behind a win's 1, with model.value_reach: the head spans 1 + the
+    potentials' bound. Without it (runs from before it) the value stops short, by the potential."""
+    lopsided = "4k4/9/9/9/9/9/9/9/4K4 b 2R2B4G4S4N4L18P 1"  # far ahead: the potential at its bound
+    games = [Game(lopsided), Game(lopsided.replace(" b ", " w "))]
+    cfg = ModelConfig(name=ModelName(name), blocks=1, channels=8, material_potential=0.03, king_potential=0.01,
+                      value_reach=reach)
+    model = build_model(cfg).eval()
+    last = [m for m in model.value.modules() if isinstance(m, nn.Linear)][-1]
+    obs = torch.from_numpy(encode(games)[0])
+    reached = []
+    with torch.no_grad():
+        potential = model.material(obs.float()) + model.king_zone(obs.float())
+        assert potential[0] > 0.45 and potential[1] < -0.45
+        for sign in (-1, 1):
+            last.weight.zero_()
+            last.bias.fill_(sign * 1e3)  # the head at its extreme
+            reached.append(model(obs)[1])
+    lowest_when_ahead, highest_when_behind = reached[0][0].item(), reached[1][1].item()
+    if reach:
+        assert lowest_when_ahead <= -1 and highest_when_behind >= 1
+    else:
+        assert lowest_when_ahead > -0.6 and highest_when_behind < 0.6
+
+
+@pytest.mark.parametrize("plane_norm", [False, True])
+def test_value_head_sees_the_level_of_its_plane(plane_norm: bool) -> None:
+    """The value head's one-plane convolution is not normalised (model.value_plane_norm false): two
+    positions whose plane differs by a scale and an offset get different values. Normalised (runs from
+    before), GroupNorm(1, 1) removes both, so they get the same value: what the change fixes."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(blocks=1, channels=8, value_plane_norm=plane_norm)).eval()
+    conv = model.value[0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0  # the plane is the tower's channel 0
+        if conv.bias is not None:
+            conv.bias.zero_()
+        pattern = torch.rand(1, 8, 9, 9)
+        values = model.value(torch.cat([pattern, 3 * pattern + 5])).squeeze(1)
+    assert torch.isclose(values[0], values[1], atol=1e-5) == plane_norm
 
 
 @pytest.mark.parametrize("name", ["resnet", "mlp"])
@@ -443,10 +489,10 @@ def test_material_potential_adds_the_material_balance_to_the_value(name: str) ->
 def _value_added(name: str, games: list[Game], **shaping: float) -> torch.Tensor:
     """What a shaping potential (``shaping``: ModelConfig fields) adds to the value of each game's
     position: the shaped network against the same weights without it, whose logits must agree and
-    whose checkpoints have the same keys."""
+    whose checkpoints have the same keys. The head is left unscaled (``value_reach`` off) in both."""
     torch.manual_seed(0)
-    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, **shaping)).eval()
-    plain = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8)).eval()
+    shaped = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, value_reach=False, **shaping)).eval()
+    plain = build_model(ModelConfig(name=ModelName(name), blocks=1, channels=8, value_reach=False)).eval()
     assert shaped.state_dict().keys() == plain.state_dict().keys()  # checkpoints unchanged
     plain.load_state_dict(shaped.state_dict())
     obs = torch.from_numpy(encode(games)[0])

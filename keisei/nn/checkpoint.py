@@ -107,8 +107,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if data["format"] == _V1:
         data["config"] = _upgrade_v1_config(data["config"])
         data["format"] = FORMAT
-    if isinstance(data.get("config"), dict):  # written before model.norm existed: BatchNorm everywhere
-        data["config"]["model"].setdefault("norm", "batch")
+    if isinstance(data.get("config"), dict):
+        model = data["config"]["model"]
+        model.setdefault("norm", "batch")  # written before model.norm existed: BatchNorm everywhere
+        model.setdefault("value_reach", False)  # before these two: a value head in [-1, 1] ...
+        model.setdefault("value_plane_norm", True)  # ... behind a normalised plane
     return data
 
 

@@ -1,6 +1,7 @@
 """Policy/value networks: observation planes in, 2187 policy logits and a value out.
 
-The value is from the side to move's view: the head's output in [-1, 1], plus, with
+The value is from the side to move's view: the head's output in [-1, 1] (with ``model.value_reach``,
+scaled to +-(1 + the potentials' bound), ``value_scale``), plus, with
 ``model.material_potential`` k > 0, a potential of about k times the material balance in pawns read
 off the input planes, saturating at +-``model.material_potential_max`` (``MaterialPotential``), and
 with ``model.king_potential`` k > 0, k times the attacks on the opponent king's zone minus those on
@@ -20,6 +21,7 @@ from keisei.shogi import NUM_ACTIONS, NUM_PLANES
 from keisei.shogi.features import BOARD_PLANES, MATE_PLANE, PLANE_NAMES, material_weights
 
 NUM_DIRECTIONS = NUM_ACTIONS // 81  # 27
+KING_ZONE_MAX_COUNT = 27  # a king's zone is 9 squares, each counted up to 3 attacks (KingZonePotential)
 
 
 def split_planes(planes: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,10 +44,12 @@ class MaterialPotential(nn.Module):
     Phi: the TD errors of GAE with the value ``head + Phi`` are exactly those of the shaped rewards
     ``gamma * Phi(s') - Phi(s)`` with the value ``head`` (Phi of a finished game is 0: a terminal
     move's target is the outcome alone), so the optimal policy is unchanged while a capture shows in
-    the advantages at once. The bound keeps ``head + Phi`` able to reach the outcome: a linear
-    potential grows past 1 with a large lead (0.03 a pawn: 3.8 for the whole army), where no head
-    in [-1, 1] can bring the value back to a win's 1, so giving mate (target 1) would look worse than
-    the position and every further capture better. Nothing is learnt here (``coef`` 0: none at all).
+    the advantages at once. The bound keeps the potential below a win's 1: a linear potential grows
+    past 1 with a large lead (0.03 a pawn: 3.8 for the whole army), where giving mate (target 1) would
+    look worse than the position and every further capture better. The bound alone does not let
+    ``head + Phi`` reach the outcome when Phi points the other way (ahead in material, lost: with a
+    head in [-1, 1] and Phi = 0.5 the lowest value is -0.5); ``model.value_reach`` scales the head by
+    1 + the potentials' bound so that it does (``value_scale``). Nothing is learnt here (``coef`` 0: none at all).
     """
 
     def __init__(self, coef: float, bound: float) -> None:
@@ -184,15 +188,18 @@ class ResNet(nn.Module):
         se = cfg.se_reduction if cfg.squeeze_excitation else None
         self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
         self.policy = PolicyHead(c, norm, cfg.policy_mates)
-        self.value = nn.Sequential(*conv_norm(c, 1, 1, norm), nn.ReLU(inplace=True), nn.Flatten(),
+        plane = conv_norm(c, 1, 1, norm) if cfg.value_plane_norm else [nn.Conv2d(c, 1, 1)]
+        self.value = nn.Sequential(*plane, nn.ReLU(inplace=True), nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
         self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
         self.king_zone = KingZonePotential(cfg.king_potential)
+        self.value_scale = value_scale(cfg)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.tower(self.stem(obs))  # the stem converts the uint8 planes it convolves
-        return self.policy(x, obs), self.value(x).squeeze(1) + self.material(obs) + self.king_zone(obs)
+        head = self.value_scale * self.value(x).squeeze(1)
+        return self.policy(x, obs), head + self.material(obs) + self.king_zone(obs)
 
 
 class MLP(nn.Module):
@@ -205,11 +212,26 @@ class MLP(nn.Module):
         self.value = nn.Sequential(nn.Linear(h, 1), nn.Tanh())
         self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
         self.king_zone = KingZonePotential(cfg.king_potential)
+        self.value_scale = value_scale(cfg)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         planes = obs.float()
         x = self.body(planes)
-        return self.policy(x), self.value(x).squeeze(1) + self.material(planes) + self.king_zone(planes)
+        head = self.value_scale * self.value(x).squeeze(1)
+        return self.policy(x), head + self.material(planes) + self.king_zone(planes)
+
+
+def potential_bound(cfg: ModelConfig) -> float:
+    """The largest |material + king-zone potential| of any position: the material's saturation
+    bound and 27 attacked zone squares' worth of the king-zone coefficient."""
+    material = cfg.material_potential_max if cfg.material_potential else 0.0
+    return material + KING_ZONE_MAX_COUNT * cfg.king_potential
+
+
+def value_scale(cfg: ModelConfig) -> float:
+    """The value head's range: with ``model.value_reach``, ``1 + potential_bound`` so that head plus
+    potentials can reach a win's 1 and a loss's -1 from any position; else 1 (runs from before it)."""
+    return 1.0 + potential_bound(cfg) if cfg.value_reach else 1.0
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
