@@ -143,6 +143,35 @@ def test_a_v1_checkpoint_still_loads_with_its_config_keys_renamed(tmp_path: Path
     assert all(torch.equal(v, model_state(model)[k]) for k, v in model_state(rebuilt).items())
 
 
+def test_a_checkpoint_from_before_the_value_head_fixes_rebuilds_its_own_head(tmp_path: Path) -> None:
+    """A checkpoint written before model.value_reach and model.value_plane_norm existed (its config
+    has neither) had a value head in [-1, 1] behind a normalised plane: it is rebuilt so, its weights
+    load (the plane's GroupNorm included) and it gives the values it was trained to give."""
+    from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
+    from keisei.nn.checkpoint import FORMAT, load_model, model_state
+    from keisei.nn.model import build_model
+    from keisei.shogi import ENCODING_VERSION, Game
+    from keisei.shogi.encoding import encode
+
+    old = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, material_potential=0.03,
+                      value_reach=False, value_plane_norm=True)
+    cfg = TrainConfig(model=old)
+    config = to_container(cfg)
+    del config["model"]["value_reach"], config["model"]["value_plane_norm"]
+    torch.manual_seed(0)
+    model = build_model(old).eval()
+    path = tmp_path / "before.pt"
+    torch.save({"format": FORMAT, "encoding_version": ENCODING_VERSION, "config": config,
+                "model": model_state(model)}, path)
+    rebuilt, loaded = load_model(path)
+    assert loaded.model == old
+    obs = torch.from_numpy(encode([Game()])[0])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(obs)[1], model(obs)[1])
+    assert build_model(ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16)
+                       ).state_dict().keys() != model.state_dict().keys()  # the new head has no plane norm
+
+
 def old_encoding_checkpoint(path: Path) -> str:
     """A training checkpoint written by the 119-plane encoding (v1), its network's first layer 119
     planes wide; the version it names."""
