@@ -211,6 +211,11 @@ class EvaluationMode(str, Enum):
     ladder = "ladder"
 
 
+#: The evaluation modes of periodic evaluation in train.py: a match against ``opponent``, or the
+#: network's rating on the ladder (``keisei.evaluation.ladder``).
+PERIODIC_MODES = (EvaluationMode.single_opponent, EvaluationMode.ladder)
+
+
 class PeriodicMode(str, Enum):
     inline = "inline"
     background = "background"
@@ -227,7 +232,7 @@ class EvaluationConfig:
     declaration: bool = True
     temperature: float = 0.0  # the agent's: 0 plays greedily
     search: SearchConfig = field(default_factory=SearchConfig)  # the agent's search (simulations 0: none)
-    players: list[str] = field(default_factory=list)  # round_robin, gauntlet: checkpoints/run dirs or opponent presets
+    players: list[str] = field(default_factory=list)  # round_robin, gauntlet: checkpoints or presets; ladder: its rungs
     save_records: bool = True  # every game as KIF, CSA and USI moves
     workers: int = 1  # >1: env worker processes step the games of network-vs-network matches without search
     interval_timesteps: Any = 0  # train.py: evaluate every this many env steps (0: never)
@@ -406,9 +411,12 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _check(cfg.training.precision is not Precision.fp16 or cfg.device is not Device.cpu, "training.precision",
            cfg.training.precision.value, "fp16 needs device=cuda (use bf16 on the CPU)")
     validate_evaluation(cfg.evaluation, cfg.opponent)
-    _check(cfg.evaluation.mode is EvaluationMode.single_opponent, "evaluation.mode", cfg.evaluation.mode.value,
-           "periodic evaluation in train.py plays `opponent` (and evaluation.periodic_opponents); "
-           "round_robin and gauntlet are for evaluate.py")
+    _check(cfg.evaluation.mode in PERIODIC_MODES, "evaluation.mode", cfg.evaluation.mode.value,
+           "periodic evaluation in train.py plays `opponent` (single_opponent) or rates the network on the "
+           "ladder (ladder), and evaluation.periodic_opponents; round_robin and gauntlet are for evaluate.py")
+    if cfg.evaluation.mode is EvaluationMode.ladder:
+        _check(len(cfg.evaluation.players) >= 1, "evaluation.players", cfg.evaluation.players,
+               "evaluation=ladder needs the ladder's rungs (opponent presets, weakest first)")
     validate_periodic_opponents(cfg.evaluation)
     return cfg
 

@@ -16,6 +16,8 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ PANELS = [
 EVAL_PANEL = ("periodic evaluation", [("eval/win_rate", "win rate"), ("eval/score", "score"),
                                       ("eval/draw_rate", "draw rate")])
 _OTHER_WIN_RATE = re.compile(r"eval/(.+)/win_rate")
+#: A panel: its title and what draws it into an axes (curves, labels of the x axis).
+Panel = tuple[str, Callable[[Any], None]]
 
 
 class PlotError(ValueError):
@@ -118,32 +122,24 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def metrics_figure(run_dir: Path) -> Any:
-    """The matplotlib figure of ``plot_metrics``: a panel per group of metrics, against env steps
-    (the caller closes it)."""
+    """The matplotlib figure of ``plot_metrics``: a panel per group of metrics, against env steps, and
+    with ladder ratings (``eval/ladder_elo``, ``evaluation=ladder``) the ladder Elo with its 95 %
+    interval against env steps and against training time (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train, evals = read_metrics(run_dir)
-    panels = [(title, [(k, label) for k, label in series if any(r.get(k) is not None for r in train)])
-              for title, series in PANELS]
-    panels = [(title, series, train, "global_step") for title, series in panels if series]
-    if evals:
-        panels.append((*eval_panel(run_dir, evals), evals, "eval/global_step"))
+    panels = [*_curve_panels(run_dir, train, evals), *ladder_panels(train, evals)]
     if not panels:
         raise ValueError(f"{run_dir / 'metrics.jsonl'}: nothing to plot")
     cols = 2
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(11, 3.2 * rows), squeeze=False)
-    for ax, (title, series, records, x_key) in zip(axes.flat, panels):
-        for key, label in series:
-            points = [(r[x_key], r[key]) for r in records if r.get(key) is not None]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    for ax, (title, draw) in zip(axes.flat, panels):
+        draw(ax)
         ax.set_title(title)
-        ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
@@ -151,6 +147,81 @@ def metrics_figure(run_dir: Path) -> Any:
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     return fig
+
+
+def _curve_panels(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[Panel]:
+    """The panels of ``PANELS`` and the evaluation panel, each with the curves whose metrics are present."""
+    groups = [(title, series, train, "global_step") for title, series in PANELS]
+    if evals:
+        groups.append((*eval_panel(run_dir, evals), evals, "eval/global_step"))
+    panels = []
+    for title, series, records, x_key in groups:
+        curves = [(label, points) for key, label in series
+                  if (points := [(r[x_key], r[key]) for r in records if r.get(key) is not None])]
+        if curves:
+            panels.append((title, partial(_draw_curves, curves=curves)))
+    return panels
+
+
+def _draw_curves(ax: Any, curves: list[tuple[str, list[tuple[float, float]]]]) -> None:
+    """Curves of (env step, value) points, each labelled."""
+    for label, points in curves:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    ax.set_xlabel("env steps")
+
+
+def ladder_ratings(evals: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
+    """(env step, ladder Elo, its 95 % half-width; NaN if unknown) of the evaluation records that rate
+    the network on the ladder, by step."""
+    return sorted((r["eval/global_step"], r["eval/ladder_elo"], _number(r.get("eval/ladder_elo_error")))
+                  for r in evals if r.get("eval/ladder_elo") is not None)
+
+
+def training_seconds(train: list[dict[str, Any]]) -> dict[int, float]:
+    """The training time up to the end of each update, by its global step. The metrics records hold no
+    clock time, so this is the sum of each update's env steps / ``charts/SPS``: its collect and learn
+    phases only (start-up, inline evaluations and checkpoint writes are left out)."""
+    elapsed, previous, seconds = 0.0, 0, {}
+    for record in sorted(train, key=lambda r: r["global_step"]):
+        sps = _number(record.get("charts/SPS"))
+        if sps > 0:
+            elapsed += (record["global_step"] - previous) / sps
+        previous = record["global_step"]
+        seconds[record["global_step"]] = elapsed
+    return seconds
+
+
+def ladder_panels(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[Panel]:
+    """The ladder Elo with its 95 % band against env steps and, where the training records give the
+    time of the steps evaluated, against training time (``training_seconds``)."""
+    rated = ladder_ratings(evals)
+    if not rated:
+        return []
+    panels = [("ladder Elo", partial(_draw_ladder, rated=rated, xlabel="env steps"))]
+    seconds = training_seconds(train)
+    timed = [(seconds[step], elo, error) for step, elo, error in rated if step in seconds]
+    if timed and max(t for t, _, _ in timed) > 0:
+        hours = max(t for t, _, _ in timed) >= 2 * 3600
+        scale, unit = (3600, "h") if hours else (60, "min")
+        timed = [(t / scale, elo, error) for t, elo, error in timed]
+        xlabel = f"training time ({unit}; sum of update times from charts/SPS, evaluations left out)"
+        panels.append(("ladder Elo over training time", partial(_draw_ladder, rated=timed, xlabel=xlabel)))
+    return panels
+
+
+def _draw_ladder(ax: Any, rated: list[tuple[float, float, float]], xlabel: str) -> None:
+    """The ladder Elo at each x, and its 95 % interval as a band."""
+    xs, elo, error = zip(*rated)
+    ax.plot(xs, elo, marker="o", markersize=3, label="ladder Elo")
+    ax.fill_between(xs, [e - w for e, w in zip(elo, error)], [e + w for e, w in zip(elo, error)], alpha=0.25,
+                    label="95 % interval")
+    ax.set_xlabel(xlabel)
+
+
+def _number(value: Any) -> float:
+    """A metric's value as a float; NaN for a missing one (``null``: not finite when logged)."""
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _jsonl_game(path: Path, number: str) -> tuple[Any, list[str]]:

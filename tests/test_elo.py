@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 
-from keisei.evaluation.elo import elo_from_score, expected_score, match_stats, ratings
+from keisei.evaluation.elo import (
+    elo_from_score,
+    expected_score,
+    match_stats,
+    rating_against,
+    rating_errors,
+    ratings,
+)
 from keisei.evaluation.report import format_match
 from keisei.play.match import match_results, play_match
 from keisei.play.players import RandomPlayer
@@ -248,3 +256,131 @@ def test_players_without_games_are_not_rated_and_unlinked_players_are_refused():
         ratings(["A", "B", "C", "D"], results + games_between("C", "D", 2, 0, 1))
     with pytest.raises(ValueError, match="anchor"):
         ratings(["A", "B", "C"], results, anchor="C")
+
+
+# --- rating_against: one player against opponents of fixed ratings ---------------------------------
+
+#: 400 / ln 10: Elo points per unit of natural-log odds (the logistic model's slope is its inverse).
+SCALE = 400 / math.log(10)
+
+
+def scores(wins: int, draws: int, losses: int) -> list[float]:
+    return [1.0] * wins + [0.5] * draws + [0.0] * losses
+
+
+def test_rating_against_recovers_a_known_rating():
+    # 75 % against a 0-rated opponent: odds 3:1, i.e. 400 log10(3) = +190.8.
+    games = [("B", s) for s in scores(15, 0, 5)]
+    rating, _ = rating_against({"B": 0.0}, games)
+    assert rating == pytest.approx(400 * math.log10(3), abs=0.01)
+    assert rating == pytest.approx(190.85, abs=0.01)
+    # The opponent rated 300 points higher: the same score is worth 300 points more.
+    assert rating_against({"B": 300.0}, games)[0] == pytest.approx(300 + rating, abs=0.01)
+    # Draws count half: 10 wins and 10 draws out of 20 is the same 75 %.
+    assert rating_against({"B": 0.0}, [("B", s) for s in scores(10, 10, 0)])[0] == pytest.approx(rating, abs=0.01)
+    # One opponent: the head-to-head Elo of match_stats, shifted by the opponent's rating.
+    for wins, draws, losses in [(3, 4, 9), (6, 2, 2), (1, 0, 1)]:
+        assert rating_against({"B": -50.0}, [("B", s) for s in scores(wins, draws, losses)])[0] == \
+            pytest.approx(-50 + match_stats(wins, draws, losses).elo, abs=0.01)
+
+
+def test_rating_against_is_the_root_of_the_score_equation():
+    """Against several opponents the maximum-likelihood rating makes the expected points equal the
+    points scored (the derivative of the log-likelihood is points - expected points)."""
+    fixed = {"weak": -250.0, "even": 40.0, "strong": 610.0}
+    games = ([("weak", s) for s in scores(9, 2, 1)] + [("even", s) for s in scores(4, 3, 5)]
+             + [("strong", s) for s in scores(1, 1, 8)])
+    rating, error = rating_against(fixed, games)
+    points = sum(s for _, s in games)
+    expected = sum(expected_score(rating - fixed[o]) for o, _ in games)
+    assert expected == pytest.approx(points, abs=1e-6)
+    # A root, and the only one: a point more or less moves the expected points off the score.
+    assert sum(expected_score(rating + 1 - fixed[o]) for o, _ in games) > points
+    assert sum(expected_score(rating - 1 - fixed[o]) for o, _ in games) < points
+    # The half-width is Z over the square root of the observed information (in Elo units).
+    info = sum(expected_score(rating - fixed[o]) * (1 - expected_score(rating - fixed[o])) for o, _ in games)
+    assert error == pytest.approx(Z * SCALE / math.sqrt(info), rel=1e-6)
+    # The order of the games changes nothing.
+    assert rating_against(fixed, games[::-1]) == pytest.approx((rating, error), abs=1e-6)
+
+
+def test_rating_against_error_shrinks_as_one_over_sqrt_games():
+    errors = []
+    for n in (20, 80, 320, 1280):
+        rating, error = rating_against({"B": 0.0}, [("B", s) for s in scores(3 * n // 4, 0, n // 4)])
+        assert rating == pytest.approx(400 * math.log10(3), abs=0.01)  # the same 75 % score each time
+        errors.append(error)
+    for small, large in itertools.pairwise(errors):
+        assert small / large == pytest.approx(2.0, rel=1e-6)  # 4 times the games, half the error
+    # The delta method for a binomial score: var(score) = s (1 - s) / n, d Elo / d score = SCALE / (s (1 - s)).
+    assert errors[0] == pytest.approx(Z * SCALE / math.sqrt(20 * 0.75 * 0.25), rel=1e-6)  # about 176 points
+    # Many games: the same half-width as the Elo image of the score's (Wilson) interval of match_stats.
+    assert errors[-1] == pytest.approx(match_stats(960, 0, 320).elo_error, rel=0.02)
+
+
+def test_rating_against_a_perfect_or_null_score_is_finite():
+    fixed = {"B": 100.0, "C": 200.0}
+    won = [("B", 1.0)] * 5 + [("C", 1.0)] * 5
+    rating, error = rating_against(fixed, won)
+    assert math.isfinite(rating) and math.isfinite(error) and error > 0
+    assert rating > 200.0  # above every opponent it beat
+    assert rating < 200.0 + 2000.0  # not pinned to the edge of a search range
+    # With one opponent: match_stats' virtual draw, (10 + 1/2) / (10 + 1).
+    assert rating_against({"B": 100.0}, [("B", 1.0)] * 10)[0] == pytest.approx(100 + match_stats(10, 0, 0).elo,
+                                                                                abs=0.01)
+    # Exactly the rating with one virtual draw shared between the two opponents met: 10.5 points
+    # expected from 5.5 games against each.
+    expected = sum(5.5 * expected_score(rating - r) for r in (100.0, 200.0))
+    assert expected == pytest.approx(10 + 0.5, abs=1e-6)
+    # A null score mirrors it.
+    lost_rating, lost_error = rating_against(fixed, [(o, 0.0) for o, _ in won])
+    assert lost_rating < 100.0 and math.isfinite(lost_rating)
+    assert lost_rating - 150.0 == pytest.approx(-(rating - 150.0), abs=0.01)  # symmetric about their mean
+    assert lost_error == pytest.approx(error, rel=1e-6)
+    # More wins, a higher (still finite) rating.
+    assert rating_against(fixed, won * 4)[0] > rating
+
+
+# --- rating_errors: the 95 % half-widths of a fitted table -----------------------------------------
+
+
+@pytest.mark.parametrize(("wins", "draws", "losses"), [(30, 0, 10), (12, 6, 22), (50, 0, 50)])
+def test_rating_errors_of_two_players_is_the_delta_method(wins, draws, losses):
+    results = games_between("A", "B", wins, draws, losses)
+    table = ratings(["A", "B"], results, anchor="A")
+    errors = rating_errors(table, results, "A")
+    assert errors["A"] == 0.0
+    n = wins + draws + losses
+    s = (wins + draws / 2) / n
+    # Elo = SCALE ln(s / (1 - s)); var(s) = s (1 - s) / n: the delta method's standard error.
+    delta = SCALE / (s * (1 - s)) * math.sqrt(s * (1 - s) / n)
+    assert errors["B"] == pytest.approx(Z * delta, rel=1e-3)
+    # Anchored on B instead: A's error is the same (an error of a difference).
+    table_b = ratings(["A", "B"], results, anchor="B")
+    assert rating_errors(table_b, results, "B") == pytest.approx({"B": 0.0, "A": errors["B"]}, rel=1e-3)
+
+
+def test_rating_errors_grow_with_distance_along_a_chain():
+    players = ["A", "B", "C", "D", "E"]
+    # A pure chain: each player plays only its neighbours, 20 games at 60 %.
+    chain = [r for a, b in itertools.pairwise(players) for r in games_between(a, b, 12, 0, 8)]
+    table = ratings(players, chain, anchor="A")
+    errors = rating_errors(table, chain, "A")
+    assert errors["A"] == 0.0
+    link = Z * SCALE / math.sqrt(20 * 0.6 * 0.4)
+    # The links are independent estimates: their variances add up along the chain.
+    for k, p in enumerate(players):
+        assert errors[p] == pytest.approx(link * math.sqrt(k), rel=1e-3)
+    # Anchored in the middle: 0 there, growing both ways.
+    mid = rating_errors(ratings(players, chain, anchor="C"), chain, "C")
+    assert mid["C"] == 0.0
+    assert mid["A"] > mid["B"] > 0 and mid["E"] > mid["D"] > 0
+    assert mid["B"] == pytest.approx(link, rel=1e-3) and mid["E"] == pytest.approx(link * math.sqrt(2), rel=1e-3)
+    # The ladder's design (next neighbours too): more games, smaller errors, still growing along it.
+    ladder = chain + [r for a, b in zip(players, players[2:]) for r in games_between(a, b, 14, 0, 6)]
+    table = ratings(players, ladder, anchor="A")
+    errors_ladder = rating_errors(table, ladder, "A")
+    assert [errors_ladder[p] for p in players] == sorted(errors_ladder[p] for p in players)
+    assert len({round(errors_ladder[p], 6) for p in players}) == 5
+    for p in players[2:]:
+        assert errors_ladder[p] < errors[p]

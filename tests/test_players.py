@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from conftest import MATE_IN_ONE
 
-from keisei.config import ModelConfig, ModelName, SearchConfig
+from keisei.config import CONF, ConfigError, ModelConfig, ModelName, OpponentKind, SearchConfig, register_configs
+from keisei.evaluation.opponents import build_opponent, opponent_preset
 from keisei.nn.model import build_model
 from keisei.play.match import play_match
 from keisei.play.players import AgentPlayer, HeuristicPlayer, RandomPlayer
@@ -71,6 +75,111 @@ def test_heuristic_beats_random_in_a_match():
     games = play_match(HeuristicPlayer(seed=8), RandomPlayer(seed=9), games=4, max_plies=300)
     assert all(m.game.termination not in FORFEITS for m in games)
     assert sum(m.game.winner is m.a_colour for m in games) >= 3
+
+
+# --- heuristic player with random moves (the ladder's rungs between random and heuristic) ----------
+
+
+def test_heuristic_with_no_random_moves_is_the_heuristic_move_for_move(random_positions):
+    positions = [g for g in random_positions if not g.is_over]
+    for seed in (0, 21):
+        plain = HeuristicPlayer(seed=seed).choose(positions)
+        assert HeuristicPlayer(seed=seed, random_moves=0.0).choose(positions) == plain
+    # Whole games too (its tie-breaks draw from the same generator as the heuristic's).
+    a = play_match(HeuristicPlayer(seed=3, random_moves=0.0), RandomPlayer(seed=4), games=2, max_plies=200)
+    b = play_match(HeuristicPlayer(seed=3), RandomPlayer(seed=4), games=2, max_plies=200)
+    assert [m.game.moves for m in a] == [m.game.moves for m in b]
+    # Where the heuristic has no preference (the start position: no mate, capture or promotion) it plays
+    # a uniformly random move: the random player's, seed for seed, so random_moves=0 draws nothing
+    # more from its generator (a draw per move would shift every tie-break of the heuristic as it was).
+    start = [Game()] * 300
+    for seed in (0, 22):
+        assert HeuristicPlayer(seed=seed, random_moves=0.0).choose(start) == RandomPlayer(seed=seed).choose(start)
+
+
+def count_choices(player, sfen: str, move: str, n: int) -> int:
+    return player.choose([Game(sfen)] * n).count(move)
+
+
+@pytest.mark.parametrize(("sfen", "best"), [(MATE_IN_ONE, "G*5b"),  # a mate in one
+                                            ("4k4/9/9/4r2p1/4PG1P1/9/9/9/4K4 b - 1", "5e5d")])  # takes the rook
+def test_heuristic_random_moves_dilute_its_preferences(sfen, best):
+    """p = 1 prefers the mate (or the best capture) no more than a random player does; p = 0 always
+    plays it; in between, it plays it with probability p / N + (1 - p) (N legal moves)."""
+    n, legal = 6000, len(Game(sfen).legal_usi())
+    assert count_choices(HeuristicPlayer(seed=1, random_moves=0.0), sfen, best, 200) == 200
+    random_count = count_choices(RandomPlayer(seed=2), sfen, best, n)
+    for p in (1.0, 0.5, 0.9):
+        rate = p / legal + (1 - p)
+        sd = math.sqrt(n * rate * (1 - rate))
+        count = count_choices(HeuristicPlayer(seed=3, random_moves=p), sfen, best, n)
+        assert abs(count - n * rate) < 5 * sd, (p, count, n * rate)
+        if p == 1.0:  # as often as the random player (two binomial counts of n / N)
+            assert abs(count - random_count) < 5 * math.sqrt(2) * sd, (count, random_count)
+    # p = 1 plays legal moves only, and every one of the start position over enough draws.
+    start = Game()
+    choices = HeuristicPlayer(seed=4, random_moves=1.0).choose([start] * 1500)
+    assert set(choices) == set(start.legal_usi())
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_heuristic_random_moves_out_of_range_is_refused(p):
+    with pytest.raises(ValueError, match="random_moves"):
+        HeuristicPlayer(seed=0, random_moves=p)
+
+
+def compose_evaluate(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from keisei.config import validate_evaluate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return validate_evaluate(compose(config_name="evaluate", overrides=["checkpoint=x", *overrides]))
+
+
+@pytest.mark.parametrize("value", [1.5, -0.25])
+def test_opponent_random_moves_out_of_range_is_a_config_error(value):
+    with pytest.raises(ConfigError) as info:
+        compose_evaluate("opponent=heuristic_r75", f"opponent.random_moves={value}")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"opponent.random_moves={value}") and "[0, 1]" in message
+    assert compose_evaluate("opponent=heuristic", "opponent.random_moves=1").opponent.random_moves == 1.0
+
+
+@pytest.mark.parametrize("preset", ["heuristic_r90", "heuristic_r75", "heuristic_r50", "heuristic_r25"])
+def test_heuristic_random_moves_presets(preset):
+    """conf/opponent/heuristic_rNN.yaml: the heuristic player playing NN % of its moves at random,
+    under its own name; build_opponent passes the share on."""
+    share = int(preset.removeprefix("heuristic_r")) / 100
+    op = opponent_preset(preset)
+    assert op.kind is OpponentKind.heuristic
+    assert op.random_moves == pytest.approx(share)
+    assert op.name == preset.replace("_", "-")
+    player = build_opponent(op, torch.device("cpu"), seed=5)
+    assert isinstance(player, HeuristicPlayer)
+    assert player.name == op.name and player.random_moves == pytest.approx(share)
+    # It plays the mate in one about as often as 1 - share says (share / N of the random moves find it too).
+    count = count_choices(player, MATE_IN_ONE, "G*5b", 2000)
+    rate = share / len(Game(MATE_IN_ONE).legal_usi()) + (1 - share)
+    assert abs(count - 2000 * rate) < 5 * math.sqrt(2000 * rate * (1 - rate))
+    assert opponent_preset("heuristic").random_moves == 0.0
+
+
+def score_against_heuristic(p: float, games: int = 8) -> float:
+    player = HeuristicPlayer(seed=31, name="x", random_moves=p)
+    played = play_match(player, HeuristicPlayer(seed=32), games=games, max_plies=256, seed=33)
+    assert all(m.game.termination not in FORFEITS for m in played)
+    return sum(1.0 if m.game.winner is m.a_colour else 0.5 if m.game.winner is None else 0.0
+               for m in played) / games
+
+
+def test_more_random_moves_score_worse_against_the_heuristic():
+    all_random, none_random = score_against_heuristic(1.0), score_against_heuristic(0.0)
+    assert all_random <= 1 / 8  # a random player against the greedy capturer: lost games
+    assert none_random >= 2 / 8  # itself: about even
+    assert none_random - all_random >= 0.25
 
 
 # --- random player --------------------------------------------------------------------------------

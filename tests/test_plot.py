@@ -226,3 +226,75 @@ def test_corrupt_metrics(tmp_path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 4)
     error_line(plot(run, "--out", tmp_path / "m.png"), str(path), "not a text file")
     assert not (tmp_path / "m.png").exists()
+
+
+def panels_by_title(run_dir: Path) -> dict[str, dict]:
+    """Each panel's curves (label: (x, y)), the band's (lower, upper) edges at each x and the x label."""
+    import matplotlib.pyplot as plt
+
+    fig = metrics_figure(run_dir)
+    try:
+        panels = {}
+        for ax in fig.axes:
+            curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+            bands = [np.asarray(c.get_paths()[0].vertices) for c in ax.collections]
+            panels[ax.get_title()] = {"curves": curves, "bands": bands, "xlabel": ax.get_xlabel(),
+                                      "legend": [t.get_text() for t in ax.get_legend().get_texts()]
+                                      if ax.get_legend() else []}
+        return panels
+    finally:
+        plt.close(fig)
+
+
+def test_ladder_elo_over_steps_and_training_time(tmp_path: Path) -> None:
+    """eval/ladder_elo (evaluation=ladder): a panel of the Elo with its 95 % band against env steps,
+    and one against training time, which the records hold only as charts/SPS per update (summed:
+    128 steps / SPS each); no win-rate panel when no opponent's match was played."""
+    run_dir = tmp_path / "run"
+    write_metrics(run_dir, with_eval=False)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    sps = [100.0, 200.0, 50.0, 400.0, 64.0]
+    ladder = {256: (-120.0, 300.0), 512: (35.5, 250.0), 640: (80.0, None)}  # None: logged as null
+    out = []
+    for line, speed in zip(lines, sps, strict=True):
+        out.append({**line, "charts/SPS": speed})
+        step = line["global_step"]
+        if step in ladder:
+            out.append({"update": line["update"], "eval/global_step": step, "eval/ladder_elo": ladder[step][0],
+                        "eval/ladder_elo_error": ladder[step][1], "eval/ladder_games": 6})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in out), encoding="utf-8")
+
+    panels = panels_by_title(run_dir)
+    assert "periodic evaluation" not in panels
+    steps = panels["ladder Elo"]
+    assert steps["xlabel"] == "env steps"
+    assert steps["legend"] == ["ladder Elo", "95 % interval"]
+    assert steps["curves"] == {"ladder Elo": ([256, 512, 640], [-120.0, 35.5, 80.0])}
+    band = steps["bands"][0]
+    for x, (elo, error) in ladder.items():
+        edge = sorted(band[np.isclose(band[:, 0], x), 1])
+        assert (edge[0], edge[-1]) == pytest.approx((elo - error, elo + error)) if error else len(edge) == 0
+
+    timed = panels["ladder Elo over training time"]
+    assert timed["xlabel"].startswith("training time (min;")
+    seconds = np.cumsum([128 / s for s in sps])  # 1.28, 0.64, 2.56, 0.32, 2.0 s per update
+    minutes = [seconds[1] / 60, seconds[3] / 60, seconds[4] / 60]  # steps 256, 512, 640
+    xs, ys = timed["curves"]["ladder Elo"]
+    assert xs == pytest.approx(minutes) and ys == [-120.0, 35.5, 80.0]
+    assert plot_metrics(run_dir).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_ladder_and_other_opponents_share_the_run(tmp_path: Path) -> None:
+    """evaluation=ladder with evaluation.periodic_opponents: the other opponents' win rates stay in the
+    evaluation panel (no empty curve of the unplayed main opponent), the ladder Elo gets its own."""
+    run_dir = tmp_path / "run"
+    write_metrics(run_dir, with_eval=False)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines.append({"update": 5, "eval/global_step": 640, "eval/ladder_elo": 10.0, "eval/ladder_elo_error": 90.0,
+                  "eval/ladder_games": 6, "eval/heuristic/win_rate": 0.25, "eval/heuristic/score": 0.3})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    (run_dir / "config.yaml").write_text("opponent:\n  kind: random\n  name: random\n", encoding="utf-8")
+    panels = panels_by_title(run_dir)
+    assert panels["periodic evaluation"]["curves"] == {"win rate vs heuristic": ([640], [0.25])}
+    assert panels["ladder Elo"]["curves"] == {"ladder Elo": ([640], [10.0])}
+    assert "ladder Elo over training time" in panels

@@ -7,7 +7,8 @@ training (``keisei.train.periodic_evaluation``). Docs: docs/evaluation.md.
   opponents from configs or presets (``build_opponent``, ``opponent_preset``), the presets of
   ``evaluation.periodic_opponents``.
 - ``tournament``: one match written to an output dir (``play_and_record``), ``round_robin``,
-  ``gauntlet``, and a periodic evaluation's matches (``periodic_matches``).
+  ``gauntlet``, and a periodic evaluation's matches (``periodic_matches``; with ``evaluation=ladder``
+  a ``PeriodicLadder`` rating instead of the match against ``opponent``).
 - ``report``: results as text (console lines, the gauntlet's table) and as metrics (``eval/...``).
 - ``worker``: the background worker's command line, ``python -m keisei.evaluation.worker``.
 - ``elo``: the Elo model: one match's figures and the ratings fitted to many.

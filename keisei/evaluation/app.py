@@ -11,17 +11,20 @@ from pathlib import Path
 
 import torch
 
-from keisei.config import EvaluateConfig, EvaluationMode, WandbMode, to_container
-from keisei.evaluation.opponents import build_opponent, checkpoint_player, listed_player
+from keisei.config import EvaluateConfig, EvaluationMode, WandbMode, from_container, to_container
+from keisei.evaluation.ladder import load_ladder, rate_agent, trained_against
+from keisei.evaluation.opponents import build_opponent, checkpoint_player, listed_player, opponent_preset
 from keisei.evaluation.report import format_match, format_round_robin
 from keisei.evaluation.tournament import gauntlet, play_and_record, round_robin
+from keisei.nn.checkpoint import load_checkpoint
 from keisei.play.players import AgentPlayer, Player
 
 
 def run_evaluation(cfg: EvaluateConfig, out_dir: Path) -> float:
     """What ``evaluate.py`` does: the checkpoint against one opponent, a gauntlet of opponents or in a
-    round robin; prints the results, writes them to ``out_dir`` (and W&B if enabled). Returns the
-    agent's win rate (single opponent), mean score (gauntlet) or Elo (round robin)."""
+    round robin, or its rating on the ladder; prints the results, writes them to ``out_dir`` (and W&B if
+    enabled). Returns the agent's win rate (single opponent), mean score (gauntlet) or Elo (round robin,
+    ladder)."""
     from keisei.runtime import resolve_device
 
     device = resolve_device(cfg.device)
@@ -29,9 +32,10 @@ def run_evaluation(cfg: EvaluateConfig, out_dir: Path) -> float:
     ev = cfg.evaluation
     agent = checkpoint_player(cfg.checkpoint, device, ev.temperature, cfg.seed, search=ev.search)
     modes = {EvaluationMode.single_opponent: _single_opponent, EvaluationMode.gauntlet: _gauntlet,
-             EvaluationMode.round_robin: _round_robin}
+             EvaluationMode.round_robin: _round_robin, EvaluationMode.ladder: _ladder}
     objective = modes[ev.mode](cfg, agent, device, out_dir)
-    records = out_dir / ("NN-<opponent>/games" if ev.mode is EvaluationMode.gauntlet else "games")
+    per_match = ev.mode in (EvaluationMode.gauntlet, EvaluationMode.ladder)
+    records = out_dir / ("NN-<opponent>/games" if per_match else "games")
     print(f"results: {out_dir / 'results.json'}" + (f", records: {records}" if ev.save_records else ""))
     if cfg.wandb.mode is not WandbMode.disabled:
         _log_to_wandb(cfg, out_dir)
@@ -64,6 +68,19 @@ def _round_robin(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.device, 
         results = round_robin(players, cfg.evaluation, out_dir, seed=cfg.seed, progress=cfg.logging.progress_bar)
         print(format_round_robin(results))
     return results["elo"][agent.name]
+
+
+def _ladder(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.device, out_dir: Path) -> float:
+    """The agent's rating on the ladder of ``evaluation.players`` (``keisei.evaluation.ladder``); returns it."""
+    ev = cfg.evaluation
+    rungs = load_ladder(list(ev.players), ev.max_plies)
+    presets = {r.preset: opponent_preset(r.preset) for r in rungs}
+    run = from_container(load_checkpoint(cfg.checkpoint)["config"])
+    results = rate_agent(agent, rungs, lambda rung, seed: build_opponent(presets[rung.preset], device, seed), ev,
+                         out_dir, seed=cfg.seed, trained_against=trained_against(run),
+                         progress=cfg.logging.progress_bar)
+    print(results["table"])
+    return results["elo"]
 
 
 def _listed_players(cfg: EvaluateConfig, device: torch.device, stack: ExitStack) -> list[Player]:

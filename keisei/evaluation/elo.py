@@ -89,8 +89,9 @@ def ratings(players: Sequence[str], results: Sequence[tuple[str, str, float]], a
     Minorisation-maximisation updates of Bradley-Terry strengths. Only players with at least one
     game are rated (an interrupted round robin may leave some without). A player with no points
     at all (or every point), the anchor included, has no finite maximum-likelihood rating: it gets
-    one virtual draw, shared equally among the opponents it met, as in ``match_stats`` (unless the
-    virtual draws of the players before it in ``players`` already gave it a half point either way).
+    one virtual draw, shared equally among the opponents it met, as in ``match_stats``; two such
+    players who met share one draw between them (the larger share). Which players get one is decided
+    on the real games alone, so the order of ``players`` does not matter.
     Players that no chain of games links to the anchor cannot be rated against it: a ValueError.
     """
     played = [p for p in players if any(p in (a, b) for a, b, _ in results)]
@@ -112,16 +113,12 @@ def ratings(players: Sequence[str], results: Sequence[tuple[str, str, float]], a
             if y not in opponents[x]:
                 opponents[x].append(y)
     _check_connected(anchor, opponents)
-    virtual: list[tuple[str, str, float, float]] = []  # (a, b, score of a, games)
-    for p in played:
-        if points[p] in (0.0, games[p]):
-            share = 1.0 / len(opponents[p])
-            for q in opponents[p]:
-                virtual.append((p, q, 0.5 * share, share))
-                points[p] += 0.5 * share
-                points[q] += 0.5 * share
-                games[p] += share
-                games[q] += share
+    weights: dict[frozenset[str], float] = {}  # a virtual draw's weight by pair: a pair of two such players gets one
+    for p in [p for p in played if points[p] in (0.0, games[p])]:
+        for q in opponents[p]:
+            pair = frozenset((p, q))
+            weights[pair] = max(weights.get(pair, 0.0), 1.0 / len(opponents[p]))
+    virtual = [(*sorted(pair), 0.5 * w, w) for pair, w in weights.items()]  # (a, b, score of a, games)
     wins = [0.0] * len(played)
     pair_games: dict[tuple[int, int], float] = {}
     for a, b, s, n in [*((a, b, s, 1.0) for a, b, s in results), *virtual]:
@@ -162,3 +159,47 @@ def _check_connected(anchor: str, opponents: dict[str, list[str]]) -> None:
     apart = [p for p in opponents if p not in reached]
     if apart:
         raise ValueError(f"no games link {', '.join(apart)} to {anchor!r}: no rating relative to it")
+
+
+def rating_errors(ratings_: dict[str, float], results: Sequence[tuple[str, str, float]],
+                  anchor: str) -> dict[str, float]:
+    """95 % half-widths of maximum-likelihood ``ratings_`` (from ``ratings``) relative to ``anchor``
+    (0 for it): the inverse of the likelihood's observed information, with the anchor held fixed."""
+    import numpy as np
+
+    others = [p for p in ratings_ if p != anchor]
+    index = {p: i for i, p in enumerate(others)}
+    info = np.zeros((len(others), len(others)))
+    c = (math.log(10) / 400.0) ** 2
+    for a, b, _ in results:
+        p = expected_score(ratings_[a] - ratings_[b])
+        w = c * p * (1 - p)
+        for x in (a, b):
+            if x in index:
+                info[index[x], index[x]] += w
+        if a in index and b in index:
+            info[index[a], index[b]] -= w
+            info[index[b], index[a]] -= w
+    cov = np.linalg.inv(info)
+    return {anchor: 0.0, **{p: Z95 * math.sqrt(cov[i, i]) for p, i in index.items()}}
+
+
+def rating_against(fixed: dict[str, float], results: Sequence[tuple[str, float]]) -> tuple[float, float]:
+    """The maximum-likelihood rating of one player, and its 95 % half-width, from its games
+    ``(opponent, score)`` against opponents of ``fixed`` ratings (the scale is taken as exact). A
+    perfect or null score gets one virtual draw shared among the opponents met, as in ``ratings``."""
+    games = [(fixed[o], s, 1.0) for o, s in results]
+    points = sum(s for _, s, _ in games)
+    if points in (0.0, len(games)):
+        met = sorted({o for o, _ in results})
+        games += [(fixed[o], 0.5 / len(met), 1.0 / len(met)) for o in met]
+    low, high = min(r for r, _, _ in games) - 2000.0, max(r for r, _, _ in games) + 2000.0
+    for _ in range(100):  # bisection on the score equation: expected points = points
+        mid = (low + high) / 2
+        if sum(n * expected_score(mid - r) - s for r, s, n in games) < 0:
+            low = mid
+        else:
+            high = mid
+    rating = (low + high) / 2
+    info = sum(n * expected_score(rating - r) * (1 - expected_score(rating - r)) for r, _, n in games)
+    return rating, Z95 * 400.0 / math.log(10) / math.sqrt(info)

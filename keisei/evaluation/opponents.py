@@ -29,7 +29,7 @@ def build_opponent(cfg: OpponentConfig, device: torch.device, seed: int) -> Play
     if cfg.kind is OpponentKind.random:
         return RandomPlayer(seed, name=cfg.name or "random")
     if cfg.kind is OpponentKind.heuristic:
-        return HeuristicPlayer(seed, name=cfg.name or "heuristic")
+        return HeuristicPlayer(seed, name=cfg.name or "heuristic", random_moves=cfg.random_moves)
     if cfg.kind is OpponentKind.checkpoint:
         return checkpoint_player(str(cfg.checkpoint), device, cfg.temperature, seed, cfg.name, cfg.search)
     return UsiPlayer(str(cfg.command), args=cfg.args, options=cfg.options, movetime_ms=cfg.movetime_ms,
@@ -79,10 +79,11 @@ def opponent_preset(name: str) -> OpponentConfig:
     return validate_evaluate(composed).opponent
 
 
-def periodic_opponents(ev: EvaluationConfig, main: OpponentConfig) -> dict[str, OpponentConfig]:
+def periodic_opponents(ev: EvaluationConfig, main: OpponentConfig | None) -> dict[str, OpponentConfig]:
     """The opponent configs of ``evaluation.periodic_opponents`` by preset name, composed now (before
     training starts). A preset that cannot be played as it stands (``checkpoint``, ``usi``: they need a
-    path) or that is the main ``opponent`` again is a ``ConfigError`` naming the key."""
+    path) or that is the main ``opponent`` again (``None``: none is played) is a ``ConfigError`` naming
+    the key."""
     key = "evaluation.periodic_opponents"
     presets: dict[str, OpponentConfig] = {}
     for name in ev.periodic_opponents:

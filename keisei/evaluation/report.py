@@ -1,5 +1,6 @@
 """Results as text and metrics: the console line of a match, the round robin's summary, the
-gauntlet's markdown table, and the metrics record of a periodic evaluation (``eval/...``).
+gauntlet's and the ladder's markdown tables, and the metrics record of a periodic evaluation
+(``eval/...``, ``eval/ladder_elo``, ...).
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ def gauntlet_table(player: str, games: int, matches: list[dict[str, Any]]) -> st
     return f"{player}, {games} games per opponent\n\n" + "\n".join(rows) + "\n"
 
 
-def eval_metrics(results: dict[str, Any], global_step: int,
-                 others: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+def eval_metrics(results: dict[str, Any], global_step: int, others: dict[str, dict[str, Any]] | None = None,
+                 *, ladder: bool = False) -> dict[str, float]:
     """The metrics record of a periodic evaluation: ``eval/win_rate``, ... of the match against
-    ``opponent`` (``results``), and ``eval/<name>/win_rate``, ... of each match against one of
-    ``evaluation.periodic_opponents`` (``others``: results by preset name)."""
-    record = {"eval/global_step": global_step, **_match_metrics(results, "eval/")}
+    ``opponent`` (``results``), or with ``ladder`` the network's rating on the ladder (``results``:
+    ``keisei.evaluation.ladder.rate_agent``'s), and ``eval/<name>/win_rate``, ... of each match against
+    one of ``evaluation.periodic_opponents`` (``others``: results by preset name)."""
+    main = _ladder_metrics(results) if ladder else _match_metrics(results, "eval/")
+    record = {"eval/global_step": global_step, **main}
     for name, other in (others or {}).items():
         record.update(_match_metrics(other, f"eval/{name}/"))
     return record
@@ -53,3 +56,19 @@ def _match_metrics(results: dict[str, Any], prefix: str) -> dict[str, float]:
             f"{prefix}draw_rate": results["draws"] / results["games"], f"{prefix}elo": results["elo"],
             f"{prefix}elo_error": results["elo_error"], f"{prefix}games": results["games"],
             f"{prefix}game_length": results["game_length"]["mean"]}
+
+
+def _ladder_metrics(rating: dict[str, Any]) -> dict[str, float]:
+    """A ladder rating as metrics: ``eval/ladder_elo``, its 95 % half-width and the games it rests on."""
+    return {"eval/ladder_elo": rating["elo"], "eval/ladder_elo_error": rating["elo_error"],
+            "eval/ladder_games": rating["games"]}
+
+
+def ladder_table(player: str, elo: float, error: float, matches: list[dict[str, Any]]) -> str:
+    """The ladder rating's markdown table: the rating, then a row per rung played (its rating, the
+    agent's +W =D -L and score, and whether the agent trained against it)."""
+    rows = ["| rung | rung Elo | games | +W =D -L | score | held out |", "| --- | ---: | ---: | ---: | ---: | :---: |"]
+    for m in matches:
+        rows.append(f"| {m['opponent']} | {m['rung_elo']:.0f} | {m['games']} | +{m['wins']} ={m['draws']} "
+                    f"-{m['losses']} | {m['score']:.3f} | {'yes' if m['held_out'] else 'no (trained against)'} |")
+    return f"{player}: ladder Elo {elo:.0f} ± {error:.0f} (95 %)\n\n" + "\n".join(rows) + "\n"

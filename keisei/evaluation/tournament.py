@@ -1,6 +1,7 @@
 """Matches and tournaments between players, each writing its results (``results.json``) and game
 records into an output dir: one match (``play_and_record``), a round robin with an Elo table, a
-gauntlet (the agent against a ladder of opponents) and the matches of a periodic evaluation.
+gauntlet (the agent against a ladder of opponents) and the matches of a periodic evaluation (or its
+rating on the rated ladder, ``PeriodicLadder``).
 
 Interrupted (Ctrl-C), each keeps what was played: the finished games' records and a ``results.json``
 over them marked ``"partial": true``, then raises ``MatchInterrupted`` again.
@@ -12,14 +13,21 @@ import itertools
 import json
 import re
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keisei.config import ConfigError, EvaluationConfig
+import torch
+
+from keisei.config import ConfigError, EvaluationConfig, OpponentConfig, to_container
 from keisei.evaluation.elo import ratings
+from keisei.evaluation.opponents import build_opponent
 from keisei.evaluation.report import gauntlet_table
 from keisei.play.match import MatchGame, MatchInterrupted, match_results, on_workers, play_match, save_records
 from keisei.play.players import Player
+
+if TYPE_CHECKING:
+    from keisei.evaluation.ladder import Rung
 
 
 def play_and_record(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,
@@ -44,7 +52,7 @@ def play_and_record(agent: Player, opponent: Player, cfg: EvaluationConfig, out_
         if cfg.save_records:
             (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
             save_records(games, agent.name, opponent.name, out_dir / "games")
-        _write_json(out_dir / "results.json", results)
+        write_json(out_dir / "results.json", results)
     if interrupted is not None:
         print(f"interrupted: {len(games)} of {interrupted.planned} games played; partial results kept"
               + (f" in {out_dir / 'results.json'}" if out_dir is not None else ""), file=sys.stderr)
@@ -73,7 +81,7 @@ def round_robin(players: list[Player], cfg: EvaluationConfig, out_dir: Path, *, 
     if interrupted is not None:
         summary["partial"] = True
         summary["unrated"] = [n for n in names if n not in table]
-    _write_json(out_dir / "results.json", summary)
+    write_json(out_dir / "results.json", summary)
     if interrupted is not None:
         print(f"interrupted: partial results of {len(pairings)} pairing(s) kept in {out_dir / 'results.json'}",
               file=sys.stderr)
@@ -132,24 +140,56 @@ def gauntlet(agent: Player, opponents: list[Player], cfg: EvaluationConfig, out_
                "table": table}
     if interrupted is not None:
         summary["partial"] = True
-    _write_json(out_dir / "results.json", summary)
+    write_json(out_dir / "results.json", summary)
     (out_dir / "results.md").write_text(table, encoding="utf-8")
     if interrupted is not None:
         raise interrupted
     return summary
 
 
-def periodic_matches(agent: Player, opponent: Player, others: dict[str, Player], cfg: EvaluationConfig,
-                     out_dir: Path, *, seed: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """A periodic evaluation: the match against ``opponent`` into ``out_dir``, then one against each of
-    ``others`` (by preset name) into ``out_dir/<name>/``. Returns (results, the others' results).
+@dataclass(frozen=True)
+class PeriodicLadder:
+    """What a periodic evaluation needs to rate the network on the ladder (``evaluation=ladder``),
+    composed before training starts: the rated rungs (``keisei.evaluation.ladder.load_ladder``), their
+    opponent configs by preset, and the presets the run trains against (not held out)."""
+
+    rungs: list[Rung]
+    presets: dict[str, OpponentConfig]
+    trained_against: frozenset[str]
+
+    def rate(self, agent: Player, cfg: EvaluationConfig, out_dir: Path, device: torch.device, seed: int
+             ) -> dict[str, Any]:
+        """The agent's rating on the ladder (``rate_agent``, which builds and closes each rung played)."""
+        from keisei.evaluation.ladder import rate_agent  # keisei.evaluation.ladder imports this module
+
+        def build(rung: Rung, rung_seed: int) -> Player:
+            return build_opponent(self.presets[rung.preset], device, rung_seed)
+
+        return rate_agent(agent, self.rungs, build, cfg, out_dir, seed=seed, trained_against=self.trained_against)
+
+    def to_json(self) -> dict[str, Any]:
+        """As plain JSON, for the background worker."""
+        return {"rungs": [asdict(r) for r in self.rungs], "trained_against": sorted(self.trained_against),
+                "presets": {p: to_container(op) for p, op in self.presets.items()}}
+
+
+def periodic_matches(agent: Player, main: Player | PeriodicLadder, others: dict[str, Player], cfg: EvaluationConfig,
+                     out_dir: Path, *, seed: int, device: torch.device
+                     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A periodic evaluation: the match against the ``main`` opponent, or the agent's rating on the
+    ``main`` ladder, into ``out_dir``; then a match against each of ``others`` (by preset name) into
+    ``out_dir/<name>/``. Returns (the match's results or the rating, the others' results).
 
     Every player is reseeded here, as ``evaluate.py`` seeds them (agent ``seed``, opponent ``seed + 1``,
-    the k-th other ``seed + 1 + k``), so an evaluation plays the same games inline, where the opponents
-    are built once per run, and in the background worker, where they are built for each evaluation."""
+    the k-th other ``seed + 1 + k``; ladder rungs are built afresh, as ``rate_agent`` seeds them), so an
+    evaluation plays the same games inline, where the opponents are built once per run, and in the
+    background worker, where they are built for each evaluation."""
     agent.reseed(seed)
-    opponent.reseed(seed + 1)
-    results = play_and_record(agent, opponent, cfg, out_dir, seed=seed)
+    if isinstance(main, PeriodicLadder):
+        results = main.rate(agent, cfg, out_dir, device, seed)
+    else:
+        main.reseed(seed + 1)
+        results = play_and_record(agent, main, cfg, out_dir, seed=seed)
     played = {}
     for k, (name, player) in enumerate(others.items(), start=1):
         player.reseed(seed + 1 + k)
@@ -178,6 +218,6 @@ def _score(game: MatchGame) -> float:
     return 0.5 if winner is None else float(winner is game.a_colour)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")

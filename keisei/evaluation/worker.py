@@ -3,9 +3,10 @@
 
     python -m keisei.evaluation.worker SNAPSHOT OUT_DIR CONFIG_JSON
 
-It plays the snapshot checkpoint against the configured opponent, then against each of the
-``periodic_opponents`` (their configs, composed by the trainer, by preset name), as
-``periodic_matches`` does inline, and writes their results into ``OUT_DIR`` (``OUT_DIR/<name>/``).
+It plays the snapshot checkpoint against the configured opponent (or, given a ``ladder``, rates it
+on the ladder's rungs), then against each of the ``periodic_opponents`` (their configs, composed by
+the trainer, by preset name), as ``periodic_matches`` does inline, and writes their results into
+``OUT_DIR`` (``OUT_DIR/<name>/``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 from omegaconf import OmegaConf
 
 from keisei.config import EvaluationConfig, OpponentConfig
+from keisei.evaluation.ladder import Rung
 from keisei.evaluation.opponents import build_opponent, checkpoint_player
-from keisei.evaluation.tournament import periodic_matches
+from keisei.evaluation.tournament import PeriodicLadder, periodic_matches
 from keisei.play.players import Player
 
 
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m keisei.evaluation.worker")
     parser.add_argument("snapshot")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'periodic_opponents', 'seed', 'device'")
+    parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'periodic_opponents', 'ladder', "
+                                       "'seed', 'device'")
     args = parser.parse_args(argv)
     spec = json.loads(args.config)
     ev: EvaluationConfig = _structured(EvaluationConfig, spec["evaluation"])
@@ -42,15 +45,27 @@ def main(argv: list[str] | None = None) -> None:
     agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent", search=ev.search)
     players: list[Player] = []  # seeded by periodic_matches
     try:
-        players.append(build_opponent(_structured(OpponentConfig, spec["opponent"]), device, spec["seed"]))
+        main: Player | PeriodicLadder
+        if spec.get("ladder"):
+            main = _ladder(spec["ladder"])
+        else:
+            main = build_opponent(_structured(OpponentConfig, spec["opponent"]), device, spec["seed"])
+            players.append(main)
         others: dict[str, Player] = {}
         for name, data in spec.get("periodic_opponents", {}).items():
             others[name] = build_opponent(_structured(OpponentConfig, data), device, spec["seed"])
             players.append(others[name])
-        periodic_matches(agent, players[0], others, ev, args.out_dir, seed=spec["seed"])
+        periodic_matches(agent, main, others, ev, args.out_dir, seed=spec["seed"], device=device)
     finally:
         for player in players:
             player.close()
+
+
+def _ladder(data: dict[str, Any]) -> PeriodicLadder:
+    """The ladder of ``PeriodicLadder.to_json``."""
+    return PeriodicLadder([Rung(**r) for r in data["rungs"]],
+                          {p: _structured(OpponentConfig, op) for p, op in data["presets"].items()},
+                          frozenset(data["trained_against"]))
 
 
 def _structured(schema: type, data: dict[str, Any]) -> Any:

@@ -70,11 +70,16 @@ class HeuristicPlayer(Player):
        capturer;
     3. a promotion;
     4. a random legal move.
-    Ties are broken at random.
+    Ties are broken at random. With ``random_moves`` p > 0 it plays a uniformly random legal move
+    instead, with probability p at each move: the weaker players between random and itself that
+    the rating ladder needs (``keisei.evaluation.ladder``).
     """
 
-    def __init__(self, seed: int = 0, name: str = "heuristic") -> None:
+    def __init__(self, seed: int = 0, name: str = "heuristic", random_moves: float = 0.0) -> None:
+        if not 0 <= random_moves <= 1:
+            raise ValueError(f"random_moves must be in [0, 1], got {random_moves}")
         self.name = name
+        self.random_moves = random_moves
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -84,6 +89,8 @@ class HeuristicPlayer(Player):
         return [self._choose(game) for game in games]
 
     def _choose(self, game: Game) -> str:
+        if self.random_moves and self.rng.random() < self.random_moves:
+            return _random_move(game, self.rng)
         board = game.board
         mate = board.solve_mate_in_one()
         if mate is not None:

@@ -4,8 +4,9 @@
 (``keisei.train.algorithm``: PPO's rollout and clipped update); everything around it, the same for
 every algorithm, is ``keisei.train.run.Run``. ``train.py`` is the Hydra entry point.
 
-The objective returned (for sweepers) is the latest periodic evaluation's win rate, or the
-explained variance of the value function in the last update when evaluation is off.
+The objective returned (for sweepers) is the latest periodic evaluation's win rate (its ladder Elo
+with ``evaluation=ladder``), or the explained variance of the value function in the last update when
+evaluation is off.
 """
 
 from __future__ import annotations

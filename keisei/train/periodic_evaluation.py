@@ -1,8 +1,10 @@
 """Periodic evaluation during training: every ``evaluation.interval_timesteps`` env steps the
-network plays a match against the configured ``opponent``, then one against each preset of
-``evaluation.periodic_opponents`` (composed before training starts), and the results join the
-metrics in one record: ``eval/win_rate``, ... for ``opponent`` (the objective is its win rate),
-``eval/<preset>/win_rate``, ... for the others.
+network plays a match against the configured ``opponent`` (with ``evaluation=ladder``, instead, it is
+rated on the ladder of ``evaluation.players``: ``keisei.evaluation.ladder``), then one against each
+preset of ``evaluation.periodic_opponents`` (all composed before training starts), and the results
+join the metrics in one record: ``eval/win_rate``, ... for ``opponent`` (the objective is its win
+rate) or ``eval/ladder_elo``, ``eval/ladder_elo_error``, ``eval/ladder_games`` (the objective is the
+ladder Elo), and ``eval/<preset>/win_rate``, ... for the others.
 
 Two ways to run it behind one interface (``start`` a match, ``result`` when it is done):
 ``Inline`` plays the match at once in the training process (training waits);
@@ -23,29 +25,53 @@ from typing import Any
 import torch
 from torch import nn
 
-from keisei.config import OpponentConfig, PeriodicMode, TrainConfig, to_container
-from keisei.evaluation.opponents import build_opponent, periodic_opponents, searching_name
+from keisei.config import EvaluationMode, OpponentConfig, PeriodicMode, TrainConfig, to_container
+from keisei.evaluation.ladder import load_ladder, trained_against
+from keisei.evaluation.opponents import build_opponent, opponent_preset, periodic_opponents, searching_name
 from keisei.evaluation.report import eval_metrics
-from keisei.evaluation.tournament import periodic_matches
+from keisei.evaluation.tournament import PeriodicLadder, periodic_matches
 from keisei.nn.checkpoint import model_state, save_checkpoint
 from keisei.play.players import AgentPlayer, Player
 
 log = logging.getLogger(__name__)
 
 
+def ladder_of(cfg: TrainConfig) -> PeriodicLadder | None:
+    """The ladder that periodic evaluation rates the network on (``evaluation=ladder``, ``None``
+    otherwise): its rungs' ratings (a missing ``ladder.json`` or an unrated rung is a ``ConfigError``)
+    and opponent configs, composed now, before training starts."""
+    ev = cfg.evaluation
+    if ev.mode is not EvaluationMode.ladder or not ev.interval_timesteps:
+        return None
+    rungs = load_ladder(list(ev.players), ev.max_plies)
+    return PeriodicLadder(rungs, {r.preset: opponent_preset(r.preset) for r in rungs}, trained_against(cfg))
+
+
+def try_building(opponents: list[OpponentConfig], device: torch.device, seed: int) -> None:
+    """Build each opponent once and close it: an engine that cannot start, or a checkpoint that cannot
+    be read, fails before training, not at the first evaluation."""
+    for op in opponents:
+        build_opponent(op, device, seed).close()
+
+
 class Inline:
     """The matches are played inside ``start``; ``result`` returns their metrics once."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, others: dict[str, OpponentConfig]) -> None:
-        self.cfg, self.device, self.others = cfg, device, others
+    def __init__(self, cfg: TrainConfig, device: torch.device, others: dict[str, OpponentConfig],
+                 ladder: PeriodicLadder | None) -> None:
+        self.cfg, self.device, self.others, self.ladder = cfg, device, others, ladder
         self.opponent: Player | None = None  # built at the first evaluation, kept for the next
         self.other_players: dict[str, Player] = {}
         self.finished: dict[str, Any] | None = None
 
     def check(self) -> None:
         """Build the opponents now (an engine that cannot start fails before training, not at the first
-        evaluation) and keep them for the evaluations; ``periodic_matches`` reseeds them each time."""
-        self.opponent = build_opponent(self.cfg.opponent, self.device, self.cfg.seed)
+        evaluation) and keep them for the evaluations; ``periodic_matches`` reseeds them each time. The
+        ladder's rungs are built once to check them (``rate_agent`` builds those it plays)."""
+        if self.ladder is not None:
+            try_building(list(self.ladder.presets.values()), self.device, self.cfg.seed)
+        else:
+            self.opponent = build_opponent(self.cfg.opponent, self.device, self.cfg.seed)
         try:
             for name, op in self.others.items():
                 self.other_players[name] = build_opponent(op, self.device, self.cfg.seed)
@@ -55,14 +81,16 @@ class Inline:
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         cfg = self.cfg
-        if self.opponent is None:
+        if self.ladder is None and self.opponent is None:
             self.check()
+        main = self.ladder or self.opponent
+        assert main is not None
         agent = AgentPlayer(model, name=searching_name("agent", cfg.evaluation.search),
                             temperature=cfg.evaluation.temperature, device=self.device, seed=seed,
                             search=cfg.evaluation.search)
-        results, others = periodic_matches(agent, self.opponent, self.other_players, cfg.evaluation, out_dir,
-                                           seed=seed)
-        self.finished = eval_metrics(results, step, others)
+        results, others = periodic_matches(agent, main, self.other_players, cfg.evaluation, out_dir, seed=seed,
+                                           device=self.device)
+        self.finished = eval_metrics(results, step, others, ladder=self.ladder is not None)
 
     def result(self, wait: bool) -> dict[str, Any] | None:
         finished, self.finished = self.finished, None
@@ -77,15 +105,16 @@ class Inline:
 class Background:
     """The matches are played by a worker process from a snapshot; at most one evaluation in flight."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, others: dict[str, OpponentConfig]) -> None:
-        self.cfg, self.device, self.others = cfg, device, others
+    def __init__(self, cfg: TrainConfig, device: torch.device, others: dict[str, OpponentConfig],
+                 ladder: PeriodicLadder | None) -> None:
+        self.cfg, self.device, self.others, self.ladder = cfg, device, others, ladder
         self.pending: tuple[subprocess.Popen, int, Path] | None = None  # (process, step, out dir)
 
     def check(self) -> None:
-        """The worker will build the same opponents: build each once now (an engine that cannot start or
-        a checkpoint that cannot be read fails before training) and close it."""
-        for op in [self.cfg.opponent, *self.others.values()]:
-            build_opponent(op, self.device, self.cfg.seed + 1).close()
+        """The worker will build the same opponents (the ladder's rungs instead of ``opponent``): build
+        each once now and close it."""
+        main = [self.cfg.opponent] if self.ladder is None else list(self.ladder.presets.values())
+        try_building([*main, *self.others.values()], self.device, self.cfg.seed + 1)
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         container = to_container(self.cfg)
@@ -93,6 +122,7 @@ class Background:
         save_checkpoint({"config": container, "model": model_state(model), "global_step": step}, snapshot)
         spec = {"evaluation": container["evaluation"], "opponent": container["opponent"],
                 "periodic_opponents": {name: to_container(op) for name, op in self.others.items()},
+                "ladder": None if self.ladder is None else self.ladder.to_json(),
                 "seed": seed, "device": str(self.device)}
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
             proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.worker", str(snapshot), str(out_dir),
@@ -114,7 +144,8 @@ class Background:
                         out_dir / "worker.log")
             return None
         return eval_metrics(json.loads((out_dir / "results.json").read_text(encoding="utf-8")), step,
-                            {name: json.loads(f.read_text(encoding="utf-8")) for name, f in files.items()})
+                            {name: json.loads(f.read_text(encoding="utf-8")) for name, f in files.items()},
+                            ladder=self.ladder is not None)
 
     def close(self) -> None:
         """Stop a worker still running (interrupted run): SIGTERM (it then closes its engines),
@@ -135,14 +166,17 @@ class PeriodicEvaluation:
     """Starts an evaluation when an update crosses ``evaluation.interval_timesteps`` and returns the
     metrics records of the evaluations that finished, each tagged with ``eval/global_step``."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device, win_rate: float | None = None
+    def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device, objective: float | None = None
                  ) -> None:
         self.cfg, self.run_dir = cfg, run_dir
-        # The presets are composed now, inside the running Hydra app, before anything is written.
-        others = periodic_opponents(cfg.evaluation, cfg.opponent) if cfg.evaluation.interval_timesteps else {}
+        # The ladder and the presets are composed now, inside the running Hydra app, before anything is written.
+        ladder = ladder_of(cfg)
+        main = cfg.opponent if ladder is None else None  # the ladder replaces the match against `opponent`
+        others = periodic_opponents(cfg.evaluation, main) if cfg.evaluation.interval_timesteps else {}
         runner = Inline if cfg.evaluation.periodic is PeriodicMode.inline else Background
-        self.runner = runner(cfg, device, others)
-        self.win_rate = win_rate  # of the latest finished evaluation (a resumed run's, at first)
+        self.runner = runner(cfg, device, others, ladder)
+        self.objective_key = "eval/win_rate" if ladder is None else "eval/ladder_elo"
+        self.objective = objective  # of the latest finished evaluation (a resumed run's, at first)
         if cfg.evaluation.interval_timesteps:
             self.runner.check()
 
@@ -162,7 +196,7 @@ class PeriodicEvaluation:
             finished.append(self.runner.result(wait=True))
         records = [{"update": update, **metrics} for metrics in finished if metrics]
         if records:
-            self.win_rate = records[-1]["eval/win_rate"]
+            self.objective = records[-1][self.objective_key]
         return records
 
     def close(self) -> None:

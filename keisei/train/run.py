@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from keisei.config import ConfigError, Precision, TrainConfig, to_container
+from keisei.config import ConfigError, EvaluationMode, Precision, TrainConfig, to_container
 from keisei.nn.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.runtime import check_memory, resolve_device, seed_everything
 from keisei.train import distributed
@@ -154,7 +154,7 @@ class Run:
         for evaluation_record in self.evaluation.after_update(state.policy.model, state.global_step,
                                                               self.batch_size, state.update, self.done):
             self.logger.log(evaluation_record)
-        state.eval_win_rate = self.evaluation.win_rate
+        state.eval_win_rate = self.evaluation.objective  # the win rate, or the ladder Elo (evaluation=ladder)
 
     def checkpoint_or_stop(self) -> None:
         """Write ``last.pt`` when an interval is due or a stop signal came; on a signal, exit (or requeue).
@@ -274,6 +274,11 @@ def write_record(cfg: TrainConfig, run_dir: Path, state: TrainState) -> None:
     truncate_metrics(metrics, state.update)
 
 
+def _objective_name(cfg: TrainConfig) -> str:
+    """What a periodic evaluation's objective is: the win rate against ``opponent``, or the ladder Elo."""
+    return "ladder Elo" if cfg.evaluation.mode is EvaluationMode.ladder else "win rate"
+
+
 def summary(state: TrainState, run_dir: Path) -> str:
     """What the run produced, for the console."""
     return "\n".join([
@@ -283,6 +288,6 @@ def summary(state: TrainState, run_dir: Path) -> str:
         f"checkpoints: {run_dir / 'checkpoints' / 'final.pt'} (and last.pt)",
         f"metrics:     {run_dir / 'metrics.jsonl'} (config: {run_dir / 'config.yaml'})",
         f"objective:   {state.objective:.4f} ("
-        + ("latest evaluation win rate)" if state.eval_win_rate is not None
+        + (f"latest evaluation {_objective_name(state.cfg)})" if state.eval_win_rate is not None
            else "explained variance of the value head in the last update)"),
     ])

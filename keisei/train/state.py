@@ -42,7 +42,8 @@ class TrainState:
     games_total: int = 0
     wandb_run_id: str | None = None
     #: What the run returns to a sweeper (see keisei.train.loop), kept so that a run resumed with nothing
-    #: left to train still reports it; ``eval_win_rate`` the latest periodic evaluation's, if any.
+    #: left to train still reports it; ``eval_win_rate`` the latest periodic evaluation's, if any (its win
+    #: rate, or with ``evaluation=ladder`` its ladder Elo; the name is the checkpoint's key).
     objective: float = float("nan")
     eval_win_rate: float | None = None
 

@@ -33,8 +33,8 @@ class SweepSummary(Callback):
                                                                  default=0):
             # Hydra turns a callback's exception into a warning and goes on: stop here instead.
             print("Error: evaluation.interval_timesteps=0: a hyperparameter search optimises playing strength, "
-                  "the win rate of periodic evaluation; set evaluation.interval_timesteps (e.g. 1e5) and an "
-                  "opponent (e.g. opponent=heuristic)", file=sys.stderr)
+                  "the win rate of periodic evaluation (its ladder Elo with evaluation=ladder); set "
+                  "evaluation.interval_timesteps (e.g. 1e5) and an opponent (e.g. opponent=heuristic)", file=sys.stderr)
             sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
