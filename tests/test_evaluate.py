@@ -180,13 +180,29 @@ def test_gauntlet_table(trained_run: Path, tmp_path: Path) -> None:
     for k, m in enumerate(r["matches"]):
         assert_match_results(m, 2)
         match_dir = next(out.glob(f"{k:02d}-*"))
-        assert results(match_dir) == m
+        assert results(match_dir) == {key: v for key, v in m.items() if key != "held_out"}  # the summary marks it
         assert len(game_index(match_dir)) == 2
     assert r["score"] == pytest.approx(sum(m["score"] for m in r["matches"]) / 3)
     table = (out / "results.md").read_text(encoding="utf-8").splitlines()
     assert [line.split("|")[1].strip() for line in table if line.startswith("| ") and "---" not in line][1:] == \
         ["random", "heuristic", "fairy-stockfish-weakest"]
     assert "| heuristic | 2 |" in proc.stdout
+    assert all(m["held_out"] for m in r["matches"])  # this run trained by self-play alone
+    assert all(line.endswith("| yes |") for line in table if line.startswith("| ") and "---" not in line
+               and "opponent" not in line)
+
+
+def test_gauntlet_marks_the_opponent_the_agent_trained_against(tmp_path: Path) -> None:
+    """A run whose opponent pool plays the heuristic player: the gauntlet's table says so on its row
+    ("no (trained against)" under "held out"); the other rows are held out."""
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=128", "training.opponent_pool.heuristic_fraction=0.5")
+    out = tmp_path / "eval"
+    evaluate(out, f"checkpoint={run_dir}", "evaluation=gauntlet", "evaluation.games=2", "evaluation.max_plies=20",
+             "evaluation.players=[random,heuristic]")
+    assert [m["held_out"] for m in results(out)["matches"]] == [True, False]
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert "| heuristic | 2 |" in table and table.count("no (trained against)") == 1
 
 
 def test_heuristic_beats_barely_trained_agent(trained_run: Path, tmp_path: Path) -> None:

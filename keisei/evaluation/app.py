@@ -53,10 +53,12 @@ def _single_opponent(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.devi
 
 def _gauntlet(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.device, out_dir: Path) -> float:
     """The agent against each of ``evaluation.players`` in turn; returns its mean score."""
+    trained = trained_against(from_container(load_checkpoint(cfg.checkpoint)["config"]))
     with ExitStack() as stack:
         opponents = _listed_players(cfg, device, stack)
         results = gauntlet(agent, opponents, cfg.evaluation, out_dir, seed=cfg.seed,
-                           progress=cfg.logging.progress_bar)
+                           progress=cfg.logging.progress_bar,
+                           held_out=[entry not in trained for entry in cfg.evaluation.players])
         print(results["table"])
     return results["score"]
 

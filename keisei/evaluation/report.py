@@ -28,13 +28,20 @@ def format_round_robin(summary: dict[str, Any]) -> str:
 
 
 def gauntlet_table(player: str, games: int, matches: list[dict[str, Any]]) -> str:
-    """The gauntlet's markdown table: a row per opponent with +W =D -L, win rate [95 %] and Elo."""
-    rows = ["| opponent | games | +W =D -L | win rate [95 %] | Elo |", "| --- | ---: | ---: | ---: | ---: |"]
+    """The gauntlet's markdown table: a row per opponent with +W =D -L, win rate [95 %] and Elo, and
+    whether the agent trained against it when the matches say (``held_out``)."""
+    marked = all("held_out" in r for r in matches)
+    rows = ["| opponent | games | +W =D -L | win rate [95 %] | Elo |" + (" held out |" if marked else ""),
+            "| --- | ---: | ---: | ---: | ---: |" + (" :---: |" if marked else "")]
     for r in matches:
         rows.append(f"| {r['opponent']} | {r['games']} | +{r['wins']} ={r['draws']} -{r['losses']} | "
                     f"{r['win_rate']:.3f} [{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}] | "
-                    f"{r['elo']:+.0f} ± {r['elo_error']:.0f} |")
+                    f"{r['elo']:+.0f} ± {r['elo_error']:.0f} |" + (f" {_held_out(r)} |" if marked else ""))
     return f"{player}, {games} games per opponent\n\n" + "\n".join(rows) + "\n"
+
+
+def _held_out(results: dict[str, Any]) -> str:
+    return "yes" if results["held_out"] else "no (trained against)"
 
 
 def eval_metrics(results: dict[str, Any], global_step: int, others: dict[str, dict[str, Any]] | None = None,
@@ -70,5 +77,5 @@ def ladder_table(player: str, elo: float, error: float, matches: list[dict[str, 
     rows = ["| rung | rung Elo | games | +W =D -L | score | held out |", "| --- | ---: | ---: | ---: | ---: | :---: |"]
     for m in matches:
         rows.append(f"| {m['opponent']} | {m['rung_elo']:.0f} | {m['games']} | +{m['wins']} ={m['draws']} "
-                    f"-{m['losses']} | {m['score']:.3f} | {'yes' if m['held_out'] else 'no (trained against)'} |")
+                    f"-{m['losses']} | {m['score']:.3f} | {_held_out(m)} |")
     return f"{player}: ladder Elo {elo:.0f} ± {error:.0f} (95 %)\n\n" + "\n".join(rows) + "\n"

@@ -115,10 +115,11 @@ def _play_pairings(players: list[Player], cfg: EvaluationConfig, out_dir: Path, 
 
 
 def gauntlet(agent: Player, opponents: list[Player], cfg: EvaluationConfig, out_dir: Path, *, seed: int,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, held_out: list[bool] | None = None) -> dict[str, Any]:
     """The agent against each opponent of a ladder in turn (``cfg.games`` games each, colours
     alternating): each match in ``out_dir/<k>-<opponent>/``, and a table (``results.json``,
     ``results.md``) of win rate, interval, Elo and error per opponent. ``score``: the mean score.
+    ``held_out`` (one per opponent): whether the agent never trained against it, a column of the table.
 
     Interrupted, it keeps the matches so far (the interrupted one's finished games included) in a
     ``results.json`` marked ``"partial": true`` and raises ``MatchInterrupted``."""
@@ -135,6 +136,8 @@ def gauntlet(agent: Player, opponents: list[Player], cfg: EvaluationConfig, out_
             break
     if interrupted is not None and not matches:
         raise interrupted
+    if held_out is not None:
+        matches = [{**m, "held_out": h} for m, h in zip(matches, held_out, strict=False)]
     table = gauntlet_table(agent.name, cfg.games, matches)
     summary = {"player": agent.name, "matches": matches, "score": sum(r["score"] for r in matches) / len(matches),
                "table": table}
