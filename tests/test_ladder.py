@@ -426,7 +426,9 @@ def test_rate_agent_moves_up_for_the_heuristic_player(presets, tmp_path: Path):
     check_summary(summary, out, "greedy", 4, played)
 
 
-def test_rate_agent_marks_the_rungs_trained_against(presets, tmp_path: Path):
+def test_rate_agent_plays_only_held_out_rungs(presets, tmp_path: Path):
+    """A run that trained against the heuristic player is rated on the other rungs only; a ladder of
+    nothing but rungs it trained against is played all the same, each marked so in the table."""
     path = tmp_path / "ladder.json"
     write_ladder(path, presets)
     rungs = load_ladder(SIX, 256, path)
@@ -436,10 +438,18 @@ def test_rate_agent_marks_the_rungs_trained_against(presets, tmp_path: Path):
     ev = EvaluationConfig(games=2, max_plies=256, ladder_rungs=len(SIX) + 2)  # more than there are: all of them
     summary = rate_agent(RandomPlayer(seed=3, name="agent"), rungs, build_rung(presets), ev, out, seed=13,
                          trained_against=trained_against(cfg))
-    assert len(played_dirs(out)) == len(SIX)
-    check_adaptive_choice(rungs, out)
-    check_summary(summary, out, "agent", 2, rungs)
-    assert {m["rung"]: m["held_out"] for m in summary["matches"]} == {p: p != "heuristic" for p in SIX}
+    held_out = [r for r in rungs if r.preset != "heuristic"]
+    assert len(played_dirs(out)) == len(held_out)
+    check_adaptive_choice(held_out, out)
+    check_summary(summary, out, "agent", 2, held_out)
+    assert {m["rung"] for m in summary["matches"]} == {r.preset for r in held_out}
+    assert all(m["held_out"] for m in summary["matches"])
+
+    only = load_ladder(["heuristic"], 256, path)
+    out = tmp_path / "only"
+    summary = rate_agent(RandomPlayer(seed=3, name="agent"), only, build_rung(presets), ev, out, seed=13,
+                         trained_against=trained_against(cfg))
+    assert [(m["rung"], m["held_out"]) for m in summary["matches"]] == [("heuristic", False)]
     table = (out / "results.md").read_text(encoding="utf-8")
     assert table.count("no (trained against)") == 1
     assert next(line for line in table.splitlines() if "trained against" in line).startswith("| heuristic |")

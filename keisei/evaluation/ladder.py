@@ -90,13 +90,16 @@ def rate_ladder(rungs: dict[str, OpponentConfig], cfg: EvaluationConfig, out_dir
         finally:
             a.close()
             b.close()
-    required = {frozenset((presets[i], presets[j])) for i, j in pairs(len(presets))}
-    for i, a in enumerate(presets):  # earlier pairs of these rungs (a reordered ladder's old neighbours)
-        for b in presets[i + 1:]:
-            if frozenset((a, b)) not in required and (played := _played(out_dir, a, b, cfg.games)) is not None:
-                matches.append(played)
     names = [rungs[p].name or rungs[p].kind.value for p in presets]
-    return fit_ladder(presets, names, matches, anchor, cfg.games)
+    return fit_ladder(presets, names, matches + _earlier_pairs(presets, out_dir, cfg.games), anchor, cfg.games)
+
+
+def _earlier_pairs(presets: list[str], out_dir: Path, games: int) -> list[dict[str, Any]]:
+    """The complete matches in ``out_dir`` between rungs of ``presets`` that ``pairs`` does not
+    name: the neighbours of an earlier order of the ladder."""
+    required = {frozenset((presets[i], presets[j])) for i, j in pairs(len(presets))}
+    others = [(a, b) for i, a in enumerate(presets) for b in presets[i + 1:] if frozenset((a, b)) not in required]
+    return [m for a, b in others if (m := _played(out_dir, a, b, games)) is not None]
 
 
 def _played(out_dir: Path, a: str, b: str, games: int) -> dict[str, Any] | None:
@@ -134,12 +137,15 @@ def rate_agent(agent: Player, rungs: list[Rung], build: Callable[[Rung, int], Pl
                progress: bool = False) -> dict[str, Any]:
     """The agent's rating on the ladder: ``cfg.ladder_rungs`` rungs, ``cfg.games`` games each (colours
     alternating), the first mid-ladder, each next one the unplayed rung rated nearest the agent's
-    rating so far. Returns (and writes to ``out_dir/results.json``, with a markdown table in
-    ``results.md`` and each match in ``out_dir/<k>-<rung>/``) ``elo``, ``elo_error`` (95 %), and the
-    per-rung ``matches``; a rung in ``trained_against`` is marked so (not held out).
+    rating so far; only rungs it never trained against (``trained_against``: they would rate what it
+    learnt against them, not its strength) unless every rung is one. Returns (and writes to
+    ``out_dir/results.json``, with a markdown table in ``results.md`` and each match in
+    ``out_dir/<k>-<rung>/``) ``elo``, ``elo_error`` (95 %), and the per-rung ``matches``, each
+    marked ``held_out``.
 
     Interrupted, it rates the agent on the games played (``"partial": true``) and raises again."""
     played: list[tuple[Rung, dict[str, Any]]] = []
+    rungs = [r for r in rungs if r.preset not in trained_against] or rungs
     estimate = rungs[len(rungs) // 2].elo
     interrupted = None
     for k in range(min(cfg.ladder_rungs, len(rungs))):
