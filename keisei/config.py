@@ -125,6 +125,7 @@ class TrainingConfig:
     checkpoint_interval_minutes: float = 10.0  # also write last.pt this often, whichever comes first (0: off)
     precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
     compile: bool = False  # torch.compile the network
+    init_checkpoint: str | None = None  # a new run starts from its weights (file or run dir; a resumed run ignores it)
     opponent_pool: OpponentPoolConfig = field(default_factory=OpponentPoolConfig)
 
 
@@ -145,6 +146,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     norm_adv: bool = True
     target_kl: float | None = None  # stop the epochs of an update early above this KL
+    init_kl_coef: float = 0.0  # loss += this * KL(pi_init || pi), pi_init: training.init_checkpoint's policy (0: off)
 
 
 #: The keys that moved from ``training`` to ``algorithm`` when PPO became one ``algorithm`` option.
@@ -404,7 +406,7 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     assert isinstance(cfg, TrainConfig)
     _validate_training(cfg.training)
     if isinstance(cfg.algorithm, PPOConfig):
-        _validate_ppo(cfg.algorithm, cfg.env)
+        _validate_ppo(cfg.algorithm, cfg.env, cfg.training)
     _validate_opponent_pool(cfg.training.opponent_pool, cfg.env)
     _validate_env(cfg.env)
     _validate_model(cfg.model)
@@ -434,7 +436,7 @@ def _validate_training(t: TrainingConfig) -> None:
     _check(t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm, "must be > 0")
 
 
-def _validate_ppo(a: PPOConfig, e: EnvConfig) -> None:
+def _validate_ppo(a: PPOConfig, e: EnvConfig, t: TrainingConfig) -> None:
     _check(0 < a.gamma <= 1, "algorithm.gamma", a.gamma, "must be in (0, 1]")
     _check(0 <= a.gae_lambda <= 1, "algorithm.gae_lambda", a.gae_lambda, "must be in [0, 1]")
     _check(a.num_steps >= 2, "algorithm.num_steps", a.num_steps, "must be >= 2")
@@ -447,6 +449,9 @@ def _validate_ppo(a: PPOConfig, e: EnvConfig) -> None:
     for key in ("ent_coef", "vf_coef"):
         _check(getattr(a, key) >= 0, f"algorithm.{key}", getattr(a, key), "must be >= 0")
     _check(a.target_kl is None or a.target_kl > 0, "algorithm.target_kl", a.target_kl, "must be > 0 or null")
+    _check(a.init_kl_coef >= 0, "algorithm.init_kl_coef", a.init_kl_coef, "must be >= 0 (0: off)")
+    _check(a.init_kl_coef == 0 or bool(t.init_checkpoint), "algorithm.init_kl_coef", a.init_kl_coef,
+           "needs training.init_checkpoint=PATH (the penalty pulls towards the network the run starts from)")
 
 
 def _validate_opponent_pool(pool: OpponentPoolConfig, e: EnvConfig) -> None:

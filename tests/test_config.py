@@ -212,6 +212,8 @@ def test_appended_unknown_key_is_rejected(override: str) -> None:
     (["training.opponent_pool.fraction=0.5", "training.opponent_pool.heuristic_fraction=0.75"],
      "training.opponent_pool.heuristic_fraction"),
     (["training.opponent_pool.heuristic_fraction=0.5", "env.workers=2"], "training.opponent_pool.heuristic_fraction"),
+    (["algorithm.init_kl_coef=-0.1", "training.init_checkpoint=start.pt"], "algorithm.init_kl_coef"),
+    (["algorithm.init_kl_coef=0.1"], "algorithm.init_kl_coef"),
 ])
 def test_range_checks_name_the_key(overrides: list[str], key: str) -> None:
     cfg = compose_cfg(*overrides)
@@ -228,9 +230,18 @@ def test_range_checks_name_the_key(overrides: list[str], key: str) -> None:
     ["env.max_plies=10", "env.opening_plies=9"],
     ["training.precision=bf16", "device=cpu"],
     ["training.precision=fp16", "device=cuda"],
+    ["algorithm.init_kl_coef=0", "training.init_checkpoint=start.pt"],
+    ["algorithm.init_kl_coef=0.1", "training.init_checkpoint=start.pt"],
 ])
 def test_boundary_values_are_accepted(overrides: list[str]) -> None:
     assert isinstance(validate(compose_cfg(*overrides)), TrainConfig)
+
+
+def test_init_kl_coef_without_init_checkpoint_says_what_it_needs() -> None:
+    with pytest.raises(ConfigError, match=r"^algorithm\.init_kl_coef=0\.1: needs training\.init_checkpoint="):
+        validate(compose_cfg("algorithm.init_kl_coef=0.1"))
+    assert validate(compose_cfg()).training.init_checkpoint is None
+    assert validate(compose_cfg()).algorithm.init_kl_coef == 0.0
 
 
 def test_minibatch_error_states_the_batch() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -13,7 +14,7 @@ from torch.distributions import Categorical
 from keisei.config import ModelConfig, ModelName, Norm, OpponentPoolConfig, PPOConfig, Schedule, TrainingConfig
 from keisei.env.vec_env import VecEnv
 from keisei.nn.model import build_model
-from keisei.nn.policy import Policy, invert_cdf, masked_logits, sample
+from keisei.nn.policy import Policy, invert_cdf, kl_divergence, masked_logits, sample
 from keisei.play.players import HeuristicPlayer
 from keisei.shogi import NUM_ACTIONS, NUM_PLANES, Game, legal_mask
 from keisei.train.opponent_pool import HEURISTIC, OpponentPool
@@ -462,6 +463,61 @@ def test_ppo_update_with_a_single_legal_action_per_row() -> None:
     assert metrics["losses/approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert metrics["losses/clipfrac"] == 0.0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_kl_divergence_is_over_the_legal_moves_only() -> None:
+    """KL(ref || pi) against torch's on the legal labels alone; illegal labels, however large their raw
+    logits in either network, add nothing, and get no gradient."""
+    gen = torch.Generator().manual_seed(0)
+    ref, new = (torch.randn(3, NUM_ACTIONS, generator=gen) * 3 for _ in range(2))
+    new[:, 7] = ref[:, 11] = 1e4  # huge illegal logits
+    mask = torch.zeros(3, NUM_ACTIONS, dtype=torch.bool)
+    mask[0, 5] = True  # one legal move: both put all their mass there
+    mask[1, [5, 100, 2186]] = True
+    mask[2, torch.randperm(NUM_ACTIONS, generator=gen)[:40]] = True
+    mask[:, [7, 11]] = False
+    x = new.clone().requires_grad_(True)
+    kl = kl_divergence(masked_logits(ref, mask), masked_logits(x, mask))
+    for row in range(3):
+        legal = mask[row]
+        expected = torch.distributions.kl_divergence(Categorical(logits=ref[row, legal].double()),
+                                                     Categorical(logits=new[row, legal].double()))
+        assert kl[row].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+    assert kl[0] == 0.0 and kl[1] > 0 and kl[2] > 0
+    assert torch.all(kl_divergence(masked_logits(ref, mask), masked_logits(ref, mask)) == 0)
+    kl.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.all(x.grad[~mask] == 0)
+
+
+def _frozen(model: torch.nn.Module) -> Policy:
+    return Policy(copy.deepcopy(model).eval().requires_grad_(False))
+
+
+def test_init_kl_is_logged_and_off_at_coefficient_zero() -> None:
+    """With the network the run started from: ``losses/init_kl`` is logged, 0 before the first step;
+    at ``init_kl_coef`` 0 the update is exactly the one without it, at > 0 it ends nearer the start."""
+    batch = _batch(_tiny_model(), size=32, legal_counts=[3, 8, 30], seed=4)
+    cfg = PPOConfig(minibatch_size=32, update_epochs=1)
+    plain, init = _tiny_model(), _tiny_model()
+    start = _frozen(init)
+    assert "losses/init_kl" not in _update(plain, batch, cfg)
+    optimizer = build_optimizer(init, TrainingConfig())
+    metrics = ppo_update(Policy(init), optimizer, batch, cfg, TrainingConfig().max_grad_norm,
+                         torch.Generator().manual_seed(0), init_policy=start)
+    assert metrics["losses/init_kl"] == 0.0  # one minibatch, measured before its step
+    assert_same_parameters(plain, init)
+    drift = {}
+    for coef in (0.0, 100.0):
+        model, cfg = _tiny_model(), PPOConfig(minibatch_size=8, update_epochs=4, init_kl_coef=coef)
+        optimizer = build_optimizer(model, TrainingConfig(learning_rate=1e-2))
+        drift[coef] = ppo_update(Policy(model), optimizer, batch, cfg, TrainingConfig().max_grad_norm,
+                                 torch.Generator().manual_seed(0), init_policy=start)["losses/init_kl"]
+    assert 0 < drift[100.0] < drift[0.0] / 2
+
+
+def assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
 
 
 def test_masked_logits_give_illegal_actions_zero_probability() -> None:

@@ -471,3 +471,153 @@ def test_resume_drops_tensorboard_events_written_after_checkpoint(tmp_path: Path
     (run_dir / "checkpoints" / "last.pt").write_bytes(kept)  # the crash: update 4 logged, not saved
     train(run_dir, *tb, "training.total_timesteps=512")
     assert _tensorboard_steps(run_dir, "losses/value_loss") == [128, 256, 384, 512]
+
+
+# --- starting from a trained network (training.init_checkpoint, algorithm.init_kl_coef) -----------
+
+#: TINY with a tiny ResNet, the default model (1 block of 8 channels).
+RESNET = [*(o for o in TINY if o != "model=mlp"), "model=resnet", "model.blocks=1", "model.channels=8",
+          "model.value_hidden=8"]
+#: Six updates at a high learning rate from ``resnet_source``: the policy drifts far from its start.
+DRIFT = [*RESNET, CONSTANT, "training.learning_rate=1e-2", "training.total_timesteps=768"]
+
+
+@pytest.fixture(scope="module")
+def resnet_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained network to start from: one update of the tiny ResNet (seed 5)."""
+    run_dir = tmp_path_factory.mktemp("resnet_source") / "run"
+    train(run_dir, *RESNET, "training.total_timesteps=128", "seed=5", tiny=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def drift(tmp_path_factory: pytest.TempPathFactory, resnet_source: Path) -> dict[float, Path]:
+    """``DRIFT`` from ``resnet_source`` without (0) and with (10) the KL penalty; same seed."""
+    runs = {}
+    for coef in (0.0, 10.0):
+        runs[coef] = tmp_path_factory.mktemp(f"drift_{coef:g}") / "run"
+        train(runs[coef], *DRIFT, f"training.init_checkpoint={resnet_source}", f"algorithm.init_kl_coef={coef}",
+              tiny=False)
+    return runs
+
+
+def test_start_run_builds_the_network_of_init_checkpoint(tmp_path: Path, resnet_source: Path) -> None:
+    """What train.py trains first (``start_run``, in process): the checkpoint's weights, as the network
+    and as the frozen starting network; optimiser and counters fresh."""
+    from hydra import compose, initialize_config_dir
+
+    from keisei.config import register_configs, validate
+    from keisei.train.run import start_run
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = validate(compose("train", overrides=[*RESNET, f"training.init_checkpoint={resnet_source}"]))
+    state = start_run(cfg, tmp_path / "run")
+    try:
+        source = checkpoint(resnet_source, "last.pt")["model"]
+        assert_same_weights(state.policy.model.state_dict(), source)
+        assert state.init_policy is not None
+        assert_same_weights(state.init_policy.model.state_dict(), source)
+        assert not any(p.requires_grad for p in state.init_policy.model.parameters())
+        assert state.global_step == state.update == 0 and not state.optimizer.state
+    finally:
+        state.env.close()
+
+
+def test_run_from_init_checkpoint_starts_from_its_weights(tmp_path: Path, resnet_source: Path) -> None:
+    """One update, one epoch, one minibatch: the KL to the starting network is measured before the
+    first step (0: the network trained is the one the checkpoint holds); only the weights came over."""
+    source = resnet_source / "checkpoints" / "final.pt"
+    run_dir = tmp_path / "run"
+    train(run_dir, *RESNET, "training.total_timesteps=128", "algorithm.update_epochs=1",
+          "algorithm.minibatch_size=128", f"training.init_checkpoint={source}", tiny=False)
+    (first,) = metrics(run_dir)
+    assert first["losses/init_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert first["losses/approx_kl"] == pytest.approx(0.0, abs=1e-9)
+    final, start = checkpoint(run_dir), checkpoint(resnet_source)
+    assert_same_weights(final["init_model"], start["model"])
+    assert not all(torch.equal(final["model"][k], start["model"][k]) for k in start["model"])  # it trained
+    assert final["global_step"] == 128 and final["update"] == 1
+    assert {s["step"].item() for s in final["optimizer"]["state"].values()} == {1}  # a fresh Adam: one step
+    assert from_container(final["config"]).training.init_checkpoint == str(source)
+    assert f"init_checkpoint: {source}" in (run_dir / "config.yaml").read_text(encoding="utf-8")
+
+
+def test_smoke_run_has_no_starting_network(straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    assert not any("losses/init_kl" in r for r in metrics(straight[0]))
+    assert "init_model" not in checkpoint(straight[0])
+
+
+def init_error(run_dir: Path, *overrides: str) -> str:
+    """The one line a refused launch prints; nothing of the run dir is left."""
+    proc = train(run_dir, *overrides, check=False, tiny=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert not run_dir.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["model.channels=16"], "model.channels=16 (checkpoint: 8)"),
+    (["model=mlp"], "model.name='mlp' (checkpoint: 'resnet')"),
+])
+def test_init_checkpoint_of_another_model_is_refused(tmp_path: Path, resnet_source: Path, overrides: list[str],
+                                                     named: str) -> None:
+    base = RESNET if overrides[0] != "model=mlp" else TINY
+    line = init_error(tmp_path / "run", *base, *overrides, "training.total_timesteps=128",
+                      f"training.init_checkpoint={resnet_source}")
+    assert str(resnet_source / "checkpoints" / "last.pt") in line and "training.init_checkpoint" in line
+    assert named in line
+
+
+def test_unreadable_or_missing_init_checkpoint_is_refused(tmp_path: Path, resnet_source: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((resnet_source / "checkpoints" / "last.pt").read_bytes()[:10_000])
+    line = init_error(tmp_path / "run", *RESNET, f"training.init_checkpoint={bad}")
+    assert str(bad) in line and "not a readable checkpoint" in line
+    missing = tmp_path / "nowhere.pt"
+    assert str(missing) in init_error(tmp_path / "run", *RESNET, f"training.init_checkpoint={missing}")
+
+
+def test_init_kl_coef_without_init_checkpoint_is_refused(tmp_path: Path) -> None:
+    line = init_error(tmp_path / "run", *TINY, "algorithm.init_kl_coef=0.1")
+    assert line.startswith("Error: algorithm.init_kl_coef=0.1: needs training.init_checkpoint")
+
+
+def _kl_to(start: Path, final: Path, games: list) -> float:
+    """KL(start's policy || final's policy) over the legal moves, averaged over the positions of ``games``."""
+    from keisei.nn.checkpoint import load_model
+    from keisei.nn.policy import Policy, kl_divergence
+    from keisei.shogi import encode
+
+    obs, mask = (torch.from_numpy(a) for a in encode([g for g in games if not g.is_over]))
+    with torch.no_grad():
+        start_logits, final_logits = (Policy(load_model(p)[0]).logits_and_value(obs, mask)[0] for p in (start, final))
+        return float(kl_divergence(start_logits, final_logits).mean())
+
+
+def test_init_kl_coef_keeps_the_policy_near_its_start(drift: dict[float, Path], resnet_source: Path,
+                                                      random_positions: list) -> None:
+    free, held = (_kl_to(resnet_source, drift[c] / "checkpoints" / "final.pt", random_positions) for c in (0.0, 10.0))
+    assert held < free / 2, (held, free)  # measured: 0.024 against 0.124
+    for run_dir in drift.values():  # logged with the penalty on or off
+        assert all(r["losses/init_kl"] >= 0 for r in metrics(run_dir))
+    assert metrics(drift[10.0])[-1]["losses/init_kl"] < metrics(drift[0.0])[-1]["losses/init_kl"]
+
+
+def test_resume_ignores_init_checkpoint(tmp_path: Path, drift: dict[float, Path], resnet_source: Path) -> None:
+    """A run resumed in its run dir goes on from its own checkpoint, the network and the starting network
+    it holds, even with init_checkpoint now naming another network: the same run as without a break."""
+    run_dir, penalty = tmp_path / "run", "algorithm.init_kl_coef=10.0"
+    train(run_dir, *DRIFT, "training.total_timesteps=384", f"training.init_checkpoint={resnet_source}", penalty,
+          tiny=False)
+    other = drift[0.0] / "checkpoints" / "final.pt"  # same model config, other weights
+    train(run_dir, *DRIFT, f"training.init_checkpoint={other}", penalty, tiny=False)
+    straight_dir = drift[10.0]
+    assert [r["update"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert losses(metrics(run_dir)) == losses(metrics(straight_dir))
+    assert [r["losses/init_kl"] for r in metrics(run_dir)] == [r["losses/init_kl"] for r in metrics(straight_dir)]
+    assert_same_weights(checkpoint(run_dir)["model"], checkpoint(straight_dir)["model"])
+    assert_same_weights(checkpoint(run_dir)["init_model"], checkpoint(resnet_source)["model"])

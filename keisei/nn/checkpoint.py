@@ -6,8 +6,9 @@ to rebuild its network from the file alone:
 ``optimizer``, ``scaler``, ``global_step``, ``update``, ``rng`` (torch, CUDA and update
 shuffling generator states), ``env`` (games in progress, opening seeds), ``opponent_pool``
 (snapshots, each game's opponent), ``wandb_run_id``, ``games_total``, ``objective``,
-``eval_win_rate``, ``world_size`` and, for a distributed run, ``ranks`` (each rank's ``rng``,
-``env`` and ``opponent_pool``); see ``keisei.train.state``.
+``eval_win_rate``, ``world_size``, for a distributed run ``ranks`` (each rank's ``rng``,
+``env`` and ``opponent_pool``) and, for a run started from ``training.init_checkpoint``,
+``init_model`` (the weights it started from); see ``keisei.train.state``.
 """
 
 from __future__ import annotations

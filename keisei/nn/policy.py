@@ -1,7 +1,8 @@
 """The one masked policy: a network's logits restricted to the legal moves, and its value.
 
 Everything that plays or trains a network goes through ``Policy``: the rollout (``act``),
-the PPO update (``logprob_entropy_value``, CleanRL's ``get_action_and_value`` with the action given),
+the PPO update (``logits_and_value``, then ``logprob_entropy``: CleanRL's ``get_action_and_value`` with
+the action given; ``kl_divergence`` to the network a run started from),
 ``AgentPlayer`` in matches and the USI engine (``act`` with a temperature), and bootstrap
 values (``value``). Illegal actions get the most negative finite logit: zero probability,
 finite entropy terms.
@@ -19,6 +20,21 @@ def masked_logits(logits: torch.Tensor, legal_mask: torch.Tensor) -> torch.Tenso
     """Float32 logits with illegal actions at the most negative finite value."""
     logits = logits.float()
     return logits.masked_fill(~legal_mask, torch.finfo(logits.dtype).min)
+
+
+def logprob_entropy(logits: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities (B,) of the given actions and entropies (B,) of masked logits (B, 2187)."""
+    logp = torch.log_softmax(logits, dim=1)
+    # softmax, not logp.exp(): exp of the masked entries' huge negative logs is ten times slower
+    entropy = -(torch.softmax(logits, dim=1) * logp).sum(dim=1)
+    return logp.gather(1, action[:, None]).squeeze(1), entropy
+
+
+def kl_divergence(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(ref || pi) per row (B,) of two masked logits (B, 2187) of the same positions: a sum over the
+    legal moves, where the illegal ones, of probability 0 under ``ref``, add exactly 0."""
+    ref_logp = torch.log_softmax(ref_logits, dim=1)
+    return (torch.softmax(ref_logits, dim=1) * (ref_logp - torch.log_softmax(logits, dim=1))).sum(dim=1)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -99,10 +115,7 @@ class Policy:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities (B,) of the given actions, entropies (B,) and values (B,), with gradients."""
         logits, value = self.logits_and_value(obs, mask)
-        logp = torch.log_softmax(logits, dim=1)
-        # softmax, not logp.exp(): exp of the masked entries' huge negative logs is ten times slower
-        entropy = -(torch.softmax(logits, dim=1) * logp).sum(dim=1)
-        return logp.gather(1, action[:, None]).squeeze(1), entropy, value
+        return (*logprob_entropy(logits, action), value)
 
     @torch.no_grad()
     def value(self, obs: torch.Tensor) -> torch.Tensor:

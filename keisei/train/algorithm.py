@@ -44,7 +44,7 @@ class PPO:
     def learn(self, batch: Batch) -> dict[str, float]:
         s = self.state
         return ppo_update(s.policy, s.optimizer, batch, self.cfg, s.cfg.training.max_grad_norm, s.generator,
-                          s.scaler)
+                          s.scaler, s.init_policy)
 
 
 #: The algorithm of each ``algorithm`` config type.

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from keisei.config import PPOConfig
-from keisei.nn.policy import Policy
+from keisei.nn.policy import Policy, kl_divergence, logprob_entropy
 from keisei.train import distributed
 from keisei.train.optim import optimizer_step
 
@@ -81,8 +81,10 @@ class Batch:
 
 def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, cfg: PPOConfig,
                max_grad_norm: float, generator: torch.Generator,
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """``cfg.update_epochs`` epochs of clipped PPO over shuffled minibatches; returns loss metrics."""
+               scaler: torch.amp.GradScaler | None = None, init_policy: Policy | None = None) -> dict[str, float]:
+    """``cfg.update_epochs`` epochs of clipped PPO over shuffled minibatches; returns loss metrics.
+    ``init_policy``: the network the run started from (``training.init_checkpoint``), frozen: adds
+    ``losses/init_kl`` and, with ``cfg.init_kl_coef`` > 0, its penalty (``ppo_loss``)."""
     model = policy.model
     # Eval mode, as in the rollout: the old and new log-probabilities come from the same function
     # (BatchNorm normalises with its running statistics in both; refreshed after the update below).
@@ -97,10 +99,10 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
     for _ in range(cfg.update_epochs):
         order = torch.randperm(size, generator=generator).to(batch.actions.device)
         for idx in torch.tensor_split(order, chunks):
-            loss, parts = ppo_loss(policy, batch, idx, cfg)
+            loss, parts = ppo_loss(policy, batch, idx, cfg, init_policy)
             optimizer_step(model, optimizer, loss, max_grad_norm, scaler)
             for key, value in parts.items():
-                stats[key].append(float(value))
+                stats.setdefault(key, []).append(float(value))
         if cfg.target_kl is not None and distributed.all_reduce(stats["approx_kl"][-1], "mean") > cfg.target_kl:
             break
     refresh_batch_norm(model, batch.obs)
@@ -111,15 +113,18 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, batch: Batch, c
     return out
 
 
-#: The per-minibatch metrics of ``ppo_loss`` (averaged into ``losses/<name>``).
+#: The per-minibatch metrics of ``ppo_loss`` (averaged into ``losses/<name>``); with an ``init_policy``
+#: also ``init_kl``.
 LOSS_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
 
 
-def ppo_loss(policy: Policy, batch: Batch, idx: torch.Tensor, cfg: PPOConfig
+def ppo_loss(policy: Policy, batch: Batch, idx: torch.Tensor, cfg: PPOConfig, init_policy: Policy | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped PPO loss of minibatch ``idx`` and its parts (detached), CleanRL's way."""
-    new_logprob, entropy, new_values = policy.logprob_entropy_value(batch.obs[idx], batch.legal_mask[idx],
-                                                                    batch.actions[idx])
+    """The clipped PPO loss of minibatch ``idx`` and its parts (detached), CleanRL's way; with an
+    ``init_policy``, plus ``cfg.init_kl_coef`` times ``init_kl``, KL(pi_init || pi) over the legal moves."""
+    obs, mask = batch.obs[idx], batch.legal_mask[idx]
+    logits, new_values = policy.logits_and_value(obs, mask)
+    new_logprob, entropy = logprob_entropy(logits, batch.actions[idx])
     entropy = entropy.mean()
     logratio = new_logprob - batch.logprobs[idx]
     ratio = logratio.exp()
@@ -140,7 +145,19 @@ def ppo_loss(policy: Policy, batch: Batch, idx: torch.Tensor, cfg: PPOConfig
     loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
     parts = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy, "approx_kl": approx_kl,
              "clipfrac": clipfrac}
+    if init_policy is not None:
+        parts["init_kl"] = init_kl = kl_to_init(init_policy, obs, mask, logits)
+        if cfg.init_kl_coef > 0:
+            loss = loss + cfg.init_kl_coef * init_kl
     return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def kl_to_init(init_policy: Policy, obs: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The mean KL(pi_init || pi) of the positions ``obs``: ``logits`` are pi's (masked, with gradients),
+    ``init_policy`` the frozen network the run started from."""
+    with torch.no_grad():
+        init_logits, _ = init_policy.logits_and_value(obs, mask)
+    return kl_divergence(init_logits, logits).mean()
 
 
 @torch.no_grad()

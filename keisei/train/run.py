@@ -9,6 +9,7 @@ and its workers, the background evaluator, the metrics sinks, the process group)
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import sys
@@ -35,6 +36,8 @@ from keisei.train.periodic_evaluation import PeriodicEvaluation
 from keisei.train.preemption import StopSignals
 from keisei.train.rollout import RolloutStats
 from keisei.train.state import TrainState
+
+log = logging.getLogger(__name__)
 
 #: Rank r of a distributed run seeds its games and samples with seed + r * this.
 RANK_SEED_STRIDE = 1_000_003
@@ -224,7 +227,9 @@ def start_run(cfg: TrainConfig, run_dir: Path, ranks: Ranks = ONE_PROCESS) -> Tr
     if ranks.main:
         _check_writable(run_dir)
     seed_everything(cfg.seed)
-    state = TrainState.create(cfg, device)  # the same network on every rank
+    resume = find_resume_checkpoint(cfg, run_dir)
+    init = _init_checkpoint(cfg, resume)
+    state = TrainState.create(cfg, device, init)  # the same network on every rank (each loads ``init``)
     try:
         seed = cfg.seed + RANK_SEED_STRIDE * ranks.rank  # rank 0 keeps the run's seed: its own games and samples
         if ranks.rank:
@@ -232,7 +237,6 @@ def start_run(cfg: TrainConfig, run_dir: Path, ranks: Ranks = ONE_PROCESS) -> Tr
             state.generator.manual_seed(seed)
             if state.pool.heuristic is not None:
                 state.pool.heuristic.rng = np.random.default_rng(seed)
-        resume = find_resume_checkpoint(cfg, run_dir)
         if resume is None:
             state.env.reset(seed=seed)
         else:
@@ -241,6 +245,16 @@ def start_run(cfg: TrainConfig, run_dir: Path, ranks: Ranks = ONE_PROCESS) -> Tr
         state.env.close()  # env worker processes, if any
         raise
     return state
+
+
+def _init_checkpoint(cfg: TrainConfig, resume: Path | None) -> str | None:
+    """The checkpoint a new run takes its weights from (``training.init_checkpoint``); a resumed run
+    ignores it: its own checkpoint holds the trained weights, and the starting network if it had one."""
+    init = cfg.training.init_checkpoint
+    if init and resume is not None:
+        log.info("training.init_checkpoint=%s ignored: the run resumes from %s", init, resume)
+        return None
+    return init or None
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -9,16 +9,25 @@ where the saved one was.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from keisei.config import Precision, TrainConfig, to_container
 from keisei.env import Env, make_env
-from keisei.nn.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint
+from keisei.nn.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from keisei.nn.model import build_model
 from keisei.nn.policy import Policy
 from keisei.train import distributed
@@ -46,13 +55,23 @@ class TrainState:
     #: rate, or with ``evaluation=ladder`` its ladder Elo; the name is the checkpoint's key).
     objective: float = float("nan")
     eval_win_rate: float | None = None
+    #: The network the run started from (``training.init_checkpoint``), frozen: what ``losses/init_kl``
+    #: and ``algorithm.init_kl_coef`` compare with; None for a run started from scratch.
+    init_policy: Policy | None = None
 
     @classmethod
-    def create(cls, cfg: TrainConfig, device: torch.device) -> TrainState:
-        """A fresh run's state (call after seeding): a new network, optimizer and env (not reset yet)."""
+    def create(cls, cfg: TrainConfig, device: torch.device, init_checkpoint: str | Path | None = None
+               ) -> TrainState:
+        """A fresh run's state (call after seeding): a new network, optimizer and env (not reset yet).
+        With ``init_checkpoint`` the network has that checkpoint's weights (its model config must be
+        this run's), and ``init_policy`` is a frozen copy of them; the rest starts fresh."""
         t = cfg.training
         model = build_model(cfg.model).to(device)
         amp_dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(t.precision)
+        init_policy = None
+        if init_checkpoint is not None:
+            load_init_weights(model, init_checkpoint, cfg)
+            init_policy = frozen_copy(model, amp_dtype)
         policy = Policy(model, forward=torch.compile(model) if t.compile else None, autocast_dtype=amp_dtype)
         generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -69,6 +88,7 @@ class TrainState:
             env=make_env(cfg.env),
             pool=OpponentPool(t.opponent_pool, opponent if t.opponent_pool.size else None, generator,
                               seed=cfg.seed),
+            init_policy=init_policy,
         )
 
     def rank_state(self) -> dict[str, Any]:
@@ -97,6 +117,8 @@ class TrainState:
             "eval_win_rate": self.eval_win_rate,
             "world_size": len(ranks) if ranks else 1,
         }
+        if self.init_policy is not None:
+            state["init_model"] = model_state(self.init_policy.model)
         if ranks and len(ranks) > 1:
             state["ranks"] = ranks
         return state
@@ -122,11 +144,15 @@ class TrainState:
         saved, current = data["config"], to_container(self.cfg)
         saved["env"].pop("workers", None), current["env"].pop("workers", None)  # any worker count resumes
         for key in ("model", "env"):
-            differ = [f"{key}.{k}={current[key].get(k)!r} (checkpoint: {v!r})" for k, v in saved[key].items()
-                      if current[key].get(k) != v]
+            differ = config_differences(saved, current, key)
             if differ:
                 raise CheckpointError(f"{path}: this run's {key} config differs from the checkpoint's: "
                                       f"{', '.join(differ)}; resume with the same {key} settings")
+        init_kl_coef = getattr(self.cfg.algorithm, "init_kl_coef", 0.0)
+        if init_kl_coef > 0 and "init_model" not in data:
+            raise CheckpointError(f"{path}: algorithm.init_kl_coef={init_kl_coef} needs the network the run started "
+                                  "from, and this checkpoint's run did not start from training.init_checkpoint (a "
+                                  "resumed run ignores it); resume with algorithm.init_kl_coef=0")
         written = data.get("world_size", 1)
         if written != world:
             raise CheckpointError(f"{path}: written by a run of {written} process(es), this run has {world}; "
@@ -134,6 +160,10 @@ class TrainState:
                                   f"hydra.launcher.tasks_per_node x nodes)")
         own = data["ranks"][rank] if world > 1 else data
         load_model_state(self.policy.model, data["model"])
+        self.init_policy = None
+        if "init_model" in data:  # the run started from training.init_checkpoint: its network, as saved
+            self.init_policy = frozen_copy(self.policy.model, self.policy.autocast_dtype)
+            load_model_state(self.init_policy.model, data["init_model"])
         self.optimizer.load_state_dict(data["optimizer"])
         if self.scaler is not None and data.get("scaler"):
             self.scaler.load_state_dict(data["scaler"])
@@ -149,3 +179,30 @@ class TrainState:
         self.eval_win_rate = data.get("eval_win_rate")
         self.env.load_state_dict(own["env"])
         log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], key: str) -> list[str]:
+    """``key.k=<this run's> (checkpoint: <saved>)`` for each key of the saved ``key`` group that differs."""
+    return [f"{key}.{k}={current[key].get(k)!r} (checkpoint: {v!r})" for k, v in saved[key].items()
+            if current[key].get(k) != v]
+
+
+def load_init_weights(model: nn.Module, path: str | Path, cfg: TrainConfig) -> None:
+    """Put ``training.init_checkpoint``'s weights into ``model``, refusing a checkpoint of another model config."""
+    file = resolve_checkpoint(path)
+    data = load_checkpoint(file, map_location=next(model.parameters()).device)
+    differ = config_differences(data["config"], to_container(cfg), "model")
+    if differ:
+        raise CheckpointError(f"{file}: training.init_checkpoint's model config differs from this run's: "
+                              f"{', '.join(differ)}; start with the checkpoint's model settings")
+    try:
+        load_model_state(model, data["model"])
+    except RuntimeError as exc:  # a checkpoint from before a model key existed, its weights of another shape
+        raise CheckpointError(f"{file}: training.init_checkpoint's weights do not fit this run's model "
+                              f"({str(exc).splitlines()[0].rstrip(':.')})") from None
+    log.info("started from the weights of %s", file)
+
+
+def frozen_copy(model: nn.Module, autocast_dtype: torch.dtype | None) -> Policy:
+    """A copy of ``model`` that does not train (eval mode, no gradients), as a ``Policy``."""
+    return Policy(copy.deepcopy(model).eval().requires_grad_(False), autocast_dtype=autocast_dtype)
