@@ -4,6 +4,7 @@ and checks that processes are gone."""
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,3 +54,15 @@ def wait_gone(pids: list[int], seconds: float) -> list[int]:
     while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], *named: str, returncode: int | None = None) -> str:
+    """A failed launch: non-zero exit (``returncode`` if given), one ``Error:`` line on stderr naming
+    each of ``named``, no traceback; returns the line."""
+    assert proc.returncode != 0 if returncode is None else proc.returncode == returncode, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+    for text in named:
+        assert text in lines[0], lines[0]
+    return lines[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, assert_clean_error
 
 from keisei.nn.checkpoint import load_checkpoint
 
@@ -110,17 +110,6 @@ def assert_records(out_dir: Path, games: int, names: set[str]) -> list[dict]:
     assert len(list((out_dir / "games").glob("*.kif"))) == games
     assert len(list((out_dir / "games").glob("*.csa"))) == games
     return index
-
-
-def assert_clean_error(proc: subprocess.CompletedProcess[str], *named: str) -> str:
-    """Non-zero exit, one ``Error:`` line on stderr naming the problem, no traceback."""
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
-    for text in named:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 # --- the agent under test (trained once) ----------------------------------------------------

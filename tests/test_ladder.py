@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, assert_clean_error
 
 from keisei.config import ConfigError, EvaluationConfig, TrainConfig
 from keisei.evaluation.elo import rating_against
@@ -573,22 +573,12 @@ def test_evaluate_ladder_rates_a_checkpoint(tiny_run: Path, tmp_path: Path):
         assert len((d / "games" / "games.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *named: str) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
-    for text in named:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
 def test_evaluate_ladder_refuses_another_max_plies_or_an_unrated_player(tiny_run: Path, tmp_path: Path):
     require_ladder_file()
     proc = run_script("evaluate.py", f"checkpoint={tiny_run}", *LADDER_ARGS, "evaluation.max_plies=100",
                       f"hydra.run.dir={tmp_path / 'a'}")
-    assert_one_line_error(proc, "evaluation.max_plies=100", "256")
+    assert_clean_error(proc, "evaluation.max_plies=100", "256")
     assert not (tmp_path / "a" / "results.json").exists()
     proc = run_script("evaluate.py", f"checkpoint={tiny_run}", *LADDER_ARGS, "evaluation.players=[random,gpsusi]",
                       f"hydra.run.dir={tmp_path / 'b'}")
-    assert_one_line_error(proc, "evaluation.players", "gpsusi")
+    assert_clean_error(proc, "evaluation.players", "gpsusi")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, assert_clean_error
 
 from keisei.config import opponent_presets
 from keisei.evaluation.elo import rating_against
@@ -37,17 +37,6 @@ needs_ladder = pytest.mark.skipif(not LADDER_FILE.is_file(),
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "train.py", *TINY, f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], *named: str) -> str:
-    """Exit 2, one ``Error:`` line on stderr naming the problem, no traceback."""
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
-    for text in named:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def rated() -> dict[str, dict]:
@@ -155,7 +144,7 @@ def test_plot_of_a_ladder_run(runs: dict) -> None:
 ], ids=["round_robin", "gauntlet", "ladder_without_rungs"])
 def test_train_refuses_what_it_cannot_evaluate(tmp_path: Path, overrides: list[str], named: list[str]) -> None:
     run_dir = tmp_path / "run"
-    one_line_error(train(run_dir, "evaluation.interval_timesteps=256", *overrides), *named)
+    assert_clean_error(train(run_dir, "evaluation.interval_timesteps=256", *overrides), *named, returncode=2)
     assert not run_dir.exists()
 
 
@@ -173,5 +162,5 @@ def test_train_refuses_an_unrated_rung_before_writing_a_run_dir(tmp_path: Path) 
         run_dir = tmp_path / periodic
         proc = train(run_dir, "evaluation.interval_timesteps=256", f"evaluation.periodic={periodic}",
                      *LADDER, *overrides)
-        one_line_error(proc, *named)
+        assert_clean_error(proc, *named, returncode=2)
         assert not run_dir.exists()
