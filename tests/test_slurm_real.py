@@ -108,12 +108,13 @@ def sacct_states(job_id: str) -> list[tuple[str, str]]:
 
 
 def wait_finished(job_id: str, timeout: float = 60) -> list[tuple[str, str]]:
-    """sacct's states once none is pending/running any more (the launcher may return while the
-    job is still COMPLETING)."""
+    """sacct's states once no job's (no array task's) latest state is pending/running any more (the
+    launcher may return while a job is still COMPLETING; an array's tasks end at different times)."""
     deadline = time.monotonic() + timeout
     while True:
         states = sacct_states(job_id)
-        if states and all(s not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") for _, s in states[-1:]):
+        latest = dict(states)  # each job's (array task's) last record: a requeued job has several
+        if states and all(s not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") for s in latest.values()):
             return states
         assert time.monotonic() < deadline, f"job {job_id} not finished after {timeout} s\n{cluster_state(job_id)}"
         time.sleep(1)
