@@ -30,8 +30,6 @@ PLAYERS = f"evaluation.players=[{','.join(RUNGS)}]"
 EVAL_KEYS = {"update", "eval/global_step", "eval/ladder_elo", "eval/ladder_elo_error", "eval/ladder_games",
              *(f"eval/heuristic/{k}" for k in ("win_rate", "score", "draw_rate", "elo", "elo_error", "games",
                                                "game_length"))}
-needs_ladder = pytest.mark.skipif(not LADDER_FILE.is_file(),
-                                  reason=f"{LADDER_FILE} is not there yet (python scripts/rate_ladder.py writes it)")
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -48,8 +46,6 @@ def rated() -> dict[str, dict]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """The same tiny run (4 updates, a ladder rating at steps 256 and 512) evaluated inline and in the
     background."""
-    if not LADDER_FILE.is_file():
-        pytest.skip(f"{LADDER_FILE} is not there yet (python scripts/rate_ladder.py writes it)")
     out = {}
     for periodic in ("inline", "background"):
         run_dir = tmp_path_factory.mktemp("ladder") / periodic
@@ -65,7 +61,6 @@ def evaluations(run_dir: Path) -> list[dict]:
     return [line for line in lines if "eval/global_step" in line]
 
 
-@needs_ladder
 @pytest.mark.parametrize("periodic", ["inline", "background"])
 def test_periodic_evaluation_rates_the_network_on_the_ladder(runs: dict, periodic: str) -> None:
     """Each evaluation rates the network on 2 rungs (the first mid-ladder), 2 games each, against the
@@ -105,7 +100,6 @@ def test_periodic_evaluation_rates_the_network_on_the_ladder(runs: dict, periodi
     assert float(match.group(1)) == pytest.approx(last["eval/ladder_elo"], abs=5e-5)
 
 
-@needs_ladder
 def test_inline_and_background_ladder_ratings_agree(runs: dict) -> None:
     """The worker rates the same snapshot on the same rungs with the same seeds: the same ratings."""
     inline, background = (sorted(({k: v for k, v in e.items() if k != "update"} for e in evaluations(runs[p][0])),
@@ -114,7 +108,6 @@ def test_inline_and_background_ladder_ratings_agree(runs: dict) -> None:
     assert inline == background
 
 
-@needs_ladder
 def test_plot_of_a_ladder_run(runs: dict) -> None:
     """keisei.plot draws the ladder Elo of a real run against env steps and training time."""
     import matplotlib.pyplot as plt
@@ -148,7 +141,6 @@ def test_train_refuses_what_it_cannot_evaluate(tmp_path: Path, overrides: list[s
     assert not run_dir.exists()
 
 
-@needs_ladder
 def test_train_refuses_an_unrated_rung_before_writing_a_run_dir(tmp_path: Path) -> None:
     """A preset that ladder.json does not rate, or games longer than the ladder's, fail in one line
     before training starts, in either periodic mode."""

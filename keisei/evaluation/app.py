@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from keisei.config import EvaluateConfig, EvaluationMode, WandbMode, from_container, to_container
+from keisei.config import EvaluateConfig, EvaluationMode, TrainConfig, WandbMode, from_container, to_container
 from keisei.evaluation.ladder import load_ladder, rate_agent, trained_against
 from keisei.evaluation.opponents import build_opponent, checkpoint_player, listed_player, opponent_preset
 from keisei.evaluation.report import format_match, format_round_robin
@@ -53,7 +53,7 @@ def _single_opponent(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.devi
 
 def _gauntlet(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.device, out_dir: Path) -> float:
     """The agent against each of ``evaluation.players`` in turn; returns its mean score."""
-    trained = trained_against(from_container(load_checkpoint(cfg.checkpoint)["config"]))
+    trained = trained_against(_run_config(cfg))
     with ExitStack() as stack:
         opponents = _listed_players(cfg, device, stack)
         results = gauntlet(agent, opponents, cfg.evaluation, out_dir, seed=cfg.seed,
@@ -77,12 +77,16 @@ def _ladder(cfg: EvaluateConfig, agent: AgentPlayer, device: torch.device, out_d
     ev = cfg.evaluation
     rungs = load_ladder(list(ev.players), ev.max_plies)
     presets = {r.preset: opponent_preset(r.preset) for r in rungs}
-    run = from_container(load_checkpoint(cfg.checkpoint)["config"])
     results = rate_agent(agent, rungs, lambda rung, seed: build_opponent(presets[rung.preset], device, seed), ev,
-                         out_dir, seed=cfg.seed, trained_against=trained_against(run),
+                         out_dir, seed=cfg.seed, trained_against=trained_against(_run_config(cfg)),
                          progress=cfg.logging.progress_bar)
     print(results["table"])
     return results["elo"]
+
+
+def _run_config(cfg: EvaluateConfig) -> TrainConfig:
+    """The config of the run that trained the checkpoint (what it trained against)."""
+    return from_container(load_checkpoint(cfg.checkpoint)["config"])
 
 
 def _listed_players(cfg: EvaluateConfig, device: torch.device, stack: ExitStack) -> list[Player]:
