@@ -298,6 +298,36 @@ class EvaluateConfig:
     device: Device = Device.auto
 
 
+class LabelSource(str, Enum):
+    """Where label.py's positions come from (``keisei.data.label``)."""
+
+    selfplay = "selfplay"  # games the teacher plays against itself from random openings (gensfen-style)
+    checkpoint = "checkpoint"  # games a checkpoint's network plays against itself, labelled by the teacher
+    records = "records"  # every position of game records (CSA, KIF, KI2, JKF files or folders)
+
+
+@dataclass
+class LabelConfig:
+    """label.py: positions labelled by a USI engine (``teacher``), written as hcpe (``keisei.data.label``)."""
+
+    output: str = MISSING  # the hcpe file; a rerun appends to it until it holds ``positions`` rows
+    positions: Any = 10_000  # distinct positions the file holds when done
+    source: LabelSource = LabelSource.selfplay
+    records: list[str] = field(default_factory=list)  # source=records: record files or folders
+    skip_bad_records: bool = True  # source=records: a bad record is skipped and counted (false: refused)
+    checkpoint: str | None = None  # source=checkpoint: a checkpoint file or run dir
+    temperature: float = 1.0  # source=checkpoint: its sampling temperature
+    teacher: OpponentConfig = field(default_factory=OpponentConfig)  # a USI engine (conf/teacher/)
+    multipv: int = 1  # > 1: the teacher's best N moves and scores go to the side file too
+    opening_plies: int = 16  # selfplay/checkpoint: each game starts with 0..N random moves
+    random_move_rate: float = 0.0  # selfplay/checkpoint: share of the moves played at random (labelled still)
+    resign_score: int = 3000  # selfplay/checkpoint: a game ends, won by the side ahead, at this |score| (cp)
+    max_plies: int = MAX_PLIES  # selfplay/checkpoint: games cut here are draws
+    workers: int = 0  # teacher processes, one position each at a time (0: one per core)
+    seed: int = 0
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
 def register_configs() -> None:
     """Register the schemas that ``conf/`` files extend (called before composition): root configs, not
     groups, so that ``--help`` lists only the groups a user picks from."""
@@ -310,6 +340,7 @@ def register_configs() -> None:
     cs.store(name="evaluation_schema", node=EvaluationConfig)
     cs.store(name="opponent_schema", node=OpponentConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="label_schema", node=LabelConfig)
 
 
 _STEP_KEYS = ("total_timesteps", "checkpoint_interval_timesteps")

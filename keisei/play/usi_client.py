@@ -12,15 +12,46 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from keisei.play.players import Choice, Player
 from keisei.shogi import Game, Termination
 
+#: A score of ``MATE_SCORE - n`` says the side to move mates in n plies (negative: is mated in n).
+MATE_SCORE = 30_000
+
 
 class EngineError(RuntimeError):
-    """A USI engine that cannot be started or does not complete the handshake."""
+    """A USI engine that cannot be started, does not complete the handshake, or fails an analysis."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of an engine's analysis: its first ``move`` (USI) and ``score`` in centipawns from the
+    side to move's view (a mate: ``MATE_SCORE`` minus its plies, negative when the side to move is mated)."""
+
+    move: str
+    score: int
+
+
+def parse_score(tokens: Sequence[str]) -> int | None:
+    """The score of an ``info`` line's tokens (``score cp 35``, ``score mate -3``, ``score mate +``), or None."""
+    if "score" not in tokens:
+        return None
+    i = tokens.index("score")
+    kind, value = [*tokens[i + 1 : i + 3], "", ""][:2]
+    if kind == "cp":
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    if kind == "mate":
+        sign = -1 if value.startswith("-") else 1
+        plies = value.lstrip("+-")
+        return sign * (MATE_SCORE - (int(plies) if plies.isdigit() else 0))
+    return None
 
 
 class UsiPlayer(Player):
@@ -158,3 +189,39 @@ class UsiPlayer(Player):
         if parts[1] == "resign":
             return Termination.RESIGN
         return parts[1]  # "win" or any other word is refused by the referee as an illegal move
+
+    def analyse(self, game: Game, multipv: int = 1) -> list[Line]:
+        """The engine's best ``multipv`` lines in ``game`` at its ``go`` setting, best first (the first is
+        its ``bestmove``); set the engine's ``MultiPV`` option to ``multipv`` when building it. An engine
+        that died or stayed silent is restarted for the next call and this one raises ``EngineError``;
+        ``bestmove resign`` / ``win`` gives a line whose move is that word."""
+        if self._proc is None or self._proc.poll() is not None:
+            self.close()
+            self._start()
+        try:
+            self._send(f"position {game.to_usi_position()}")
+            self._send(self.go)
+            lines = list(self._until("bestmove", self.think_s + self.timeout_s))
+        except (TimeoutError, EOFError, BrokenPipeError, OSError) as exc:
+            self.close()
+            raise EngineError(f"USI engine {self.name!r} failed on position {game.to_usi_position()!r}: "
+                              f"{exc or type(exc).__name__}") from None
+        return _lines(lines, multipv)
+
+
+def _lines(output: list[str], multipv: int) -> list[Line]:
+    """The lines of an analysis's output (``info`` lines then ``bestmove``): the latest score and first
+    move of each ``multipv`` index, the best move's line first."""
+    best = [*output[-1].split(), "", ""][1]
+    found: dict[int, Line] = {}
+    for text in output[:-1]:
+        tokens = text.split()
+        score = parse_score(tokens)
+        if tokens[:1] != ["info"] or score is None or "pv" not in tokens or tokens.index("pv") + 1 >= len(tokens):
+            continue
+        index = int(tokens[tokens.index("multipv") + 1]) if "multipv" in tokens else 1
+        found[index] = Line(tokens[tokens.index("pv") + 1], score)
+    lines = [found[i] for i in sorted(found) if i <= multipv]
+    top = next((line for line in lines if line.move == best), None)
+    first = Line(best, top.score if top else lines[0].score if lines else 0)
+    return [first, *[line for line in lines if line.move != best]][:multipv]
