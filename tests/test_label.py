@@ -16,8 +16,9 @@ import pytest
 
 from keisei.data import HCPE, read, read_records, read_samples
 from keisei.data.label import side_dtype
+from keisei.data.scale import fit_score_scale, mover_results
 from keisei.play.usi_client import MATE_SCORE, Line, UsiPlayer, parse_score
-from keisei.shogi import STARTPOS, Game, parse_sfen
+from keisei.shogi import STARTPOS, Color, Game, parse_sfen
 from tests.conftest import TINY, assert_clean_error, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +226,19 @@ def test_the_teacher_scores_from_the_side_to_moves_view() -> None:
 ])
 def test_scores_of_info_lines(info: str, score: int | None) -> None:
     assert parse_score(info.split()) == score
+
+
+def test_the_score_scale_fit_recovers_a_known_scale(random_positions: list[Game]) -> None:
+    """Rows whose results are drawn from sigmoid(score / 500) fit back to about 500 (both sides to move)."""
+    rng = np.random.default_rng(0)
+    games = [g for g in random_positions if not g.is_over][:40]
+    n = 20_000
+    rows = np.zeros(n, dtype=HCPE)
+    picks = rng.integers(len(games), size=n)
+    rows["hcp"] = np.stack([np.frombuffer(games[i].board.to_hcp(), dtype=np.uint8) for i in picks])
+    rows["eval"] = rng.integers(-2000, 2000, size=n)
+    mover_won = rng.random(n) < 1 / (1 + np.exp(-rows["eval"] / 500))
+    black = np.array([games[i].turn is Color.BLACK for i in picks])
+    rows["gameResult"] = np.where(mover_won == black, 1, 2)
+    assert set(mover_results(rows)) == {0.0, 1.0}
+    assert abs(fit_score_scale(rows) - 500) < 25
