@@ -153,6 +153,22 @@ class PPOConfig:
 PPO_KEYS = tuple(f.name for f in dataclasses.fields(PPOConfig) if f.name != "name")
 
 
+@dataclass
+class SupervisedConfig:
+    """``algorithm=supervised``: the network learns the best move and the value of positions read from
+    hcpe files (``keisei.train.supervised``); one env step is one training position."""
+
+    name: str = "supervised"
+    train: list[str] = MISSING  # hcpe files, or folders of *.hcpe files
+    validation_fraction: float = 0.05  # the last this share of each file's rows is held out
+    validation_positions: int = 4096  # held-out rows evaluated (the first ones of the held-out split)
+    validation_interval: int = 50  # updates between validations (and one at the last update)
+    batch_size: int = 256  # positions per update, per process
+    value_coef: float = 1.0  # loss = policy cross-entropy + value_coef * value MSE
+    result_weight: float = 0.5  # value target = w * game result + (1 - w) * (2 * sigmoid(eval / score_scale) - 1)
+    score_scale: float = 600.0  # centipawns per unit of the eval's logit (dlshogi: 756.09 for YaneuraOu)
+
+
 class SearchRoot(str, Enum):
     """How the search chooses among the root's moves (below the root it is always PUCT)."""
 
@@ -282,7 +298,7 @@ class TrainConfig:
 
 
 #: The ``algorithm`` options by name: the schema of ``conf/algorithm/<name>.yaml``.
-ALGORITHMS: dict[str, type] = {"ppo": PPOConfig}
+ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "supervised": SupervisedConfig}
 
 
 @dataclass
@@ -429,8 +445,10 @@ def _reject_unknown_keys(node: DictConfig, prefix: str = "") -> None:
             _reject_unknown_keys(child, f"{prefix}{key}.")
 
 
-def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
-    """Range and consistency checks; returns a typed ``TrainConfig`` with step counts as ints."""
+def validate(cfg: DictConfig | TrainConfig, *, data: bool = True) -> TrainConfig:
+    """Range and consistency checks; returns a typed ``TrainConfig`` with step counts as ints. ``data``:
+    also check the files a run reads (``algorithm=supervised``'s hcpe files); off for the config of a
+    checkpoint (``from_container``), whose network loads wherever its data went since."""
     if isinstance(cfg, DictConfig):
         _reject_unknown_keys(cfg)
         cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
@@ -438,6 +456,8 @@ def validate(cfg: DictConfig | TrainConfig) -> TrainConfig:
     _validate_training(cfg.training)
     if isinstance(cfg.algorithm, PPOConfig):
         _validate_ppo(cfg.algorithm, cfg.env, cfg.training)
+    if isinstance(cfg.algorithm, SupervisedConfig):
+        _validate_supervised(cfg.algorithm, cfg.training, data)
     _validate_opponent_pool(cfg.training.opponent_pool, cfg.env)
     _validate_env(cfg.env)
     _validate_model(cfg.model)
@@ -483,6 +503,57 @@ def _validate_ppo(a: PPOConfig, e: EnvConfig, t: TrainingConfig) -> None:
     _check(a.init_kl_coef >= 0, "algorithm.init_kl_coef", a.init_kl_coef, "must be >= 0 (0: off)")
     _check(a.init_kl_coef == 0 or bool(t.init_checkpoint), "algorithm.init_kl_coef", a.init_kl_coef,
            "needs training.init_checkpoint=PATH (the penalty pulls towards the network the run starts from)")
+
+
+def _validate_supervised(a: SupervisedConfig, t: TrainingConfig, data: bool) -> None:
+    _check(0 < a.validation_fraction < 1, "algorithm.validation_fraction", a.validation_fraction, "must be in (0, 1)")
+    for key in ("validation_positions", "validation_interval", "batch_size"):
+        _check(getattr(a, key) >= 1, f"algorithm.{key}", getattr(a, key), "must be >= 1")
+    _check(a.value_coef >= 0, "algorithm.value_coef", a.value_coef, "must be >= 0")
+    _check(0 <= a.result_weight <= 1, "algorithm.result_weight", a.result_weight, "must be in [0, 1]")
+    _check(a.score_scale > 0, "algorithm.score_scale", a.score_scale, "must be > 0")
+    for key in ("size", "heuristic_fraction"):
+        _check(not getattr(t.opponent_pool, key), f"training.opponent_pool.{key}", getattr(t.opponent_pool, key),
+               "must be 0 with algorithm=supervised (it plays no games)")
+    _check(len(a.train) >= 1, "algorithm.train", a.train, "needs at least one hcpe file or folder of them, "
+           "e.g. algorithm.train=[data/a.hcpe,data/more]")
+    if data:
+        rows = [hcpe_rows(path) for path in hcpe_files(a.train)]
+        _check(sum(n - held_out(n, a.validation_fraction) for n in rows) >= 1, "algorithm.train", a.train,
+               f"{sum(rows)} rows in all: none left to train on after holding out algorithm.validation_fraction="
+               f"{a.validation_fraction} of each file")
+
+
+def hcpe_files(paths: list[str]) -> list[Path]:
+    """The hcpe files of ``algorithm.train``: each file as given, each folder's ``*.hcpe`` files by name;
+    a ``ConfigError`` naming the key and the path for one that is missing or a folder without any."""
+    files = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(path.glob("*.hcpe"))
+            _check(bool(found), "algorithm.train", paths, f"{entry}: a folder without *.hcpe files")
+            files += found
+        else:
+            _check(path.is_file(), "algorithm.train", paths, f"{entry}: no such file or folder")
+            files.append(path)
+    return files
+
+
+def hcpe_rows(path: Path) -> int:
+    """The number of rows of an hcpe file; a ``ConfigError`` for a size that is no whole number of rows."""
+    from keisei.data.hcpe import HCPE
+
+    size = path.stat().st_size
+    _check(size % HCPE.itemsize == 0, "algorithm.train", str(path),
+           f"{size} bytes is not a whole number of {HCPE.itemsize}-byte hcpe rows (truncated, or another format)")
+    return size // HCPE.itemsize
+
+
+def held_out(rows: int, fraction: float) -> int:
+    """How many of a file's ``rows`` (its last ones) are held out for validation: ``fraction`` of them,
+    rounded up (a file of one row or more holds out at least one)."""
+    return math.ceil(round(rows * fraction, 6))  # 300 * 0.07 is 21.000000000000004: 21 rows, not 22
 
 
 def _validate_opponent_pool(pool: OpponentPoolConfig, e: EnvConfig) -> None:
@@ -552,7 +623,7 @@ def from_container(data: dict[str, Any]) -> TrainConfig:
     data = upgrade_config(data)
     schema = ALGORITHMS[data["algorithm"].get("name", "ppo")]
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"algorithm": OmegaConf.structured(schema)}, data)
-    return validate(merged)  # type: ignore[arg-type]
+    return validate(merged, data=False)  # type: ignore[arg-type]
 
 
 def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,15 @@ PANELS = [
     ("game length (plies)", [("games/length_mean", "mean")]),
     ("throughput (env steps/s)", [("charts/SPS", "steps/s")]),
 ]
+#: The panels of supervised training (``algorithm=supervised``: records with ``val/...`` metrics), each
+#: measure on the update's training batch and on the held-out positions.
+SUPERVISED_PANELS = [
+    ("policy loss (cross-entropy)", [("losses/policy_loss", "train"), ("val/policy_loss", "validation")]),
+    ("value loss (MSE)", [("losses/value_loss", "train"), ("val/value_loss", "validation")]),
+    ("move accuracy", [("losses/accuracy", "train"), ("val/accuracy", "validation")]),
+    ("value error", [("val/value_error", "validation: mean |value - target|")]),
+    ("throughput (positions/s)", [("charts/SPS", "positions/s")]),
+]
 EVAL_PANEL = ("periodic evaluation", [("eval/win_rate", "win rate"), ("eval/score", "score"),
                                       ("eval/draw_rate", "draw rate")])
 _OTHER_WIN_RATE = re.compile(r"eval/(.+)/win_rate")
@@ -150,8 +159,10 @@ def metrics_figure(run_dir: Path) -> Any:
 
 
 def _curve_panels(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[Panel]:
-    """The panels of ``PANELS`` and the evaluation panel, each with the curves whose metrics are present."""
-    groups = [(title, series, train, "global_step") for title, series in PANELS]
+    """The panels of ``PANELS`` (``SUPERVISED_PANELS`` for a run with validation metrics) and the evaluation
+    panel, each with the curves whose metrics are present."""
+    supervised = any(key.startswith("val/") for record in train for key in record)
+    groups = [(title, series, train, "global_step") for title, series in (SUPERVISED_PANELS if supervised else PANELS)]
     if evals:
         groups.append((*eval_panel(run_dir, evals), evals, "eval/global_step"))
     panels = []

@@ -36,13 +36,14 @@ def check_memory(cfg: TrainConfig) -> None:
     (instead of a bare allocation error, or swapping, once they are allocated)."""
     position = int(np.prod(OBSERVATION_SHAPE)) + NUM_ACTIONS  # uint8 planes + bool mask
     per_env = 2 * position + 2 * NUM_ACTIONS  # the env's planes, final planes, masks and label index
-    per_env += 2 * cfg.algorithm.num_steps * (position + 40)  # rollout buffers and the batch taken from them
+    steps = getattr(cfg.algorithm, "num_steps", 0)  # an algorithm without rollouts (supervised) has none
+    per_env += 2 * steps * (position + 40)  # rollout buffers and the batch taken from them
     need = cfg.env.num_envs * per_env
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return  # no way to know here: let the allocation decide
     if need > 0.8 * have:
-        raise ConfigError(f"env.num_envs={cfg.env.num_envs}: with algorithm.num_steps={cfg.algorithm.num_steps} the "
+        raise ConfigError(f"env.num_envs={cfg.env.num_envs}: with algorithm.num_steps={steps} the "
                           f"env and rollout buffers need about {need / 2**30:,.1f} GiB, and this machine has "
                           f"{have / 2**30:,.1f} GiB: lower env.num_envs or algorithm.num_steps")

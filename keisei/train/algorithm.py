@@ -1,4 +1,5 @@
-"""Ways of training, behind one small interface: ``collect`` experience from the env, ``learn`` from it.
+"""Ways of training, behind one small interface: ``collect`` experience (played in the env, or read from
+files: ``algorithm=supervised``), ``learn`` from it.
 
 The training loop (``keisei.train.loop``) and its scaffolding (``keisei.train.run``: checks, run
 dir, checkpoints, metrics, periodic evaluation, preemption) are the same for every algorithm; an
@@ -8,26 +9,33 @@ and ``conf/algorithm/<name>.yaml``.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-from keisei.config import PPOConfig, TrainConfig
+from keisei.config import PPOConfig, SupervisedConfig, TrainConfig
 from keisei.train.ppo import Batch, ppo_update
 from keisei.train.rollout import RolloutStats, collect
 from keisei.train.state import TrainState
+from keisei.train.supervised import HcpeStream, Positions, supervised_update, validation_metrics
 
 
 class Algorithm(Protocol):
-    def collect(self) -> tuple[Batch, RolloutStats]:
-        """Play on in the env's games; the experience to learn from and what happened in the games."""
+    #: The run's objective when periodic evaluation is off: (the metric of an update that sets it, what it is).
+    objective: tuple[str, str]
+
+    def collect(self) -> tuple[Any, RolloutStats]:
+        """The experience to learn from (played in the env's games, or read) and what happened in the games."""
         ...
 
-    def learn(self, batch: Batch) -> dict[str, float]:
-        """Update the network from ``batch``; the ``losses/...`` metrics."""
+    def learn(self, batch: Any) -> dict[str, float]:
+        """Update the network from ``batch``; the metrics of the update (``losses/...``, and any others the
+        algorithm logs with them, such as supervised training's ``val/...``)."""
         ...
 
 
 class PPO:
     """``algorithm=ppo``: a rollout of ``num_steps`` moves per game, then clipped PPO epochs on it."""
+
+    objective = ("losses/explained_variance", "explained variance of the value head in the last update")
 
     def __init__(self, cfg: PPOConfig, state: TrainState) -> None:
         self.cfg, self.state = cfg, state
@@ -47,13 +55,51 @@ class PPO:
                           s.scaler, s.init_policy)
 
 
+class Supervised:
+    """``algorithm=supervised``: a batch of positions read from hcpe files (best move, value target),
+    then one optimiser step on it; every ``validation_interval`` updates and at the last one, the
+    held-out positions' ``val/...`` metrics join the update's (``keisei.train.supervised``)."""
+
+    objective = ("val/accuracy", "move accuracy on the held-out positions at the latest validation")
+
+    def __init__(self, cfg: SupervisedConfig, state: TrainState) -> None:
+        self.cfg, self.state = cfg, state
+        self.stream = HcpeStream(cfg, state.cfg.seed, state.policy.device)
+
+    @staticmethod
+    def steps_per_update(cfg: TrainConfig) -> int:
+        """Positions of one rank per update: one env step is one training position."""
+        return cfg.algorithm.batch_size
+
+    def collect(self) -> tuple[Positions, RolloutStats]:
+        return self.stream.batch(self.state.global_step)
+
+    def learn(self, batch: Positions) -> dict[str, float]:
+        s = self.state
+        metrics = supervised_update(s.policy, s.optimizer, batch, self.cfg, s.cfg.training.max_grad_norm, s.scaler)
+        if self.stream.rank == 0 and self._validation_due():
+            metrics.update(validation_metrics(s.policy, self.stream.held_out()))
+        return metrics
+
+    def _validation_due(self) -> bool:
+        """This update (not counted yet in the state) is a multiple of ``validation_interval`` or the last."""
+        s = self.state
+        last = s.global_step + self.cfg.batch_size * self.stream.world >= s.cfg.training.total_timesteps
+        return (s.update + 1) % self.cfg.validation_interval == 0 or last
+
+
 #: The algorithm of each ``algorithm`` config type.
-BY_CONFIG: dict[type, type] = {PPOConfig: PPO}
+BY_CONFIG: dict[type, type] = {PPOConfig: PPO, SupervisedConfig: Supervised}
 
 
 def build_algorithm(cfg: TrainConfig, state: TrainState) -> Algorithm:
     """The algorithm ``cfg.algorithm`` names, training ``state``."""
     return BY_CONFIG[type(cfg.algorithm)](cfg.algorithm, state)
+
+
+def objective(cfg: TrainConfig) -> tuple[str, str]:
+    """The metric that is the run's objective when periodic evaluation is off, and what it is."""
+    return BY_CONFIG[type(cfg.algorithm)].objective
 
 
 def batch_size(cfg: TrainConfig, world: int) -> int:

@@ -28,7 +28,7 @@ from keisei.config import ConfigError, EvaluationMode, Precision, TrainConfig, t
 from keisei.nn.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.runtime import check_memory, resolve_device, seed_everything
 from keisei.train import distributed
-from keisei.train.algorithm import batch_size
+from keisei.train.algorithm import batch_size, objective
 from keisei.train.distributed import Ranks
 from keisei.train.metrics import MetricsLogger, Outcome, check_sinks, truncate_metrics, update_record
 from keisei.train.optim import learning_rate, set_learning_rate
@@ -136,14 +136,16 @@ class Run:
         games, pool_scores, heuristic_scores = ([x for rank in played or [] for x in rank[k]] for k in range(3))
         state.games_total += len(games)
         pool = self.cfg.training.opponent_pool
+        parts = dict.fromkeys(("env", "inference", "update", *rollout.timing))  # supervised training adds "data"
         record = update_record(state.global_step, state.update, losses, lr, self.batch_size / wall,
-                               {k: rollout.timing.get(k, 0.0) / wall for k in ("env", "inference", "update")},
+                               {k: rollout.timing.get(k, 0.0) / wall for k in parts},
                                games, state.games_total, pool_scores if pool.size else None,
                                heuristic_scores if pool.heuristic_fraction else None)
         if self.ranks.main:
             self._log(record)
-        state.objective = record["losses/explained_variance"] if state.eval_win_rate is None \
-            else state.eval_win_rate
+        key = objective(self.cfg)[0]  # when periodic evaluation is off; supervised: at a validation only
+        if state.eval_win_rate is not None or key in record:
+            state.objective = record[key] if state.eval_win_rate is None else state.eval_win_rate
         self.bar.update(self.batch_size)
         self.bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}", "pi": f"{record['losses/policy_loss']:.3f}",
                               "v": f"{record['losses/value_loss']:.3f}", "games": state.games_total,
@@ -303,5 +305,5 @@ def summary(state: TrainState, run_dir: Path) -> str:
         f"metrics:     {run_dir / 'metrics.jsonl'} (config: {run_dir / 'config.yaml'})",
         f"objective:   {state.objective:.4f} ("
         + (f"latest evaluation {_objective_name(state.cfg)})" if state.eval_win_rate is not None
-           else "explained variance of the value head in the last update)"),
+           else f"{objective(state.cfg)[1]})"),
     ])
