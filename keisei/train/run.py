@@ -147,10 +147,7 @@ class Run:
         if state.eval_win_rate is not None or key in record:
             state.objective = record[key] if state.eval_win_rate is None else state.eval_win_rate
         self.bar.update(self.batch_size)
-        self.bar.set_postfix({"SPS": f"{record['charts/SPS']:.0f}", "pi": f"{record['losses/policy_loss']:.3f}",
-                              "v": f"{record['losses/value_loss']:.3f}", "games": state.games_total,
-                              "B/W/D": f"{record['games/black_win']:.2f}/{record['games/white_win']:.2f}/"
-                                       f"{record['games/draw']:.2f}"})
+        self.bar.set_postfix(_postfix(record, state.games_total))
 
     def _log(self, record: dict) -> None:
         assert self.logger is not None and self.evaluation is not None
@@ -190,6 +187,19 @@ class Run:
         if self.ranks.main:
             print(summary(self.state, self.run_dir))
         return self.state.objective
+
+
+def _postfix(record: dict, games_total: int) -> dict[str, object]:
+    """The progress bar's figures: speed, losses, and the games played (or, training on positions
+    read from files, the move accuracy)."""
+    postfix: dict[str, object] = {"SPS": f"{record['charts/SPS']:.0f}", "pi": f"{record['losses/policy_loss']:.3f}",
+                                  "v": f"{record['losses/value_loss']:.3f}"}
+    if "losses/accuracy" in record:
+        postfix["acc"] = f"{record['losses/accuracy']:.3f}"
+    if games_total:
+        postfix["games"] = games_total
+        postfix["B/W/D"] = f"{record['games/black_win']:.2f}/{record['games/white_win']:.2f}/{record['games/draw']:.2f}"
+    return postfix
 
 
 def _raise_if_any_rank_failed(failure: Exception | None) -> None:
