@@ -192,8 +192,11 @@ class SearchConfig:
     reuse_tree: bool = True  # keep the subtree of the move played
     root: SearchRoot = SearchRoot.puct  # root move selection: puct, or gumbel (Gumbel root, PUCT below)
     gumbel_actions: int = 16  # root=gumbel: m, the moves sampled (Gumbel top-m) for Sequential Halving
-    gumbel_c_visit: float = 50.0  # root=gumbel: sigma(q) = (c_visit + max visits) * c_scale * q
-    gumbel_c_scale: float = 1.0  # root=gumbel: see gumbel_c_visit
+    # root=gumbel: sigma(q) = (c_visit + max visits) * c_scale * q, q the completed values min-max rescaled
+    # to [0, 1] over the root's moves (mctx's qtransform_completed_by_mix_value: maxvisit_init, value_scale)
+    gumbel_c_visit: float = 50.0
+    gumbel_c_scale: float = 0.1
+    gumbel_noise: bool = False  # root=gumbel: draw the Gumbel noise (self-play); False: g = 0, deterministic play
 
 
 class OpponentKind(str, Enum):
@@ -400,8 +403,9 @@ def validate_search(s: SearchConfig, prefix: str) -> None:
     _check(s.mate_plies >= 0 and (s.mate_plies == 0 or s.mate_plies % 2 == 1), f"{prefix}.mate_plies",
            s.mate_plies, "must be 0 (off) or odd (1: mate in one, 3: mate in three, ...)")
     _check(s.gumbel_actions >= 1, f"{prefix}.gumbel_actions", s.gumbel_actions, "must be >= 1")
-    _check(s.gumbel_c_visit > 0, f"{prefix}.gumbel_c_visit", s.gumbel_c_visit, "must be > 0")
-    _check(s.gumbel_c_scale > 0, f"{prefix}.gumbel_c_scale", s.gumbel_c_scale, "must be > 0")
+    for key in ("gumbel_c_visit", "gumbel_c_scale"):
+        value = getattr(s, key)
+        _check(math.isfinite(value) and value > 0, f"{prefix}.{key}", value, "must be finite and > 0")
 
 
 def validate_evaluate(cfg: DictConfig | EvaluateConfig) -> EvaluateConfig:

@@ -405,11 +405,12 @@ class Counting(torch.nn.Module):
         return self.net(obs)
 
 
-GUMBEL = {"root": SearchRoot.gumbel}
+GUMBEL = {"root": SearchRoot.gumbel}  # without noise (g = 0): the default, as evaluate.py plays
+NOISY = {**GUMBEL, "gumbel_noise": True}  # with Gumbel noise, as self-play searches
 
 
 def test_gumbel_same_seed_same_move(net: torch.nn.Module, policy: Policy, positions: list[Game]) -> None:
-    cfg = SearchConfig(simulations=24, batch_size=8, **GUMBEL)
+    cfg = SearchConfig(simulations=24, batch_size=8, **NOISY)
 
     def searched(seed: int) -> list[tuple[str, dict[str, int]]]:
         return [(r.move, r.visits) for r in Search(policy, cfg, seed=seed).run(positions)]
@@ -419,7 +420,7 @@ def test_gumbel_same_seed_same_move(net: torch.nn.Module, policy: Policy, positi
     # A flat prior: which moves are candidates is the Gumbel noise's choice, so the seed decides the
     # move (temperature 0 all the same). Deterministic: the seeds are fixed.
     flat = Policy(Flat(net).eval())
-    cfg = SearchConfig(simulations=16, **GUMBEL)
+    cfg = SearchConfig(simulations=16, **NOISY)
     moves = [Search(flat, cfg, seed=seed).run([Game()])[0].move for seed in range(6)]
     assert moves == [Search(flat, cfg, seed=seed).run([Game()])[0].move for seed in range(6)]
     assert len(set(moves)) > 1
@@ -499,16 +500,15 @@ def test_gumbel_halving_schedule_and_choice(net: torch.nn.Module, policy: Policy
     # White-box: the Gumbel noise is a fresh Search's first draw from its generator, one per root
     # move in the order of ``result.visits``. With a flat prior the logits are equal, so the
     # candidates are the top m of the noise, and the move is the one of the last two with the
-    # higher g + (c_visit + max N) * c_scale * q.
-    # (The untrained network's values differ little: c_scale 20 lets them outweigh the noise.)
+    # higher g + sigma(q). The policy target is softmax(logits + sigma(q)): with equal logits, the
+    # log of a move's probability is its sigma(q) plus a constant, so the halving must rank by
+    # g + log(policy) (the target's formula itself: tests/test_gumbel.py).
     flat = Policy(Flat(net).eval())
-    c_visit, c_scale = 10.0, 20.0
-    cfg = SearchConfig(simulations=65, batch_size=4, mate_plies=0, gumbel_actions=4, gumbel_c_visit=c_visit,
-                       gumbel_c_scale=c_scale, **GUMBEL)
+    cfg = SearchConfig(simulations=65, batch_size=4, mate_plies=0, gumbel_actions=4, **NOISY)
 
     def best(result: SearchResult, g: dict[str, float], moves: set[str]) -> str:
-        top = max(result.visits.values())
-        return max(moves, key=lambda move: g[move] + (c_visit + top) * c_scale * result.values[move])
+        assert result.policy is not None
+        return max(moves, key=lambda move: g[move] + np.log(result.policy[move]))
 
     decided = 0
     for seed, game in enumerate(positions[:6]):
@@ -563,10 +563,10 @@ def test_gumbel_settings_are_validated() -> None:
         validate_search(SearchConfig(gumbel_actions=0), "evaluation.search")
     assert str(exc.value) == "evaluation.search.gumbel_actions=0: must be >= 1"
     bad = EvaluationConfig(search=SearchConfig(root=SearchRoot.gumbel, gumbel_c_visit=0.0))
-    with pytest.raises(ConfigError, match=r"^evaluation\.search\.gumbel_c_visit=0\.0: must be > 0$"):
+    with pytest.raises(ConfigError, match=r"^evaluation\.search\.gumbel_c_visit=0\.0: must be finite and > 0$"):
         validate_evaluation(bad, OpponentConfig())
     bad = OpponentConfig(search=SearchConfig(gumbel_c_scale=-1.0))
-    with pytest.raises(ConfigError, match=r"^opponent\.search\.gumbel_c_scale=-1\.0: must be > 0$"):
+    with pytest.raises(ConfigError, match=r"^opponent\.search\.gumbel_c_scale=-1\.0: must be finite and > 0$"):
         validate_evaluation(EvaluationConfig(), bad)
     validate_evaluation(EvaluationConfig(search=SearchConfig(root=SearchRoot.gumbel, gumbel_actions=1)),
                         OpponentConfig())

@@ -8,12 +8,15 @@ per game (the move, the root value, a proven mate if any, the principal variatio
   ``Q + c_puct * P * sqrt(N_parent) / (1 + N_child)``; unvisited children get the parent's
   value minus ``FPU_REDUCTION`` as their Q (first-play urgency).
 - **Gumbel root** (``cfg.root = gumbel``; Danihelka et al., 2022, "Policy improvement by planning
-  with Gumbel"): Gumbel root, PUCT below. The root draws Gumbel noise ``g`` (from the search's
-  seeded generator), takes the ``cfg.gumbel_actions`` moves of the highest ``g + logits`` and runs
-  Sequential Halving over the playout budget: ``ceil(log2 m)`` phases, each splitting its share
-  evenly (round-robin) among the candidates left and then keeping the better half by
-  ``g + logits + sigma(q)``, ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q``. The move played
-  is the surviving candidate with the highest such score (``_GumbelRoot``).
+  with Gumbel"): Gumbel root, PUCT below. With ``cfg.gumbel_noise`` the root draws Gumbel noise
+  ``g`` (from the search's seeded generator; without it ``g = 0`` and the search is deterministic),
+  takes the ``cfg.gumbel_actions`` moves of the highest ``g + logits`` and runs Sequential Halving
+  over the playout budget: ``ceil(log2 m)`` phases, each splitting its share evenly (round-robin)
+  among the candidates left and then keeping the better half by ``g + logits + sigma(q)``
+  (``sigma``: mctx's completed Q-values, min-max rescaled and scaled by
+  ``(c_visit + max_b N(b)) * c_scale``). The move played is the surviving candidate with the
+  highest such score (``_GumbelRoot``); the improved policy ``softmax(logits + sigma(q))``
+  (``improved_policy``) is the result's training target (``SearchResult.policy``).
 - **Batched leaves**: every round, each tree descends ``cfg.batch_size`` times, with a virtual
   loss on the edges taken so that the descents spread over different leaves; all the new leaves
   of all the trees searched together (e.g. every game of a match where this player is to move)
@@ -60,6 +63,7 @@ FPU_REDUCTION = 0.2  # unvisited children: the parent's value minus this
 MAX_EXPANDED_NODES = 400_000  # per tree (about 1.5 GB); a search stops growing its tree there
 MATE_SEARCH_NODES = 100_000  # moves made by one root mate search before it gives up
 _TINY_PRIOR = 1e-45  # a prior of 0 (float32 underflow) as a logit: log of this
+RESCALE_EPSILON = 1e-8  # sigma: the smallest denominator of the min-max rescaling (mctx's epsilon)
 
 _NO_REPETITION = RepetitionState.NONE
 
@@ -90,6 +94,10 @@ class SearchResult:
     nodes: int  # playouts of this search (network evaluations and proven or terminal leaves)
     seldepth: int  # deepest descent of this search
     elapsed_s: float
+    # root=gumbel: every legal root move -> its probability in the improved policy
+    # softmax(logits + sigma(completed q)) (``improved_policy``); after a mate proven by the root mate
+    # search, 1 on the mate and 0 elsewhere. None with the PUCT root.
+    policy: dict[str, float] | None = None
 
     @property
     def depth(self) -> int:
@@ -167,6 +175,53 @@ class Node:
         return self.proof
 
 
+def _logits(prior: np.ndarray) -> np.ndarray:
+    """Logits of ``prior`` (its log, up to a constant); a prior of 0 gets the log of a tiny one."""
+    return np.log(np.maximum(prior, _TINY_PRIOR))
+
+
+def completed_q(node: Node) -> np.ndarray:
+    """The completed Q-values of ``node``'s moves, from its side to move's view, in [-1, 1] (mctx's
+    ``qtransform_completed_by_mix_value`` before its rescaling and scaling). A move proven won or
+    lost (``status``: by the rules, a mate in one in the tree, or the root's mate-in-one exclusion)
+    is +1 / -1, visited or not; another visited move's is its mean value ``w / n``; the other
+    unvisited moves get ``v_mix = (v + N * sum_b pi(b) q(b) / sum_b pi(b)) / (N + 1)``, with ``v``
+    the network's value of the node, ``N`` the visits of its moves, the sums over the visited moves
+    (their completed values) and ``pi`` the prior (floored at the smallest float, as mctx does);
+    no visit: ``v_mix = v``. Expects no descent pending (virtual losses would count)."""
+    n = node.n
+    visited = n > 0
+    q = np.where(visited, node.w / np.maximum(n, 1.0), 0.0)
+    proven = node.status != 0
+    q[proven] = node.status[proven]
+    total = float(n.sum())
+    mixed = node.value
+    if total > 0:
+        weights = np.maximum(node.prior[visited], np.finfo(np.float64).tiny)
+        mixed = (node.value + total * float(weights @ q[visited]) / float(weights.sum())) / (total + 1.0)
+    q[~visited & ~proven] = mixed
+    return q
+
+
+def sigma(node: Node, c_visit: float, c_scale: float) -> np.ndarray:
+    """``sigma(q)`` of ``node``'s moves as mctx computes it: the completed Q-values (``completed_q``)
+    min-max rescaled to [0, 1] over the node's moves (denominator at least ``RESCALE_EPSILON``),
+    times ``(c_visit + max_b N(b)) * c_scale``. Sequential Halving and the policy target both use it."""
+    q = completed_q(node)
+    low = float(q.min())
+    rescaled = (q - low) / max(float(q.max()) - low, RESCALE_EPSILON)
+    return (c_visit + float(node.n.max(initial=0.0))) * c_scale * rescaled
+
+
+def improved_policy(node: Node, c_visit: float, c_scale: float) -> np.ndarray:
+    """The Gumbel search's policy target over ``node``'s moves (float64, sums to 1):
+    ``softmax(logits + sigma(q))`` (``sigma``), the logits those of the node's prior."""
+    z = _logits(node.prior) + sigma(node, c_visit, c_scale)
+    z -= z.max()
+    p = np.exp(z)
+    return p / p.sum()
+
+
 class _GumbelRoot:
     """The root of one search with ``root=gumbel`` (Danihelka et al., 2022): the candidates are the
     ``m`` moves not proven lost with the highest ``g + logits`` (``g``: Gumbel noise); the playout
@@ -174,19 +229,18 @@ class _GumbelRoot:
     share of the playouts left (rounded up, so that from ``m * ceil(log2 m)`` playouts on every
     candidate gets one in the first phase), splits it evenly among the candidates left, visited
     round-robin (the better-scored first), then keeps the better half (rounded up) by
-    ``g + logits + sigma(q)``; after the last phase one is left: the move.
+    ``g + logits + sigma(q)`` (``sigma``, the function the policy target uses too); after the last
+    phase one is left: the move. ``noise`` is ``g`` (zeros: no noise).
 
-    ``q`` is the move's mean value (root player's view, [-1, 1]; +-1 when proven); an unvisited
-    move gets the paper's ``v_mix`` (the net's root value mixed with the prior-weighted values of
-    the visited moves). A phase ends (``settle``) only between rounds, when no descent is pending,
-    so virtual losses never enter a comparison. When every candidate is proven lost, new candidates
-    are drawn among the other moves with the playouts left."""
+    A phase ends (``settle``) only between rounds, when no descent is pending, so virtual losses
+    never enter a comparison. When every candidate is proven lost, new candidates are drawn among
+    the other moves with the playouts left."""
 
     def __init__(self, root: Node, noise: np.ndarray, cfg: SearchConfig, budget: int) -> None:
         self.root = root
         self.m = cfg.gumbel_actions
         self.c_visit, self.c_scale = cfg.gumbel_c_visit, cfg.gumbel_c_scale
-        self.base = noise + np.log(np.maximum(root.prior, _TINY_PRIOR))  # g + logits (up to a constant)
+        self.base = noise + _logits(root.prior)  # g + logits (up to a constant)
         self.left = max(budget, 0)  # playouts of the plan not yet made
         self.candidates = np.empty(0, dtype=np.intp)  # root moves still in the halving, the best first
         self.phases = 0  # phases left, this one included (0: the plan is over)
@@ -257,22 +311,7 @@ class _GumbelRoot:
 
     def scores(self, moves: np.ndarray) -> np.ndarray:
         """``g + logits + sigma(q)`` of ``moves`` (no descent pending)."""
-        root = self.root
-        n = root.n
-        visited = n > 0
-        q = np.where(visited, root.w / np.maximum(n, 1.0), 0.0)
-        if visited.any():  # v_mix (the paper's appendix D) for the unvisited moves
-            weights = root.prior[visited]
-            mean = (float(np.average(q[visited], weights=weights)) if weights.sum() > 0
-                    else float(q[visited].mean()))
-            total = float(n.sum())
-            q[~visited] = (root.value + total * mean) / (1.0 + total)
-        else:
-            q[:] = root.value
-        proven = root.status != 0
-        q[proven] = root.status[proven]
-        sigma = (self.c_visit + float(n.max(initial=0.0))) * self.c_scale * q
-        return self.base[moves] + sigma[moves]
+        return self.base[moves] + sigma(self.root, self.c_visit, self.c_scale)[moves]
 
 
 @dataclass
@@ -363,7 +402,7 @@ def _key(game: Game) -> Key:
 class Search:
     """Batched PUCT search with ``policy`` (see the module docstring). One ``Search`` per player:
     it keeps the trees of its last ``run`` for reuse and its own random generator (Dirichlet
-    noise, moves sampled at ``cfg.temperature``, the Gumbel root's noise)."""
+    noise, moves sampled at ``cfg.temperature``, the Gumbel root's noise with ``cfg.gumbel_noise``)."""
 
     def __init__(self, policy: Policy, cfg: SearchConfig, *, device: torch.device | str | None = None,
                  seed: int = 0) -> None:
@@ -512,7 +551,9 @@ class Search:
                 board.pop()
             root.update_proof()
         if gumbel:
-            tree.gumbel = _GumbelRoot(root, self.rng.gumbel(size=len(root.prior)), cfg, budget)
+            m = len(root.prior)
+            noise = self.rng.gumbel(size=m) if cfg.gumbel_noise else np.zeros(m)
+            tree.gumbel = _GumbelRoot(root, noise, cfg, budget)
 
     def _collect(self, tree: _Tree, descents: int, batch: list[_Leaf]) -> None:
         """Up to ``descents`` descents of ``tree``: new leaves join ``batch`` (virtual loss on their
@@ -606,7 +647,8 @@ class Search:
         if tree.mate is not None:
             move, plies = tree.mate
             usi = move.to_usi()
-            return SearchResult(usi, 1.0, plies, [usi], {usi: 0}, {usi: 1.0}, tree.nodes, plies, elapsed)
+            return SearchResult(usi, 1.0, plies, [usi], {usi: 0}, {usi: 1.0}, tree.nodes, plies, elapsed,
+                                self._target(tree))
         k = self._choose(tree, sample)
         usi = [root.move(i).to_usi() for i in range(len(root.n))]
         values = {usi[i]: float(root.status[i]) if root.status[i] else float(root.w[i] / root.n[i])
@@ -614,7 +656,19 @@ class Search:
         mate = int(root.status[k]) * int(root.plies[k]) if root.status[k] else None
         return SearchResult(usi[k], values.get(usi[k], root.value), mate, self._pv(root, k),
                             {usi[i]: int(root.n[i]) for i in range(len(root.n))}, values, tree.nodes,
-                            tree.seldepth, elapsed)
+                            tree.seldepth, elapsed, self._target(tree))
+
+    def _target(self, tree: _Tree) -> dict[str, float] | None:
+        """``SearchResult.policy``: with the Gumbel root, the improved policy over the root's legal moves
+        (a mate proven by the root mate search: all on the mate); None with the PUCT root."""
+        if self.cfg.root != SearchRoot.gumbel:
+            return None
+        if tree.mate is not None:
+            mate = tree.mate[0].to_usi()
+            return {move: float(move == mate) for move in tree.game.legal_usi()}
+        root = tree.root
+        target = improved_policy(root, self.cfg.gumbel_c_visit, self.cfg.gumbel_c_scale)
+        return {root.move(i).to_usi(): float(p) for i, p in enumerate(target)}
 
     def _choose(self, tree: _Tree, sample: bool) -> int:
         """The root move: a proven win (the quickest), else among moves not proven lost the most
