@@ -86,6 +86,7 @@ class ModelConfig:
     king_potential: float = 0.0  # value of an attack on a square of a king's zone (shaping; 0: off)
     value_reach: bool = True  # the value head spans 1 + the potentials' bound, so head + potentials reach +-1
     value_plane_norm: bool = False  # resnet: normalise the value head's one plane (loses its level; old runs)
+    value_plane_relu: bool = False  # resnet: a ReLU on the value head's one plane (it can die: old runs)
 
 
 @dataclass

@@ -144,8 +144,9 @@ def test_a_v1_checkpoint_still_loads_with_its_config_keys_renamed(tmp_path: Path
 
 
 def test_a_checkpoint_from_before_the_value_head_fixes_rebuilds_its_own_head(tmp_path: Path) -> None:
-    """A checkpoint written before model.value_reach and model.value_plane_norm existed (its config
-    has neither) had a value head in [-1, 1] behind a normalised plane: it is rebuilt so, its weights
+    """A checkpoint written before model.value_reach, model.value_plane_norm and model.value_plane_relu
+    existed (its config has none) had a value head in [-1, 1] behind a normalised, ReLU'd plane: it is
+    rebuilt so, its weights
     load (the plane's GroupNorm included) and it gives the values it was trained to give."""
     from keisei.config import ModelConfig, ModelName, TrainConfig, to_container
     from keisei.nn.checkpoint import FORMAT, load_model, model_state
@@ -154,10 +155,10 @@ def test_a_checkpoint_from_before_the_value_head_fixes_rebuilds_its_own_head(tmp
     from keisei.shogi.encoding import encode
 
     old = ModelConfig(name=ModelName.resnet, blocks=1, channels=8, value_hidden=16, material_potential=0.03,
-                      value_reach=False, value_plane_norm=True)
+                      value_reach=False, value_plane_norm=True, value_plane_relu=True)
     cfg = TrainConfig(model=old)
     config = to_container(cfg)
-    del config["model"]["value_reach"], config["model"]["value_plane_norm"]
+    del config["model"]["value_reach"], config["model"]["value_plane_norm"], config["model"]["value_plane_relu"]
     torch.manual_seed(0)
     model = build_model(old).eval()
     path = tmp_path / "before.pt"

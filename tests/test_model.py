@@ -463,6 +463,25 @@ def test_value_head_sees_the_level_of_its_plane(plane_norm: bool) -> None:
     assert torch.isclose(values[0], values[1], atol=1e-5) == plane_norm
 
 
+@pytest.mark.parametrize("plane_relu", [False, True])
+def test_value_head_plane_cannot_die(plane_relu: bool) -> None:
+    """A value plane pushed negative on every square (as Adam at lr 1e-3 did to the default ResNet within
+    50 steps on engine-labelled positions): without a ReLU on it (model.value_plane_relu false) the value
+    still tells positions apart and the loss still reaches the tower; with one (runs from before), every
+    position gets one value and no gradient flows back: the head can never recover."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(blocks=1, channels=8, value_plane_relu=plane_relu))
+    with torch.no_grad():
+        model.value[0].bias.fill_(-5.0)
+    obs = torch.from_numpy(encode([Game(), Game("4k4/9/9/9/9/9/9/9/4K4 b RBGSNLP 1")])[0])
+    assert (model.value[0](model.tower(model.stem(obs))) < 0).all()  # every square of both planes
+    values = model(obs)[1]
+    (values**2).sum().backward()
+    grad = model.value[0].weight.grad
+    assert torch.isclose(values[0], values[1]) == plane_relu
+    assert (grad.abs().sum() == 0) == plane_relu
+
+
 @pytest.mark.parametrize("name", ["resnet", "mlp"])
 def test_material_potential_adds_the_material_balance_to_the_value(name: str) -> None:
     """With model.material_potential=k the value is the head's plus a potential of the side to move's

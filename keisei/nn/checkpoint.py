@@ -113,6 +113,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model.setdefault("norm", "batch")  # written before model.norm existed: BatchNorm everywhere
         model.setdefault("value_reach", False)  # before these two: a value head in [-1, 1] ...
         model.setdefault("value_plane_norm", True)  # ... behind a normalised plane
+        model.setdefault("value_plane_relu", True)  # before it: a ReLU on the value head's plane
     return data
 
 

@@ -189,7 +189,10 @@ class ResNet(nn.Module):
         self.tower = nn.Sequential(*(ResidualBlock(c, se, norm) for _ in range(cfg.blocks)))
         self.policy = PolicyHead(c, norm, cfg.policy_mates)
         plane = conv_norm(c, 1, 1, norm) if cfg.value_plane_norm else [nn.Conv2d(c, 1, 1)]
-        self.value = nn.Sequential(*plane, nn.ReLU(inplace=True), nn.Flatten(),
+        # Without a ReLU on the one plane (model.value_plane_relu=false) it cannot die: a ReLU'd plane
+        # whose 81 squares all turn negative gives one value for every position, and no gradient back.
+        plane_act = nn.ReLU(inplace=True) if cfg.value_plane_relu else nn.Identity()
+        self.value = nn.Sequential(*plane, plane_act, nn.Flatten(),
                                    nn.Linear(81, cfg.value_hidden), nn.ReLU(inplace=True),
                                    nn.Linear(cfg.value_hidden, 1), nn.Tanh())
         self.material = MaterialPotential(cfg.material_potential, cfg.material_potential_max)
