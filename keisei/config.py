@@ -170,6 +170,26 @@ class SupervisedConfig:
     score_scale: float = 600.0  # centipawns per unit of the eval's logit (dlshogi: 756.09 for YaneuraOu)
 
 
+@dataclass
+class GumbelAZConfig:
+    """``algorithm=gumbel_az``: Gumbel AlphaZero self-play (Danihelka et al., ICLR 2022; ``keisei.train.gumbel_az``).
+    Every move of every game is chosen by a Gumbel-root search; the search's improved policy and the game's
+    result are the targets, learnt from a replay buffer. One env step is one move played."""
+
+    name: str = "gumbel_az"
+    simulations: int = 16  # playouts per move (the root's own evaluation is the first); 16-32 on a CPU
+    gumbel_actions: int = 16  # m: root moves sampled (Gumbel top-m) for Sequential Halving; 1 <= m <= simulations
+    c_visit: float = 50.0  # sigma(q) = (c_visit + max visits) * c_scale * q (mctx's defaults)
+    c_scale: float = 0.1
+    mate_plies: int = 3  # the search's root mate search (odd; 0: off)
+    num_steps: int = 8  # moves per game per update: env.num_envs * num_steps moves an update
+    buffer_size: int = 100_000  # positions kept (about 1.6 KB each; keisei/train/replay.py)
+    samples_per_position: float = 4.0  # minibatch samples per move played: each position is trained on this often
+    minibatch_size: int = 256  # positions per optimiser step (at most buffer_size)
+    value_coef: float = 1.0  # loss = policy cross-entropy + value_coef * value MSE
+    root_value_weight: float = 0.0  # value target = (1 - w) * game result + w * the search's value
+
+
 class SearchRoot(str, Enum):
     """How the search chooses among the root's moves (below the root it is always PUCT)."""
 
@@ -302,7 +322,7 @@ class TrainConfig:
 
 
 #: The ``algorithm`` options by name: the schema of ``conf/algorithm/<name>.yaml``.
-ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "supervised": SupervisedConfig}
+ALGORITHMS: dict[str, type] = {"ppo": PPOConfig, "supervised": SupervisedConfig, "gumbel_az": GumbelAZConfig}
 
 
 @dataclass
@@ -463,6 +483,8 @@ def validate(cfg: DictConfig | TrainConfig, *, data: bool = True) -> TrainConfig
         _validate_ppo(cfg.algorithm, cfg.env, cfg.training)
     if isinstance(cfg.algorithm, SupervisedConfig):
         _validate_supervised(cfg.algorithm, cfg.training, data)
+    if isinstance(cfg.algorithm, GumbelAZConfig):
+        _validate_gumbel_az(cfg.algorithm, cfg)
     _validate_opponent_pool(cfg.training.opponent_pool, cfg.env)
     _validate_env(cfg.env)
     _validate_model(cfg.model)
@@ -527,6 +549,34 @@ def _validate_supervised(a: SupervisedConfig, t: TrainingConfig, data: bool) -> 
         _check(sum(n - held_out(n, a.validation_fraction) for n in rows) >= 1, "algorithm.train", a.train,
                f"{sum(rows)} rows in all: none left to train on after holding out algorithm.validation_fraction="
                f"{a.validation_fraction} of each file")
+
+
+def _validate_gumbel_az(a: GumbelAZConfig, cfg: TrainConfig) -> None:
+    _check(a.simulations >= 2, "algorithm.simulations", a.simulations,
+           "must be >= 2 (the root's evaluation is the first playout: one more is the least search)")
+    _check(1 <= a.gumbel_actions <= a.simulations, "algorithm.gumbel_actions", a.gumbel_actions,
+           f"must be in [1, algorithm.simulations={a.simulations}] (a candidate needs a playout to be compared)")
+    for key in ("c_visit", "c_scale"):
+        _check(math.isfinite(getattr(a, key)) and getattr(a, key) > 0, f"algorithm.{key}", getattr(a, key),
+               "must be finite and > 0")
+    _check(a.mate_plies >= 0 and (a.mate_plies == 0 or a.mate_plies % 2 == 1), "algorithm.mate_plies",
+           a.mate_plies, "must be 0 (off) or odd")
+    for key in ("num_steps", "buffer_size", "minibatch_size"):
+        _check(getattr(a, key) >= 1, f"algorithm.{key}", getattr(a, key), "must be >= 1")
+    _check(a.minibatch_size <= a.buffer_size, "algorithm.minibatch_size", a.minibatch_size,
+           f"must be at most algorithm.buffer_size={a.buffer_size}")
+    _check(math.isfinite(a.samples_per_position) and a.samples_per_position > 0, "algorithm.samples_per_position",
+           a.samples_per_position, "must be finite and > 0")
+    _check(a.value_coef >= 0, "algorithm.value_coef", a.value_coef, "must be >= 0")
+    _check(0 <= a.root_value_weight <= 1, "algorithm.root_value_weight", a.root_value_weight, "must be in [0, 1]")
+    _check(cfg.env.workers == 1, "env.workers", cfg.env.workers,
+           "must be 1 with algorithm=gumbel_az (the search reads the games in the training process)")
+    for key in ("material_potential", "king_potential"):
+        _check(getattr(cfg.model, key) == 0, f"model.{key}", getattr(cfg.model, key),
+               "must be 0 with algorithm=gumbel_az (the search and its value targets need values in [-1, 1])")
+    for key in ("size", "heuristic_fraction"):
+        _check(not getattr(cfg.training.opponent_pool, key), f"training.opponent_pool.{key}",
+               getattr(cfg.training.opponent_pool, key), "must be 0 with algorithm=gumbel_az (self-play only)")
 
 
 def hcpe_files(paths: list[str]) -> list[Path]:

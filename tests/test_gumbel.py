@@ -201,6 +201,18 @@ def test_halving_keeps_the_best_by_the_target_without_noise(net: torch.nn.Module
         assert result.move == max(last, key=result.policy.__getitem__)
 
 
+def test_a_small_budget_visits_every_candidate_once(net: torch.nn.Module, positions: list[Game]) -> None:
+    # 16 playouts (the root's evaluation and 15 descents), m = 16: as the paper's max(1, n / (m log2 m)),
+    # the first phase gives 15 candidates a playout each (an even split over 4 phases gave 4 of them one,
+    # and the other 12 were compared on their priors alone).
+    policy = Policy(net)
+    cfg = SearchConfig(simulations=16, batch_size=4, mate_plies=0, gumbel_actions=16, gumbel_noise=True, **GUMBEL)
+    for game in positions:
+        assert len(game.legal_usi()) > 16
+        (result,) = Search(policy, cfg, seed=0).run([game])
+        assert sorted(n for n in result.visits.values() if n) == [1] * 15, result.visits
+
+
 # --- noise --------------------------------------------------------------------------------
 
 

@@ -11,7 +11,8 @@ per game (the move, the root value, a proven mate if any, the principal variatio
   with Gumbel"): Gumbel root, PUCT below. With ``cfg.gumbel_noise`` the root draws Gumbel noise
   ``g`` (from the search's seeded generator; without it ``g = 0`` and the search is deterministic),
   takes the ``cfg.gumbel_actions`` moves of the highest ``g + logits`` and runs Sequential Halving
-  over the playout budget: ``ceil(log2 m)`` phases, each splitting its share evenly (round-robin)
+  over the playout budget: ``ceil(log2 m)`` phases, each splitting its share (at least a playout per
+  candidate while the budget lasts) evenly (round-robin)
   among the candidates left and then keeping the better half by ``g + logits + sigma(q)``
   (``sigma``: mctx's completed Q-values, min-max rescaled and scaled by
   ``(c_visit + max_b N(b)) * c_scale``). The move played is the surviving candidate with the
@@ -226,9 +227,11 @@ class _GumbelRoot:
     """The root of one search with ``root=gumbel`` (Danihelka et al., 2022): the candidates are the
     ``m`` moves not proven lost with the highest ``g + logits`` (``g``: Gumbel noise); the playout
     budget is spent by Sequential Halving over them. Each of ``ceil(log2 m)`` phases takes its
-    share of the playouts left (rounded up, so that from ``m * ceil(log2 m)`` playouts on every
-    candidate gets one in the first phase), splits it evenly among the candidates left, visited
-    round-robin (the better-scored first), then keeps the better half (rounded up) by
+    share of the playouts left (rounded up), but at least one per candidate left while the budget
+    lasts (as the paper's ``max(1, floor(n / (m log2 m)))`` visits each: with fewer than
+    ``m * ceil(log2 m)`` playouts the first phases take more than their share), splits it evenly
+    among the candidates left, visited round-robin (the better-scored first), then keeps the
+    better half (rounded up) by
     ``g + logits + sigma(q)`` (``sigma``, the function the policy target uses too); after the last
     phase one is left: the move. ``noise`` is ``g`` (zeros: no noise).
 
@@ -260,7 +263,7 @@ class _GumbelRoot:
 
     def _start_phase(self) -> None:
         count = len(self.candidates)
-        share = min(-(-self.left // self.phases), self.left)
+        share = min(max(-(-self.left // self.phases), count), self.left)
         each, extra = divmod(share, count)
         self.quota = np.full(count, each, dtype=np.int64)
         self.quota[:extra] += 1

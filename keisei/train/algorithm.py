@@ -1,5 +1,7 @@
-"""Ways of training, behind one small interface: ``collect`` experience (played in the env, or read from
-files: ``algorithm=supervised``), ``learn`` from it.
+"""Ways of training, behind one small interface: ``collect`` experience (played in the env: PPO's sampled
+moves or ``algorithm=gumbel_az``'s searched ones; or read from files: ``algorithm=supervised``), ``learn``
+from it. An algorithm with state of its own (a replay buffer) also has ``state_dict`` / ``load_state_dict``
+(``Stateful``): the checkpoint keeps it per rank.
 
 The training loop (``keisei.train.loop``) and its scaffolding (``keisei.train.run``: checks, run
 dir, checkpoints, metrics, periodic evaluation, preemption) are the same for every algorithm; an
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from keisei.config import PPOConfig, SupervisedConfig, TrainConfig
+import numpy as np
+
+from keisei.config import GumbelAZConfig, PPOConfig, SupervisedConfig, TrainConfig
+from keisei.train.gumbel_az import Replay, SelfPlay, gumbel_az_update
 from keisei.train.ppo import Batch, ppo_update
 from keisei.train.rollout import RolloutStats, collect
 from keisei.train.state import TrainState
-from keisei.train.supervised import HcpeStream, Positions, supervised_update, validation_metrics
+from keisei.train.supervised import HcpeStream, Positions, rank_and_world, supervised_update, validation_metrics
 
 
 class Algorithm(Protocol):
@@ -30,6 +35,15 @@ class Algorithm(Protocol):
         """Update the network from ``batch``; the metrics of the update (``losses/...``, and any others the
         algorithm logs with them, such as supervised training's ``val/...``)."""
         ...
+
+
+class Stateful(Protocol):
+    """An algorithm with state of its own beyond the network and the env (``algorithm=gumbel_az``: its replay
+    buffer): each rank's ``state_dict()`` is saved in the checkpoint with that rank's own state
+    (``keisei.train.state.TrainState.attach``), and a resumed run gives it back to ``load_state_dict``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class PPO:
@@ -88,8 +102,41 @@ class Supervised:
         return (s.update + 1) % self.cfg.validation_interval == 0 or last
 
 
+class GumbelAZ:
+    """``algorithm=gumbel_az``: ``num_steps`` moves per game, each chosen by a Gumbel-root search, the
+    finished games' positions into a replay buffer, then ``samples_per_position`` optimiser steps' worth of
+    minibatches from it (``keisei.train.gumbel_az``). Its buffer and the positions of the games in
+    progress are part of each rank's checkpoint state (``Stateful``)."""
+
+    objective = ("losses/accuracy", "share of sampled positions whose most likely move is the search's, last update")
+
+    def __init__(self, cfg: GumbelAZConfig, state: TrainState) -> None:
+        self.cfg, self.state = cfg, state
+        rank, _ = rank_and_world()
+        seed = int(np.random.SeedSequence([state.cfg.seed % 2**63, rank]).generate_state(1)[0])
+        self.selfplay = SelfPlay(cfg, state.env, state.policy, state.generator, seed)
+
+    @staticmethod
+    def steps_per_update(cfg: TrainConfig) -> int:
+        """Moves of one rank per collect / learn pair: ``num_steps`` in every game."""
+        return cfg.env.num_envs * cfg.algorithm.num_steps
+
+    def collect(self) -> tuple[Replay, RolloutStats]:
+        return self.selfplay.collect()
+
+    def learn(self, batch: Replay) -> dict[str, float]:
+        s = self.state
+        return gumbel_az_update(s.policy, s.optimizer, batch, self.cfg, s.cfg.training.max_grad_norm, s.scaler)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.selfplay.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.selfplay.load_state_dict(state)
+
+
 #: The algorithm of each ``algorithm`` config type.
-BY_CONFIG: dict[type, type] = {PPOConfig: PPO, SupervisedConfig: Supervised}
+BY_CONFIG: dict[type, type] = {PPOConfig: PPO, SupervisedConfig: Supervised, GumbelAZConfig: GumbelAZ}
 
 
 def build_algorithm(cfg: TrainConfig, state: TrainState) -> Algorithm:

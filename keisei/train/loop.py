@@ -25,6 +25,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
     one network on all of them (``keisei.train.distributed``); rank 0 writes the record."""
     with Run(cfg, run_dir) as run:
         algorithm = build_algorithm(cfg, run.state)
+        run.state.attach(algorithm)  # its own state (a replay buffer) joins the checkpoints; a resumed run's comes back
         while not run.done:
             start = time.perf_counter()
             lr = run.set_learning_rate()

@@ -58,6 +58,11 @@ class TrainState:
     #: The network the run started from (``training.init_checkpoint``), frozen: what ``losses/init_kl``
     #: and ``algorithm.init_kl_coef`` compare with; None for a run started from scratch.
     init_policy: Policy | None = None
+    #: The algorithm whose own state (``state_dict()``: ``algorithm=gumbel_az``'s replay buffer) each rank
+    #: saves under ``"algorithm"`` (``attach``); None for one without (PPO, supervised).
+    algorithm: Any = None
+    #: That state as loaded from the checkpoint resumed from, until ``attach`` hands it to the algorithm.
+    algorithm_state: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, cfg: TrainConfig, device: torch.device, init_checkpoint: str | Path | None = None
@@ -91,14 +96,28 @@ class TrainState:
             init_policy=init_policy,
         )
 
+    def attach(self, algorithm: Any) -> None:
+        """Keep ``algorithm``'s own state in this state's checkpoints when it has one (``state_dict`` and
+        ``load_state_dict``), and give it the state of the checkpoint resumed from, if that has one."""
+        if not hasattr(algorithm, "state_dict"):
+            return
+        self.algorithm = algorithm
+        if self.algorithm_state is not None:
+            algorithm.load_state_dict(self.algorithm_state)
+            self.algorithm_state = None
+
     def rank_state(self) -> dict[str, Any]:
-        """What differs between the ranks of a distributed run: random generators, games, pool draws."""
-        return {
+        """What differs between the ranks of a distributed run: random generators, games, pool draws,
+        the algorithm's own state (if any)."""
+        state = {
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "env": self.env.state_dict(),
             "opponent_pool": self.pool.state_dict(),
         }
+        if self.algorithm is not None:
+            state["algorithm"] = self.algorithm.state_dict()
+        return state
 
     def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The checkpoint: the shared state, this rank's (rank 0's) own, and with several ranks
@@ -110,7 +129,7 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "global_step": self.global_step,
             "update": self.update,
-            **self.rank_state(),
+            **(ranks[0] if ranks else self.rank_state()),  # rank 0's own (gathered already: not built twice)
             "wandb_run_id": self.wandb_run_id,
             "games_total": self.games_total,
             "objective": self.objective,
@@ -178,6 +197,7 @@ class TrainState:
         self.objective = data.get("objective", float("nan"))  # absent before format v2
         self.eval_win_rate = data.get("eval_win_rate")
         self.env.load_state_dict(own["env"])
+        self.algorithm_state = own.get("algorithm")  # for the algorithm, once built (``attach``)
         log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)
 
 
