@@ -166,6 +166,12 @@ def test_an_output_of_another_teacher_or_tool_is_refused(tmp_path: Path) -> None
     assert_clean_error(label(f"output={out}", "positions=10", "workers=1", "teacher.depth=3"), "another teacher",
                        returncode=2)
     assert out.read_bytes() == before
+    meta = out.with_name("a.hcpe.json")
+    saved = json.loads(meta.read_text())  # a description of an earlier version: a network player's search
+    meta.write_text(json.dumps({**saved, "teacher": {**saved["teacher"], "search": {"gumbel_c_scale": 1.0}}}))
+    rows = len(hcps(out))
+    assert label(f"output={out}", f"positions={rows + 1}", "workers=1", *FAST).returncode == 0  # not a setting of it
+    assert len(hcps(out)) > rows
     foreign = tmp_path / "foreign.hcpe"
     foreign.write_bytes(before)
     assert_clean_error(label(f"output={foreign}", "positions=10", *FAST), "not written by label.py", returncode=2)

@@ -110,6 +110,16 @@ def validate_label(cfg: LabelConfig) -> LabelConfig:
 
 
 # --- the output files --------------------------------------------------------------------------
+#: Keys of a teacher's config that do not change what a USI engine answers (a network player's search and
+#: temperature): left out of the output's description, so that a new default of theirs does not refuse a rerun.
+NOT_TEACHER_SETTINGS = ("checkpoint", "temperature", "search")
+
+
+def teacher_settings(cfg: LabelConfig) -> dict[str, Any]:
+    """The teacher's settings that the labels depend on: what ``<output>.json`` records and a rerun must match."""
+    return {k: v for k, v in to_container(cfg.teacher).items() if k not in NOT_TEACHER_SETTINGS}
+
+
 class Output:
     """The hcpe file, its side file and its description; opened for appending after a check that
     they were written by the same teacher settings, and cut back to whole rows present in both."""
@@ -119,10 +129,11 @@ class Output:
         self.side_path = self.path.with_name(self.path.name + ".side")
         self.meta_path = self.path.with_name(self.path.name + ".json")
         self.side_dtype = side_dtype(cfg.multipv)
-        meta = {"teacher": to_container(cfg.teacher), "multipv": cfg.multipv, "side_dtype": self.side_dtype.descr}
+        meta = {"teacher": teacher_settings(cfg), "multipv": cfg.multipv, "side_dtype": self.side_dtype.descr}
         if self.meta_path.is_file():
             saved = json.loads(self.meta_path.read_text(encoding="utf-8"))
             saved["side_dtype"] = np.dtype([tuple(f) for f in saved["side_dtype"]]).descr
+            saved["teacher"] = {k: saved.get("teacher", {}).get(k) for k in meta["teacher"]}
             if {k: saved.get(k) for k in meta} != meta:
                 raise ConfigError(f"output={self.path}: labelled by another teacher or multipv ({self.meta_path}); "
                                   "label into another output file")
