@@ -342,6 +342,26 @@ def test_trained_against_is_the_heuristic_when_the_pool_had_it():
     assert trained_against(cfg) == frozenset({"heuristic"})
 
 
+def test_trained_against_follows_the_run_it_started_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run started from a checkpoint (training.init_checkpoint) of a run that played the heuristic player
+    trained against it too, through two starts; a start whose checkpoint is gone is named in a warning."""
+    from keisei.config import to_container
+    from keisei.nn.checkpoint import save_checkpoint
+
+    first = TrainConfig()
+    first.training.opponent_pool.heuristic_fraction = 0.25
+    save_checkpoint({"config": to_container(first)}, tmp_path / "first.pt")
+    second = TrainConfig()
+    second.training.init_checkpoint = str(tmp_path / "first.pt")
+    save_checkpoint({"config": to_container(second)}, tmp_path / "second.pt")
+    third = TrainConfig()
+    third.training.init_checkpoint = str(tmp_path / "second.pt")
+    assert trained_against(third) == frozenset({"heuristic"})
+    third.training.init_checkpoint = str(tmp_path / "gone.pt")
+    assert trained_against(third) == frozenset()
+    assert "gone.pt" in capsys.readouterr().err
+
+
 # --- rate_agent -----------------------------------------------------------------------------------
 
 

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from keisei.config import ConfigError, EvaluationConfig, OpponentConfig, TrainConfig
+from keisei.config import ConfigError, EvaluationConfig, OpponentConfig, TrainConfig, from_container
 from keisei.evaluation.elo import rating_against, rating_errors, ratings
 from keisei.evaluation.opponents import build_opponent
 from keisei.evaluation.report import ladder_table
 from keisei.evaluation.tournament import play_and_record, write_json
+from keisei.nn.checkpoint import CheckpointError, load_checkpoint
 from keisei.play.match import MatchInterrupted
 from keisei.play.players import Player
 
@@ -59,10 +60,22 @@ def load_ladder(presets: list[str], max_plies: int, path: Path = LADDER_FILE) ->
     return [Rung(**{k: rated[p][k] for k in ("preset", "name", "elo", "error")}) for p in presets]
 
 
-def trained_against(cfg: TrainConfig) -> frozenset[str]:
+def trained_against(cfg: TrainConfig, _depth: int = 0) -> frozenset[str]:
     """The ladder's presets that a run's agent played in training: the heuristic player when its
-    opponent pool has one (``training.opponent_pool.heuristic_fraction``); every other rung is held out."""
-    return frozenset({"heuristic"}) if cfg.training.opponent_pool.heuristic_fraction > 0 else frozenset()
+    opponent pool has one (``training.opponent_pool.heuristic_fraction``), and those of the run it
+    started from (``training.init_checkpoint``, followed back while its checkpoints exist; one that is
+    gone is named in a warning); every other rung is held out."""
+    own = frozenset({"heuristic"}) if cfg.training.opponent_pool.heuristic_fraction > 0 else frozenset()
+    start = cfg.training.init_checkpoint
+    if not start or _depth >= 32:  # a chain of starts that long is a loop
+        return own
+    try:
+        config = load_checkpoint(start)["config"]
+    except CheckpointError as exc:
+        print(f"warning: the agent started from {start}, which cannot be read ({exc}): the rungs that run "
+              "trained against are not known, and count as held out", file=sys.stderr)
+        return own
+    return own | trained_against(from_container(config), _depth + 1)
 
 
 def pairs(n: int) -> list[tuple[int, int]]:
