@@ -1,6 +1,9 @@
 """Pictures of runs and games.
 
     python -m keisei.plot RUN_DIR [--out FILE.png]    # the run's metrics.jsonl as a PNG (default RUN_DIR/metrics.png)
+    python -m keisei.plot RUN_DIR... --opponent NAME [--out FILE.png]
+                                                     # the runs' periodic win rates against NAME over
+                                                     # training time, a curve per run, in one panel
     python -m keisei.plot RECORD [--out FILE.svg]     # a game record's final position (KIF, CSA, or a
                                                      # games.jsonl line as games.jsonl:N)
 
@@ -230,6 +233,46 @@ def _draw_ladder(ax: Any, rated: list[tuple[float, float, float]], xlabel: str) 
     ax.set_xlabel(xlabel)
 
 
+def win_rate_over_time(run_dir: Path, opponent: str) -> list[tuple[float, float]]:
+    """(training minutes, win rate) of the run's periodic evaluations against ``opponent``: a name of
+    ``evaluation.periodic_opponents`` (``eval/<name>/win_rate``) or the run's ``opponent``
+    (``eval/win_rate``). Training minutes as ``training_seconds`` counts them."""
+    train, evals = read_metrics(run_dir)
+    keys = [f"eval/{opponent}/win_rate", *(["eval/win_rate"] if opponent == main_opponent(run_dir) else [])]
+    seconds = training_seconds(train)
+    points = [(seconds[r["eval/global_step"]] / 60, r[key]) for r in evals for key in keys
+              if r.get(key) is not None and r.get("eval/global_step") in seconds]
+    if not points:
+        known = ", ".join([*eval_opponents(evals), main_opponent(run_dir) or "its opponent"])
+        raise PlotError(f"{run_dir}: no periodic evaluation against {opponent} (it has: {known})")
+    return sorted(points)
+
+
+def plot_win_rates(run_dirs: list[Path], opponent: str, out: Path | None = None) -> Path:
+    """One panel: each run's win rate against ``opponent`` over training time (``win_rate_over_time``),
+    labelled with the run dir's name; returns the PNG's path (default ``win_rate_<opponent>.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [(run_dir.name, win_rate_over_time(run_dir, opponent)) for run_dir in run_dirs]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, points in curves:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel("training time (min; sum of update times from charts/SPS, evaluations left out)")
+    ax.set_ylabel(f"win rate vs {opponent}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = out or Path(f"win_rate_{opponent}.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def _number(value: Any) -> float:
     """A metric's value as a float; NaN for a missing one (``null``: not finite when logged)."""
     return float(value) if isinstance(value, (int, float)) else math.nan
@@ -319,19 +362,34 @@ def final_position_svg(record: str) -> str:
     return str(board.to_svg(last_move=last, scale=2.0))
 
 
+def _run_dirs(targets: list[str], opponent: str | None) -> list[Path]:
+    """The run dirs of a comparison, checked: each a directory, and the opponent named."""
+    if not opponent:
+        raise PlotError(f"{len(targets)} run dirs: name the opponent to compare them on (--opponent NAME)")
+    for target in targets:
+        if not Path(target).is_dir():
+            raise PlotError(f"{target}: not a run dir (--opponent compares run dirs)")
+    return [Path(target) for target in targets]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m keisei.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="a run dir, or a game record (.kif, .csa, games.jsonl:N with N from 1)")
-    parser.add_argument("--out", type=Path, help="output file (PNG for a run dir, SVG for a record)")
+    parser.add_argument("target", nargs="+", help="a run dir (several with --opponent), or a game record "
+                        "(.kif, .csa, games.jsonl:N with N from 1)")
+    parser.add_argument("--opponent", help="compare the runs' periodic win rates against this opponent")
+    parser.add_argument("--out", type=Path, help="output file (PNG for run dirs, SVG for a record)")
     args = parser.parse_args(argv)
     try:
-        target = Path(args.target)
+        if args.opponent or len(args.target) > 1:
+            print(plot_win_rates(_run_dirs(args.target, args.opponent), args.opponent, args.out))
+            return
+        target = Path(args.target[0])
         if target.is_dir():
             print(plot_metrics(target, args.out))
         else:
-            out = args.out or Path(f"{args.target.replace('.jsonl:', '-')}.svg")
-            out.write_text(final_position_svg(args.target), encoding="utf-8")
+            out = args.out or Path(f"{args.target[0].replace('.jsonl:', '-')}.svg")
+            out.write_text(final_position_svg(args.target[0]), encoding="utf-8")
             print(out)
     except (OSError, ValueError, IndexError) as exc:
         print(f"Error: {exc}", file=sys.stderr)

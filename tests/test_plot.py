@@ -298,3 +298,39 @@ def test_ladder_and_other_opponents_share_the_run(tmp_path: Path) -> None:
     assert panels["periodic evaluation"]["curves"] == {"win rate vs heuristic": ([640], [0.25])}
     assert panels["ladder Elo"]["curves"] == {"ladder Elo": ([640], [10.0])}
     assert "ladder Elo over training time" in panels
+
+
+def test_win_rates_of_several_runs_over_training_time(tmp_path: Path) -> None:
+    """--opponent: each run's periodic win rate against one opponent, named either as a periodic
+    opponent or as the run's own opponent, at the training minutes of its evaluated steps; a run
+    that never played it, or several runs without --opponent, give one line naming the problem."""
+    from keisei.plot import win_rate_over_time
+
+    ppo, gaz = tmp_path / "ppo", tmp_path / "gaz"
+    for run_dir in (ppo, gaz):
+        write_metrics(run_dir, with_eval=True)  # 128 steps an update at 1000 steps/s; evaluated at 256, 512
+    lines = [json.loads(line) for line in (gaz / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        if "eval/global_step" in line:
+            line["eval/fs/win_rate"] = line["eval/global_step"] / 1024
+    (gaz / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    (ppo / "config.yaml").write_text("opponent:\n  kind: usi\n  name: fs\n", encoding="utf-8")
+    (gaz / "config.yaml").write_text("opponent:\n  kind: heuristic\n  name: heuristic\n", encoding="utf-8")
+
+    minutes = [2 * 0.128 / 60, 4 * 0.128 / 60]
+    assert win_rate_over_time(gaz, "fs") == pytest.approx(list(zip(minutes, [0.25, 0.5])))
+    assert win_rate_over_time(ppo, "fs") == pytest.approx(list(zip(minutes, [0.5, 0.5])))  # its eval/win_rate
+    assert win_rate_over_time(gaz, "heuristic") == pytest.approx(list(zip(minutes, [0.5, 0.5])))
+
+    def plot(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "keisei.plot", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    done = plot(str(ppo), str(gaz), "--opponent", "fs", "--out", str(tmp_path / "fs.png"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fs.png").read_bytes()[:8] == PNG_MAGIC
+    for args, named in (([str(ppo), str(gaz), "--opponent", "gpsusi"], f"{ppo}: no periodic evaluation against gpsusi"),
+                        ([str(ppo), str(gaz)], "--opponent NAME"),
+                        ([str(ppo), str(tmp_path / "nothing"), "--opponent", "fs"], "nothing: not a run dir")):
+        bad = plot(*args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and named in bad.stderr, bad.stderr
