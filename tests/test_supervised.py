@@ -288,6 +288,34 @@ def test_resumed_run_equals_one_without_a_break(tmp_path: Path, labelled: tuple[
     assert not torch.equal(a["policy.weight"], half["policy.weight"])  # the resumed half trained
 
 
+def test_a_file_that_grows_between_stop_and_resume_changes_nothing(
+        tmp_path: Path, labelled: tuple[Path, list[Sample]]) -> None:
+    """label.py may still be writing a file a run trains on: a resumed run reads the rows the file held
+    when the run started (the split and the order as without a break: the same positions and losses),
+    says so, and refuses a file that lost rows in one line."""
+    data = tmp_path / "growing.hcpe"
+    data.write_bytes(labelled[0].read_bytes())
+    args = [*MLP, *RUN, f"algorithm.train=[{data}]", "algorithm.validation_interval=4"]
+    train(tmp_path / "straight", *args, "training.total_timesteps=96")
+    train(tmp_path / "resumed", *args, "training.total_timesteps=48")
+    more = tmp_path / "more.hcpe"
+    write_positions(more, 8, seed=1)
+    data.write_bytes(data.read_bytes() + more.read_bytes())  # 32 rows now, 24 at the start
+    proc = train(tmp_path / "resumed", *args, "training.total_timesteps=96")
+    assert "holds 32 rows, 24 when this run started" in proc.stdout + proc.stderr
+    keys = ("global_step", "losses/policy_loss", "losses/value_loss", "losses/accuracy")
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    assert [[r[k] for k in keys] for r in straight] == [[r[k] for k in keys] for r in resumed]
+    assert [r["val/policy_loss"] for r in straight if "val/policy_loss" in r] == \
+        [r["val/policy_loss"] for r in resumed if "val/policy_loss" in r and r["update"] != 6]
+
+    data.write_bytes(labelled[0].read_bytes()[: 20 * HCPE.itemsize])  # 20 rows: fewer than the run's 24
+    proc = train(tmp_path / "resumed", *args, "training.total_timesteps=144", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"Error: algorithm.train: {data} holds 20 rows, 24 when this run started")
+
+
 def test_ppo_starts_from_a_supervised_run_whose_data_is_gone(tmp_path: Path,
                                                              labelled: tuple[Path, list[Sample]]) -> None:
     """The checkpoint loads on its own (its config's hcpe files are not checked), and PPO self-play

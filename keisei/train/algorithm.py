@@ -1,6 +1,6 @@
 """Ways of training, behind one small interface: ``collect`` experience (played in the env: PPO's sampled
 moves or ``algorithm=gumbel_az``'s searched ones; or read from files: ``algorithm=supervised``), ``learn``
-from it. An algorithm with state of its own (a replay buffer) also has ``state_dict`` / ``load_state_dict``
+from it. An algorithm with state of its own (a replay buffer, the row counts of its files) also has ``state_dict`` / ``load_state_dict``
 (``Stateful``): the checkpoint keeps it per rank.
 
 The training loop (``keisei.train.loop``) and its scaffolding (``keisei.train.run``: checks, run
@@ -94,6 +94,14 @@ class Supervised:
         if self.stream.rank == 0 and self._validation_due():
             metrics.update(validation_metrics(s.policy, self.stream.held_out()))
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The files' row counts this run reads (those of its start): a file that grows meanwhile (label.py
+        still writing it) changes neither the split nor the order of a resumed run."""
+        return {"rows": list(self.stream.data.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.resume(state["rows"])
 
     def _validation_due(self) -> bool:
         """This update (not counted yet in the state) is a multiple of ``validation_interval`` or the last."""

@@ -58,8 +58,9 @@ class TrainState:
     #: The network the run started from (``training.init_checkpoint``), frozen: what ``losses/init_kl``
     #: and ``algorithm.init_kl_coef`` compare with; None for a run started from scratch.
     init_policy: Policy | None = None
-    #: The algorithm whose own state (``state_dict()``: ``algorithm=gumbel_az``'s replay buffer) each rank
-    #: saves under ``"algorithm"`` (``attach``); None for one without (PPO, supervised).
+    #: The algorithm whose own state (``state_dict()``: ``algorithm=gumbel_az``'s replay buffer,
+    #: ``algorithm=supervised``'s row counts) each rank saves under ``"algorithm"`` (``attach``); None for
+    #: one without (PPO).
     algorithm: Any = None
     #: That state as loaded from the checkpoint resumed from, until ``attach`` hands it to the algorithm.
     algorithm_state: dict[str, Any] | None = None

@@ -11,7 +11,9 @@ optimiser step):
 - The order: one env step is one training position; position ``p`` of the run is a row of epoch
   ``p // n_train``, and each epoch visits every train row once, in an order that depends on the seed
   and the epoch only (``Order``). So the order needs no state of its own: ``global_step`` is the
-  cursor, and a resumed run reads the same positions as a run without a break. Rank ``r`` of a
+  cursor, and a resumed run reads the same positions as a run without a break. The checkpoint keeps
+  the files' row counts: a file that grew since the start (label.py still writing it) is read up to
+  them, so neither the split nor the order moves (``kept_rows``). Rank ``r`` of a
   distributed run takes its own slice of each global batch.
 - The targets: the policy learns the best move (cross-entropy over the legal moves); the value
   learns ``result_weight * z + (1 - result_weight) * (2 * sigmoid(eval / score_scale) - 1)``, ``z``
@@ -20,6 +22,7 @@ optimiser step):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,8 @@ from keisei.shogi import Color, Encoder, Result, move_to_action
 from keisei.train import distributed
 from keisei.train.optim import optimizer_step
 from keisei.train.rollout import RolloutStats
+
+log = logging.getLogger(__name__)
 
 #: Rows per shuffled chunk: an epoch visits the chunks of the train rows in a random order and each
 #: chunk's rows in a random order, so that no permutation of the whole data set is ever held.
@@ -116,10 +121,14 @@ class HcpeData:
     rows are in the train split, its last ``held_out`` rows in the held-out split. Train row ``i`` and
     held-out row ``j`` count through the files in order."""
 
-    def __init__(self, paths: Sequence[Path], validation_fraction: float) -> None:
+    def __init__(self, paths: Sequence[Path], validation_fraction: float, rows: Sequence[int] | None = None) -> None:
+        """``rows``: read only the first ``rows[f]`` rows of file ``f`` (a resumed run's files as they were
+        when it started, ``kept_rows``); a file now shorter is a ``ConfigError``."""
         self.paths = list(paths)
-        counts = [hcpe_rows(path) for path in self.paths]
-        self.maps = [np.memmap(p, dtype=HCPE, mode="r") if n else np.zeros(0, HCPE) for p, n in zip(self.paths, counts)]
+        counts = kept_rows(self.paths, rows) if rows is not None else [hcpe_rows(path) for path in self.paths]
+        self.rows = counts
+        self.maps = [np.memmap(p, dtype=HCPE, mode="r")[:n] if n else np.zeros(0, HCPE)
+                     for p, n in zip(self.paths, counts)]
         held = np.array([held_out(n, validation_fraction) for n in counts], dtype=np.int64)
         self.train_counts = np.array(counts, dtype=np.int64) - held
         self.held_counts = held
@@ -179,16 +188,41 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def kept_rows(paths: Sequence[Path], rows: Sequence[int]) -> list[int]:
+    """``rows``, the row counts of ``paths`` when a run started, checked against the files now: a file
+    that grew since keeps its first rows in the run (its new rows are for a new run), one that lost rows
+    (or a changed list of files) is a ``ConfigError``: the run's split and order would change."""
+    if len(rows) != len(paths):
+        raise ConfigError(f"algorithm.train: {len(paths)} hcpe files now, {len(rows)} when this run started: "
+                          "resume with the files it started on, or start a new run")
+    for path, started in zip(paths, rows):
+        now = hcpe_rows(path)
+        if now < started:
+            raise ConfigError(f"algorithm.train: {path} holds {now} rows, {started} when this run started: "
+                              "its split and order would change (restore the file, or start a new run)")
+        if now > started:
+            log.warning("%s holds %d rows, %d when this run started: the run goes on with its first %d "
+                        "(a new run reads them all)", path, now, started, started)
+    return list(rows)
+
+
 class HcpeStream:
     """The batches of a run: the train rows in ``Order`` (rank ``r`` of ``w`` takes its slice of each
     global batch), decoded; and the held-out positions that validation evaluates."""
 
     def __init__(self, cfg: SupervisedConfig, seed: int, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
+        self.seed = seed
         self.data = HcpeData(hcpe_files(cfg.train), cfg.validation_fraction)
         self.order = Order(self.data.n_train, seed)
         self.rank, self.world = rank_and_world()
         self.encoder = Encoder(cfg.batch_size, index=False)
+
+    def resume(self, rows: Sequence[int]) -> None:
+        """Read the files as they were when the run started (their first ``rows``, ``kept_rows``): the same
+        split and order as a run without a break."""
+        self.data = HcpeData(self.data.paths, self.cfg.validation_fraction, rows)
+        self.order = Order(self.data.n_train, self.seed)
 
     def batch(self, global_step: int) -> tuple[Positions, RolloutStats]:
         """This rank's batch of the update that starts at ``global_step`` (positions of all ranks so far)."""
