@@ -535,6 +535,58 @@ print("not interrupted", flush=True)
     assert (out / "results.md").read_text(encoding="utf-8") == summary["table"]
 
 
+def test_rate_agent_interrupted_between_matches_keeps_the_rating(presets, tmp_path: Path):
+    """Ctrl-C (a real SIGINT) while the second rung's opponent is being built (an engine starting), after
+    the first match: that match is rated (``"partial": true``) and the interruption is raised again."""
+    path = tmp_path / "ladder.json"
+    write_ladder(path, presets)
+    out = tmp_path / "rating"
+    script = f"""
+import sys, time
+from pathlib import Path
+import torch
+from keisei.config import EvaluationConfig
+from keisei.evaluation.ladder import load_ladder, rate_agent
+from keisei.evaluation.opponents import build_opponent, opponent_preset
+from keisei.play.players import RandomPlayer
+rungs = load_ladder({SIX!r}, 256, Path({str(path)!r}))
+ops = {{r.preset: opponent_preset(r.preset) for r in rungs}}
+built = []
+def build(rung, seed):
+    if built:
+        print("building", flush=True)
+        time.sleep(120)
+    built.append(rung)
+    return build_opponent(ops[rung.preset], torch.device("cpu"), seed)
+try:
+    rate_agent(RandomPlayer(seed=4, name="agent"), rungs, build,
+               EvaluationConfig(games=20, max_plies=256, ladder_rungs=3, save_records=False),
+               Path({str(out)!r}), seed=14)
+except KeyboardInterrupt:
+    sys.exit(130)
+print("not interrupted", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    try:
+        assert proc.stdout.readline() == "building\n", proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr[-3000:])
+    assert "Traceback" not in stderr and "not interrupted" not in stdout
+    summary = read_json(out / "results.json")
+    assert summary["partial"] is True and summary["games"] == 20 and len(summary["matches"]) == 1
+    first = read_json(next(out.glob("00-*/results.json")))
+    assert [summary["matches"][0][k] for k in ("wins", "draws", "losses")] == [first[k] for k in
+                                                                                ("wins", "draws", "losses")]
+    assert "interrupted: a rating from 20 games kept" in stderr
+    assert math.isfinite(summary["elo"]) and not list(out.glob("01-*"))
+
+
 # --- evaluate.py evaluation=ladder ----------------------------------------------------------------
 
 

@@ -28,7 +28,6 @@ from keisei.evaluation.opponents import build_opponent
 from keisei.evaluation.report import ladder_table
 from keisei.evaluation.tournament import play_and_record, write_json
 from keisei.nn.checkpoint import CheckpointError, load_checkpoint
-from keisei.play.match import MatchInterrupted
 from keisei.play.players import Player
 
 LADDER_FILE = Path(__file__).with_name("ladder.json")
@@ -164,17 +163,20 @@ def rate_agent(agent: Player, rungs: list[Rung], build: Callable[[Rung, int], Pl
     for k in range(min(cfg.ladder_rungs, len(rungs))):
         rung = min((r for r in rungs if r not in {p for p, _ in played}), key=lambda r: abs(r.elo - estimate))
         match_dir = None if out_dir is None else out_dir / f"{k:02d}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', rung.name)}"
-        opponent = build(rung, seed + 1 + k)
-        try:
-            played.append((rung, play_and_record(agent, opponent, cfg, match_dir, seed=seed + k, progress=progress)))
-        except MatchInterrupted as exc:
+        try:  # Ctrl-C during a match, or between two (an engine starting): the games so far are rated
+            opponent = build(rung, seed + 1 + k)
+            try:
+                played.append((rung, play_and_record(agent, opponent, cfg, match_dir, seed=seed + k,
+                                                     progress=progress)))
+            finally:
+                opponent.close()
+            estimate = _fit(played)[0]
+        except KeyboardInterrupt as exc:
             interrupted = exc
-            if match_dir is not None and (match_dir / "results.json").is_file():
+            done = match_dir is not None and (match_dir / "results.json").is_file()
+            if done and (not played or played[-1][0] is not rung):
                 played.append((rung, json.loads((match_dir / "results.json").read_text(encoding="utf-8"))))
             break
-        finally:
-            opponent.close()
-        estimate = _fit(played)[0]
     if not played:
         raise interrupted or RuntimeError("no rung played")
     summary = _summary(agent.name, played, trained_against)
