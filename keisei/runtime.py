@@ -32,8 +32,9 @@ def seed_everything(seed: int) -> None:
 
 
 def check_memory(cfg: TrainConfig) -> None:
-    """Refuse, naming the keys, a run whose env and rollout buffers cannot fit in this machine's memory
-    (instead of a bare allocation error, or swapping, once they are allocated)."""
+    """Refuse, naming the keys, a run whose env and rollout buffers (or ``algorithm=gumbel_az``'s replay
+    buffer, filled as the run goes) cannot fit in this machine's memory (instead of a bare allocation
+    error, or swapping, once they are allocated)."""
     position = int(np.prod(OBSERVATION_SHAPE)) + NUM_ACTIONS  # uint8 planes + bool mask
     per_env = 2 * position + 2 * NUM_ACTIONS  # the env's planes, final planes, masks and label index
     steps = getattr(cfg.algorithm, "num_steps", 0)  # an algorithm without rollouts (supervised) has none
@@ -47,3 +48,19 @@ def check_memory(cfg: TrainConfig) -> None:
         raise ConfigError(f"env.num_envs={cfg.env.num_envs}: with algorithm.num_steps={steps} the "
                           f"env and rollout buffers need about {need / 2**30:,.1f} GiB, and this machine has "
                           f"{have / 2**30:,.1f} GiB: lower env.num_envs or algorithm.num_steps")
+    replay = replay_bytes(cfg)
+    if need + replay > 0.8 * have:
+        raise ConfigError(f"algorithm.buffer_size={cfg.algorithm.buffer_size}: the replay buffer will need about "
+                          f"{replay / 2**30:,.1f} GiB once full, and this machine has {have / 2**30:,.1f} GiB: "
+                          "lower algorithm.buffer_size")
+
+
+def replay_bytes(cfg: TrainConfig) -> int:
+    """Memory of a full replay buffer (``algorithm.buffer_size``, 0 for an algorithm without one) and of the
+    games in progress' positions, at 40 legal moves a position (``keisei.train.replay``)."""
+    size = getattr(cfg.algorithm, "buffer_size", 0)
+    if not size:
+        return 0
+    from keisei.train.replay import FIXED_BYTES
+
+    return (size + cfg.env.num_envs * cfg.env.max_plies) * (FIXED_BYTES + 2 * 40)

@@ -334,6 +334,14 @@ def test_too_many_envs_for_this_machine(tmp_path: Path) -> None:
     one_error_line(proc, "env.num_envs=100000000", "GiB")
 
 
+def test_a_replay_buffer_too_large_for_this_machine(tmp_path: Path) -> None:
+    """algorithm=gumbel_az's buffer grows as the run goes: refused at the start, not hours later."""
+    proc = run("train.py", "algorithm=gumbel_az", "model=mlp", "env.num_envs=2",
+               "algorithm.buffer_size=10000000000", f"hydra.run.dir={tmp_path / 'run'}")
+    one_error_line(proc, "algorithm.buffer_size=10000000000", "GiB once full")
+    assert not (tmp_path / "run").exists()
+
+
 # --- smaller -------------------------------------------------------------------------------------
 
 def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: Path,
