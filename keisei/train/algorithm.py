@@ -1,7 +1,7 @@
 """Ways of training, behind one small interface: ``collect`` experience (played in the env: PPO's sampled
 moves or ``algorithm=gumbel_az``'s searched ones; or read from files: ``algorithm=supervised``), ``learn``
-from it. An algorithm with state of its own (a replay buffer, the row counts of its files) also has ``state_dict`` / ``load_state_dict``
-(``Stateful``): the checkpoint keeps it per rank.
+from it. An algorithm with state of its own (a replay buffer, the row counts of its files) also has
+``state_dict`` / ``load_state_dict`` (``Stateful``): the checkpoint keeps it per rank.
 
 The training loop (``keisei.train.loop``) and its scaffolding (``keisei.train.run``: checks, run
 dir, checkpoints, metrics, periodic evaluation, preemption) are the same for every algorithm; an
