@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -475,14 +476,12 @@ def test_rate_agent_plays_only_held_out_rungs(presets, tmp_path: Path):
     assert next(line for line in table.splitlines() if "trained against" in line).startswith("| heuristic |")
 
 
-def test_rate_agent_interrupted_keeps_a_partial_rating(presets, tmp_path: Path):
-    """Ctrl-C (a real SIGINT) during the second rung's match: the first match and the second's finished
-    games are rated (``"partial": true``), and the interruption is raised again."""
-    path = tmp_path / "ladder.json"
-    write_ladder(path, presets)
-    out = tmp_path / "rating"
-    script = f"""
-import sys
+def rating_script(ladder: Path, out: Path, games: int, caught: str, build_waits: bool = False) -> str:
+    """A script that rates a random agent on six rungs of ``ladder`` (``games`` a rung) into ``out``, exits
+    130 on ``caught`` (``MatchInterrupted`` or ``KeyboardInterrupt``); with ``build_waits`` it prints
+    "building" and waits two minutes before it builds the second rung's opponent."""
+    return f"""
+import sys, time
 from pathlib import Path
 import torch
 from keisei.config import EvaluationConfig
@@ -490,27 +489,31 @@ from keisei.evaluation.ladder import load_ladder, rate_agent
 from keisei.evaluation.opponents import build_opponent, opponent_preset
 from keisei.play.match import MatchInterrupted
 from keisei.play.players import RandomPlayer
-rungs = load_ladder({SIX!r}, 256, Path({str(path)!r}))
+rungs = load_ladder({SIX!r}, 256, Path({str(ladder)!r}))
 ops = {{r.preset: opponent_preset(r.preset) for r in rungs}}
-print("ready", flush=True)
+built = []
+def build(rung, seed):
+    if built and {build_waits!r}:
+        print("building", flush=True)
+        time.sleep(120)
+    built.append(rung)
+    return build_opponent(ops[rung.preset], torch.device("cpu"), seed)
 try:
-    rate_agent(RandomPlayer(seed=4, name="agent"), rungs,
-               lambda rung, seed: build_opponent(ops[rung.preset], torch.device("cpu"), seed),
-               EvaluationConfig(games=1000, max_plies=256, ladder_rungs=3, save_records=False),
+    rate_agent(RandomPlayer(seed=4, name="agent"), rungs, build,
+               EvaluationConfig(games={games}, max_plies=256, ladder_rungs=3, save_records=False),
                Path({str(out)!r}), seed=14)
-except MatchInterrupted:
+except {caught}:
     sys.exit(130)
 print("not interrupted", flush=True)
 """
+
+
+def interrupt(script: str, ready: Callable[[subprocess.Popen], None]) -> tuple[str, str]:
+    """Run ``script``, send it a real SIGINT once ``ready(proc)`` returns; its (stdout, stderr), exit 130."""
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
-        deadline = time.monotonic() + 240
-        while not list(out.glob("00-*/results.json")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the first rung's match did not finish"
-            time.sleep(0.05)
-        time.sleep(0.8)  # into the second rung's match (1000 games: seconds)
+        ready(proc)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -519,6 +522,25 @@ print("not interrupted", flush=True)
             proc.communicate()
     assert proc.returncode == 130, (stdout, stderr[-3000:])
     assert "Traceback" not in stderr and "not interrupted" not in stdout
+    return stdout, stderr
+
+
+def test_rate_agent_interrupted_keeps_a_partial_rating(presets, tmp_path: Path):
+    """Ctrl-C (a real SIGINT) during the second rung's match: the first match and the second's finished
+    games are rated (``"partial": true``), and the interruption is raised again."""
+    path = tmp_path / "ladder.json"
+    write_ladder(path, presets)
+    out = tmp_path / "rating"
+
+    def into_the_second_match(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("00-*/results.json")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first rung's match did not finish"
+            time.sleep(0.05)
+        time.sleep(0.8)  # into the second rung's match (1000 games: seconds)
+
+    _, stderr = interrupt(rating_script(path, out, 1000, "MatchInterrupted"), into_the_second_match)
     summary = read_json(out / "results.json")
     assert summary["partial"] is True
     first = read_json(next(out.glob("00-*/results.json")))
@@ -541,43 +563,11 @@ def test_rate_agent_interrupted_between_matches_keeps_the_rating(presets, tmp_pa
     path = tmp_path / "ladder.json"
     write_ladder(path, presets)
     out = tmp_path / "rating"
-    script = f"""
-import sys, time
-from pathlib import Path
-import torch
-from keisei.config import EvaluationConfig
-from keisei.evaluation.ladder import load_ladder, rate_agent
-from keisei.evaluation.opponents import build_opponent, opponent_preset
-from keisei.play.players import RandomPlayer
-rungs = load_ladder({SIX!r}, 256, Path({str(path)!r}))
-ops = {{r.preset: opponent_preset(r.preset) for r in rungs}}
-built = []
-def build(rung, seed):
-    if built:
-        print("building", flush=True)
-        time.sleep(120)
-    built.append(rung)
-    return build_opponent(ops[rung.preset], torch.device("cpu"), seed)
-try:
-    rate_agent(RandomPlayer(seed=4, name="agent"), rungs, build,
-               EvaluationConfig(games=20, max_plies=256, ladder_rungs=3, save_records=False),
-               Path({str(out)!r}), seed=14)
-except KeyboardInterrupt:
-    sys.exit(130)
-print("not interrupted", flush=True)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    try:
+
+    def building(proc: subprocess.Popen) -> None:
         assert proc.stdout.readline() == "building\n", proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, (stdout, stderr[-3000:])
-    assert "Traceback" not in stderr and "not interrupted" not in stdout
+
+    _, stderr = interrupt(rating_script(path, out, 20, "KeyboardInterrupt", build_waits=True), building)
     summary = read_json(out / "results.json")
     assert summary["partial"] is True and summary["games"] == 20 and len(summary["matches"]) == 1
     first = read_json(next(out.glob("00-*/results.json")))
