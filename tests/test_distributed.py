@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,6 +218,44 @@ def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:
     two, one = games("two"), games("one")
     assert len(two) == 4 and two == one
     assert two[-1][1] == 16 * 6  # 16 envs x 64 steps: 6 games cut at 10 plies each
+
+
+
+# A rank as train.py runs it: join, build the optimiser (its first use imports torch._dynamo), one
+# collective, leave; then how many threads the process has beside the one it started with.
+_LEAVE = """
+import os, sys, torch
+from keisei.config import TrainingConfig
+from keisei.train import distributed
+from keisei.train.optim import build_optimizer
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+distributed.setup(use_cuda=False)
+build_optimizer(torch.nn.Linear(3, 2), TrainingConfig())
+distributed.all_reduce(1.0)
+distributed.shutdown()
+print(threads() - before)
+"""
+
+
+def test_leaving_the_group_stops_its_threads(tmp_path: Path) -> None:
+    """After ``shutdown`` no gloo thread is left: one left alive into the interpreter's exit dropped a
+    tensor there now and then, and the rank aborted ("terminate called without an active exception")
+    after a finished run, failing the torchrun launch (the group outlived ``destroy_process_group``
+    when torch._dynamo was first imported after it was made)."""
+    env = {**clean_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    procs = [subprocess.Popen([sys.executable, "-c", _LEAVE], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [out.strip() for out, _ in outs] == ["0", "0"], outs
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # --- the all-reduced gradient ------------------------------------------------------------------

@@ -109,6 +109,11 @@ def setup(use_cuda: bool) -> Ranks:
     if world <= 1:
         return Ranks()
     if not dist.is_initialized():
+        # Imported after the group is made (the optimiser's first use imports it), torch._dynamo keeps
+        # references to the group that destroy_process_group leaves (torch 2.13): its gloo threads then
+        # outlived ``shutdown`` into the interpreter's exit, where one could abort the finished rank.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT, **_elastic_store())
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
