@@ -220,7 +220,6 @@ def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:
     assert two[-1][1] == 16 * 6  # 16 envs x 64 steps: 6 games cut at 10 plies each
 
 
-
 # A rank as train.py runs it: join, build the optimiser (its first use imports torch._dynamo), one
 # collective, leave; then how many threads the process has beside the one it started with.
 _LEAVE = """
@@ -243,11 +242,16 @@ def test_leaving_the_group_stops_its_threads(tmp_path: Path) -> None:
     tensor there now and then, and the rank aborted ("terminate called without an active exception")
     after a finished run, failing the torchrun launch (the group outlived ``destroy_process_group``
     when torch._dynamo was first imported after it was made)."""
-    env = {**clean_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = {**clean_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", _LEAVE], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [out.strip() for out, _ in outs] == ["0", "0"], outs
 
