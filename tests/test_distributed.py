@@ -223,7 +223,7 @@ def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:
 # A rank as train.py runs it: join, build the optimiser (its first use imports torch._dynamo), one
 # collective, leave; then how many threads the process has beside the one it started with.
 _LEAVE = """
-import os, sys, torch
+import os, torch
 from keisei.config import TrainingConfig
 from keisei.train import distributed
 from keisei.train.optim import build_optimizer
