@@ -108,6 +108,33 @@ def test_inline_and_background_ladder_ratings_agree(runs: dict) -> None:
     assert inline == background
 
 
+@pytest.mark.parametrize("evaluation", [
+    ["opponent=random", "evaluation.interval_timesteps=256", "evaluation.games=2"],  # a win rate instead
+    [*LADDER, "evaluation.interval_timesteps=256", "evaluation.players=[random,heuristic_r90]"],  # other rungs
+])
+def test_a_run_resumed_to_another_evaluation_does_not_report_the_old_one(
+        tmp_path: Path, runs: dict, evaluation: list[str]) -> None:
+    """A ladder run resumed under another periodic evaluation, with nothing left to train: its objective is
+    not the ladder Elo presented as this config's figure (it is unknown until this config evaluates)."""
+    source = runs["inline"][0] / "checkpoints" / "last.pt"
+    proc = train(tmp_path / "run", "training.total_timesteps=512", f"resume={source}", *evaluation)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"objective:\s+(\S+) \((.*)\)", proc.stdout)
+    assert match, proc.stdout
+    assert match.group(1) == "nan" and "latest evaluation" not in match.group(2), match.group(0)
+
+
+def test_a_run_resumed_to_the_same_evaluation_keeps_its_objective(tmp_path: Path, runs: dict) -> None:
+    run_dir, _ = runs["inline"]
+    last = max(evaluations(run_dir), key=lambda e: e["eval/global_step"])
+    proc = train(tmp_path / "run", "training.total_timesteps=512", f"resume={run_dir / 'checkpoints' / 'last.pt'}",
+                 "evaluation.interval_timesteps=256", *LADDER, PLAYERS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"objective:\s+(\S+) \(latest evaluation ladder Elo\)", proc.stdout)
+    assert match, proc.stdout
+    assert float(match.group(1)) == pytest.approx(last["eval/ladder_elo"], abs=5e-5)
+
+
 def test_plot_of_a_ladder_run(runs: dict) -> None:
     """keisei.plot draws the ladder Elo of a real run against env steps and training time."""
     import matplotlib.pyplot as plt

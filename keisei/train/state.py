@@ -197,9 +197,21 @@ class TrainState:
         self.games_total = data["games_total"]
         self.objective = data.get("objective", float("nan"))  # absent before format v2
         self.eval_win_rate = data.get("eval_win_rate")
+        if evaluation_target(saved) != evaluation_target(current):  # another scale: not this run's objective
+            self.objective, self.eval_win_rate = float("nan"), None
         self.env.load_state_dict(own["env"])
         self.algorithm_state = own.get("algorithm")  # for the algorithm, once built (``attach``)
         log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)
+
+
+def evaluation_target(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What the periodic evaluation of ``config`` (a ``to_container`` dict) measures: nothing (off), the
+    ladder Elo on its rungs, or the win rate against ``opponent``; two configs' figures compare only when equal."""
+    ev = config.get("evaluation", {})
+    if not ev.get("interval_timesteps"):
+        return ("off",)
+    against = tuple(ev.get("players", ())) if ev.get("mode") == "ladder" else config.get("opponent")
+    return ev.get("mode"), against, ev.get("max_plies"), ev.get("search")
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], key: str) -> list[str]:
