@@ -295,6 +295,21 @@ def test_resume_with_other_batch_size_reaches_total(tmp_path: Path, half: Path) 
     assert [r["global_step"] for r in metrics(run_dir)] == [128, 256, 512]
 
 
+def test_resume_takes_the_optimizer_settings_of_its_command_line(tmp_path: Path, half: Path) -> None:
+    """Resumed with training.optimizer=adamw and a weight decay (the run started with adam, none), the
+    optimiser carries the saved moments and steps on with the new settings, as config.yaml records them."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(half, run_dir)
+    train(run_dir, "training.total_timesteps=384", CONSTANT, "training.optimizer=adamw", "training.weight_decay=0.05")
+    before, after = checkpoint(half)["optimizer"], checkpoint(run_dir)["optimizer"]
+    assert (before["param_groups"][0]["weight_decay"], after["param_groups"][0]["weight_decay"]) == (0.0, 0.05)
+    if "decoupled_weight_decay" in after["param_groups"][0]:  # torch >= 2.6: AdamW is Adam with this set
+        assert after["param_groups"][0]["decoupled_weight_decay"] is True
+    assert from_container(checkpoint(run_dir)["config"]).training.weight_decay == 0.05
+    # The saved moments went on (fresh ones would count only the last update's steps).
+    assert min(int(s["step"]) for s in after["state"].values()) > max(int(s["step"]) for s in before["state"].values())
+
+
 def test_fp16_without_cuda_fails_cleanly(tmp_path: Path) -> None:
     # device=auto resolves to the CPU here, where fp16 autocast and its gradient scaler do not apply.
     proc = train(tmp_path / "run", "training.total_timesteps=128", "training.precision=fp16", check=False)

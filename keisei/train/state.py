@@ -156,7 +156,9 @@ class TrainState:
     def load(self, path: Path, rank: int = 0, world: int = 1) -> None:
         """Restore a training checkpoint written with the same model and env settings (and, for a
         distributed run, the same number of ranks; ``rank`` takes its own part)."""
-        data = load_checkpoint(path, map_location=self.policy.device)
+        # Read onto the CPU whatever the device: random generators take CPU states only, and the model,
+        # optimiser and pool copy their tensors to the network's device as they load them.
+        data = load_checkpoint(path)
         missing = [k for k in ("optimizer", "global_step", "update", "rng", "env") if k not in data]
         if missing:
             raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); "
@@ -184,7 +186,7 @@ class TrainState:
         if "init_model" in data:  # the run started from training.init_checkpoint: its network, as saved
             self.init_policy = frozen_copy(self.policy.model, self.policy.autocast_dtype)
             load_model_state(self.init_policy.model, data["init_model"])
-        self.optimizer.load_state_dict(data["optimizer"])
+        load_optimizer_state(self.optimizer, data["optimizer"])
         if self.scaler is not None and data.get("scaler"):
             self.scaler.load_state_dict(data["scaler"])
         self.global_step, self.update = data["global_step"], data["update"]
@@ -202,6 +204,16 @@ class TrainState:
         self.env.load_state_dict(own["env"])
         self.algorithm_state = own.get("algorithm")  # for the algorithm, once built (``attach``)
         log.info("resumed from %s at global_step %d (update %d)", path, self.global_step, self.update)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """The saved moments and step counts into ``optimizer``, which keeps its own settings (this run's
+    ``training.optimizer`` and ``training.weight_decay``; torch's ``load_state_dict`` would put back the
+    saved run's; the learning rate is set at every update anyway)."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
 
 
 def evaluation_target(config: dict[str, Any]) -> tuple[Any, ...]:
