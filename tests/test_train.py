@@ -430,6 +430,22 @@ def test_resume_with_an_opponent_pool_is_exact(tmp_path: Path) -> None:
     assert sum(r["pool/heuristic_games"] for r in metrics(straight_dir)) > 0
 
 
+@pytest.mark.parametrize("periodic", ["inline", "background"])
+def test_resume_with_a_checkpoint_opponent_in_periodic_evaluation_is_exact(tmp_path: Path, half: Path,
+                                                                          periodic: str) -> None:
+    """Building the evaluation's checkpoint opponent at the start draws nothing from the run's generator:
+    a resumed run (which builds it after restoring the generator) trains the same network."""
+    evaluation = ["opponent=checkpoint", f"opponent.checkpoint={half}", "evaluation.interval_timesteps=256",
+                  "evaluation.games=2", "evaluation.max_plies=20", f"evaluation.periodic={periodic}", CONSTANT]
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    train(straight_dir, "training.total_timesteps=512", *evaluation)
+    train(resumed_dir, "training.total_timesteps=256", *evaluation)
+    train(resumed_dir, "training.total_timesteps=512", *evaluation)
+    updates = [[r for r in metrics(d) if "global_step" in r] for d in (resumed_dir, straight_dir)]
+    assert losses(updates[0]) == losses(updates[1])
+    assert_same_weights(checkpoint(resumed_dir)["model"], checkpoint(straight_dir)["model"])
+
+
 def _child_pids() -> set[int]:
     """Live (not zombie) processes whose parent is this one, from /proc (multiprocessing's resource
     tracker aside: one per process, started with the first shared memory block, by design)."""

@@ -140,9 +140,12 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The network of a checkpoint, rebuilt from the file alone, in eval mode; and its run config."""
+    """The network of a checkpoint, rebuilt from the file alone, in eval mode; and its run config.
+    Drawing nothing from the global generator, it can be called anywhere in a run without changing
+    the run's samples (a training run builds its evaluation's checkpoint opponent after a resume)."""
     data = load_checkpoint(path, map_location=device)
     cfg = from_container(data["config"])
-    model = build_model(cfg.model)
+    with torch.random.fork_rng(devices=[]):  # the initial weights, overwritten at once
+        model = build_model(cfg.model)
     load_model_state(model, data["model"])
     return model.to(device).eval(), cfg
