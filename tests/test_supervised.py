@@ -310,10 +310,13 @@ def test_a_file_that_grows_between_stop_and_resume_changes_nothing(
         [r["val/policy_loss"] for r in resumed if "val/policy_loss" in r and r["update"] != 6]
 
     data.write_bytes(labelled[0].read_bytes()[: 20 * HCPE.itemsize])  # 20 rows: fewer than the run's 24
+    record = {name: (tmp_path / "resumed" / name).read_bytes() for name in ("config.yaml", ".hydra/overrides.yaml")}
     proc = train(tmp_path / "resumed", *args, "training.total_timesteps=144", check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"Error: algorithm.train: {data} holds 20 rows, 24 when this run started")
+    # The refused config did not run: the run dir's record is still the one that did.
+    assert {name: (tmp_path / "resumed" / name).read_bytes() for name in record} == record
 
 
 def test_ppo_starts_from_a_supervised_run_whose_data_is_gone(tmp_path: Path,

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from keisei.config import TrainConfig
-from keisei.train.algorithm import build_algorithm
 from keisei.train.run import Run
 
 
@@ -24,8 +23,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> float:
     summary and returns the objective. Launched as several processes (torchrun, Slurm tasks) it trains
     one network on all of them (``keisei.train.distributed``); rank 0 writes the record."""
     with Run(cfg, run_dir) as run:
-        algorithm = build_algorithm(cfg, run.state)
-        run.state.attach(algorithm)  # its own state (a replay buffer) joins the checkpoints; a resumed run's comes back
+        algorithm = run.algorithm  # built and checked before the run's record is written
         while not run.done:
             start = time.perf_counter()
             lr = run.set_learning_rate()

@@ -28,7 +28,7 @@ from keisei.config import ConfigError, EvaluationMode, Precision, TrainConfig, t
 from keisei.nn.checkpoint import resolve_checkpoint, run_dir_of
 from keisei.runtime import check_memory, resolve_device, seed_everything
 from keisei.train import distributed
-from keisei.train.algorithm import batch_size, objective
+from keisei.train.algorithm import Algorithm, batch_size, build_algorithm, objective
 from keisei.train.distributed import Ranks
 from keisei.train.metrics import MetricsLogger, Outcome, check_sinks, truncate_metrics, update_record
 from keisei.train.optim import learning_rate, set_learning_rate
@@ -46,6 +46,8 @@ ONE_PROCESS = Ranks()
 
 class Run:
     """One training run in ``run_dir`` (rank 0's, for every rank of a distributed run)."""
+
+    algorithm: Algorithm  # the configured way of training (``build_algorithm``), built and checked on entry
 
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, run_dir
@@ -75,8 +77,8 @@ class Run:
         self._stack.close()
 
     def _checked(self, stack: ExitStack) -> TrainState:
-        """The run's state after every check (rank 0 also builds the periodic evaluation's opponents);
-        if any rank failed, every rank raises."""
+        """The run's state and algorithm after every check (rank 0 also builds the periodic evaluation's
+        opponents); if any rank failed, every rank raises."""
         failure: Exception | None = None
         try:
             state = start_run(self.cfg, self.run_dir, self.ranks)
@@ -85,6 +87,8 @@ class Run:
                 self.evaluation = PeriodicEvaluation(self.cfg, self.run_dir, state.policy.device,
                                                      state.eval_win_rate)
                 stack.callback(self.evaluation.close)
+            self.algorithm = build_algorithm(self.cfg, state)  # its own checks (a resumed run's data files)
+            state.attach(self.algorithm)  # its own state (a replay buffer) is checkpointed and restored
         except Exception as exc:
             failure = exc
         _raise_if_any_rank_failed(failure)
