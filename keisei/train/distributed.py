@@ -112,8 +112,10 @@ def setup(use_cuda: bool) -> Ranks:
         # Imported after the group is made (the optimiser's first use imports it), torch._dynamo keeps
         # references to the group that destroy_process_group leaves (torch 2.13): its gloo threads then
         # outlived ``shutdown`` into the interpreter's exit, where one could abort the finished rank.
-        import torch._dynamo  # noqa: F401
+        import torch._dynamo
 
+        if use_cuda:  # NCCL's collectives (objects, barriers) run on the current device: this rank's GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT, **_elastic_store())
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -145,7 +147,8 @@ def all_reduce(value: float | int, op: str = "max") -> float:
     """A number combined over the ranks (``max``, ``min`` or ``mean``); itself with one rank."""
     if not active():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX if op == "max" else
                     dist.ReduceOp.SUM)
     return float(t) / (dist.get_world_size() if op == "mean" else 1)
