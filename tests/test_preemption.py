@@ -182,6 +182,33 @@ def test_a_signal_the_parent_ignores_checkpoints_and_training_goes_on(tmp_path: 
                         checkpoint(reference / "checkpoints" / "final.pt")["model"])
 
 
+#: A periodic evaluation far longer than Slurm's warning time (2,000 games of up to 256 plies).
+LONG_EVALUATION = ["opponent=random", "evaluation.games=2000", "evaluation.max_plies=256"]
+
+
+@pytest.mark.parametrize(("periodic", "ladder"), [("inline", False), ("background", False), ("inline", True)])
+def test_a_stop_signal_during_a_periodic_evaluation_ends_it(tmp_path: Path, periodic: str, ladder: bool):
+    """A stop signal while the trainer evaluates (inline: the matches, or a rating on the ladder's cheap
+    rungs; background: waiting for the previous evaluation at the next interval) ends the evaluation at
+    once, unreported, and the run checkpoints and exits: a Slurm job must requeue within its warning
+    time, however long an evaluation would take."""
+    run_dir = tmp_path / "run"
+    interval = 256 if periodic == "inline" else 128  # background: the wait at 256 is for the evaluation of 128
+    rungs = ["evaluation=ladder", "evaluation.players=[random,heuristic_r90,heuristic_r75]"] if ladder else []
+    proc = start(*LONG, f"hydra.run.dir={run_dir}", f"evaluation.interval_timesteps={interval}",
+                 f"evaluation.periodic={periodic}", *rungs, *LONG_EVALUATION)
+    wait_for_updates(run_dir / "metrics.jsonl", proc, n=2)  # update 2 is logged just before its evaluation
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [line.get("global_step") for line in lines] == [128, 256]  # the stopped evaluation: unreported
+    assert checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] == 256
+    assert "periodic evaluation stopped by SIGTERM at global_step 256" in out + err
+    assert not (run_dir / "eval" / "step_000000384").exists()
+
+
 # --- a node failure on the real one-node Slurm of scripts/slurm.sh (slow, slurm) ---------------------
 
 slurm = real.slurm  # the fixture that starts it

@@ -62,6 +62,7 @@ class Inline:
         self.cfg, self.device, self.others, self.ladder = cfg, device, others, ladder
         self.opponent: Player | None = None  # built at the first evaluation, kept for the next
         self.other_players: dict[str, Player] = {}
+        self.built = False
         self.finished: dict[str, Any] | None = None
 
     def check(self) -> None:
@@ -78,10 +79,11 @@ class Inline:
         except BaseException:
             self.close()  # the engines already started
             raise
+        self.built = True
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
         cfg = self.cfg
-        if self.ladder is None and self.opponent is None:
+        if not self.built:
             self.check()
         main = self.ladder or self.opponent
         assert main is not None
@@ -95,6 +97,12 @@ class Inline:
     def result(self, wait: bool) -> dict[str, Any] | None:
         finished, self.finished = self.finished, None
         return finished
+
+    def abandon(self) -> None:
+        """After an interrupted match: its players (an engine stopped mid-search) are closed, and built
+        again for the next evaluation."""
+        self.close()
+        self.opponent, self.other_players, self.built, self.finished = None, {}, False, None
 
     def close(self) -> None:
         for player in [self.opponent, *self.other_players.values()]:
@@ -147,6 +155,9 @@ class Background:
                             {name: json.loads(f.read_text(encoding="utf-8")) for name, f in files.items()},
                             ladder=self.ladder is not None)
 
+    def abandon(self) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop a worker still running (interrupted run): SIGTERM (it then closes its engines),
         SIGKILL if it lingers; always reaped."""
@@ -198,6 +209,10 @@ class PeriodicEvaluation:
         if records:
             self.objective = records[-1][self.objective_key]
         return records
+
+    def abandon(self) -> None:
+        """Drop the evaluation in progress (its games so far stay in its dir, unreported)."""
+        self.runner.abandon()
 
     def close(self) -> None:
         self.runner.close()

@@ -24,6 +24,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -38,6 +40,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._interrupting = False
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
@@ -65,6 +68,19 @@ class StopSignals:
         elif self.signum is None:
             log.warning("received %s: stopping after the current update", signal.Signals(signum).name)
         self.signum = signum
+        if self._interrupting:
+            self._interrupting = False  # once: what handles the interruption runs undisturbed
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Within, a stop signal is also a ``KeyboardInterrupt`` where the code is: work that may outlast
+        Slurm's warning time (a periodic evaluation) ends at once, and the update can still checkpoint."""
+        self._interrupting = True
+        try:
+            yield
+        finally:
+            self._interrupting = False
 
     def forward(self) -> None:
         """After the checkpoint, let the signal have its effect: the previous handler's (submitit

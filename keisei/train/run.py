@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -157,10 +158,28 @@ class Run:
         assert self.logger is not None and self.evaluation is not None
         self.logger.log(record)
         state = self.state
-        for evaluation_record in self.evaluation.after_update(state.policy.model, state.global_step,
-                                                              self.batch_size, state.update, self.done):
+        for evaluation_record in self._evaluate():
             self.logger.log(evaluation_record)
         state.eval_win_rate = self.evaluation.objective  # the win rate, or the ladder Elo (evaluation=ladder)
+
+    def _evaluate(self) -> list[dict]:
+        """The periodic evaluation's records after this update. A stop signal ends an evaluation in
+        progress (or waited for) at once, unreported: the run must checkpoint before a scheduler's
+        grace time is out; after a stop request none starts."""
+        assert self.evaluation is not None
+        state = self.state
+        try:
+            with self.stop.interrupting():
+                if self.stop.signum is None:
+                    return self.evaluation.after_update(state.policy.model, state.global_step, self.batch_size,
+                                                        state.update, self.done)
+        except KeyboardInterrupt:
+            if self.stop.signum is None:
+                raise
+            self.evaluation.abandon()
+            log.warning("periodic evaluation stopped by %s at global_step %d: not reported (games so far in %s)",
+                        signal.Signals(self.stop.signum).name, state.global_step, self.run_dir / "eval")
+        return []
 
     def checkpoint_or_stop(self) -> None:
         """Write ``last.pt`` when an interval is due or a stop signal came; on a signal, exit (or requeue).
