@@ -46,15 +46,18 @@ def games_record(games: Sequence[Outcome], games_total: int) -> dict[str, Any]:
     return record
 
 
-def truncate_metrics(path: Path, last_update: int) -> None:
-    """Drop lines of updates after ``last_update`` (written after the checkpoint we resume from),
-    so that a resumed run has neither duplicated nor missing steps."""
+def truncate_metrics(path: Path, last_update: int, last_step: int) -> None:
+    """Drop lines of updates after ``last_update`` (written after the checkpoint we resume from, at
+    ``last_step``), so that a resumed run has neither duplicated nor missing steps. An evaluation
+    logged after the checkpoint but of a network up to ``last_step`` (a background one) stays: the
+    resumed run goes on from that network and does not play it again."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line)["update"] <= last_update:
+            record = json.loads(line)
+            if record["update"] <= last_update or record.get("eval/global_step", math.inf) <= last_step:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             break  # a line cut short by a crash: nothing after it is trusted
@@ -84,8 +87,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, wandb_run_id: str | None, resumed_step: int = 0) -> None:
         """``resumed_step``: the global step of the checkpoint a resumed run goes on from; TensorBoard
-        drops its events of later steps (``truncate_metrics`` cuts ``metrics.jsonl`` by update: an
-        evaluation logged after the checkpoint but of an earlier step stays in TensorBoard only)."""
+        drops its events of later steps, as ``truncate_metrics`` does for ``metrics.jsonl``."""
         self.path = run_dir / "metrics.jsonl"
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = None

@@ -320,7 +320,7 @@ def write_record(cfg: TrainConfig, run_dir: Path, state: TrainState) -> None:
         source = run_dir_of(resolve_checkpoint(resume)) / "metrics.jsonl"
         if not metrics.exists() and source.is_file():  # resuming another run dir: carry its history
             shutil.copyfile(source, metrics)
-    truncate_metrics(metrics, state.update)
+    truncate_metrics(metrics, state.update, state.global_step)
 
 
 def _objective_name(cfg: TrainConfig) -> str:
