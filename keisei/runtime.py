@@ -1,14 +1,16 @@
-"""What both entry points set up before any work: the device and the seeds."""
+"""What both entry points set up before any work: the device, the seeds, the W&B run."""
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from keisei.config import ConfigError, Device, TrainConfig
+from keisei.config import ConfigError, Device, EvaluateConfig, TrainConfig, to_container
 from keisei.shogi import NUM_ACTIONS, OBSERVATION_SHAPE
 
 
@@ -19,6 +21,21 @@ def resolve_device(device: Device) -> torch.device:
     if device is Device.cuda and not torch.cuda.is_available():
         raise ConfigError("device=cuda: no CUDA device is available (use device=auto or device=cpu)")
     return torch.device(device.value)
+
+
+def start_wandb(cfg: TrainConfig | EvaluateConfig, directory: Path, **init: Any) -> Any:
+    """A W&B run of ``cfg`` (its ``wandb`` settings; ``init``: more ``wandb.init`` arguments), its
+    files under ``directory``. W&B refusing to start (no login, say) is a one-line ``ConfigError``."""
+    import wandb
+
+    w = cfg.wandb
+    try:
+        return wandb.init(mode=w.mode.value, project=w.project, entity=w.entity, name=w.name, group=w.group,
+                          tags=list(w.tags), config=to_container(cfg), dir=str(directory), **init)
+    except wandb.errors.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"wandb.mode={w.mode.value}: W&B did not start ({reason}); run `wandb login`, "
+                          "or set wandb.mode=offline or wandb.mode=disabled") from None
 
 
 def seed_everything(seed: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, assert_clean_error
 
 from keisei.config import from_container
 
@@ -347,14 +347,36 @@ def test_resume_with_other_model_config(tmp_path: Path, half: Path) -> None:
 
 # --- W&B offline --------------------------------------------------------------------------
 
-def test_wandb_offline_run_and_resume(tmp_path: Path) -> None:
+def _wandb_env(tmp_path: Path) -> dict[str, str]:
+    """W&B with no login, its files under ``tmp_path``, and no way out to the network."""
     dead = "http://127.0.0.1:9"  # any network use fails at once instead of reaching out
     env = clean_env(WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"),
                     WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"),
-                    WANDB_DATA_DIR=str(tmp_path / "wandb_data"),
+                    WANDB_DATA_DIR=str(tmp_path / "wandb_data"), HOME=str(tmp_path / "home"),
                     HTTP_PROXY=dead, HTTPS_PROXY=dead, http_proxy=dead, https_proxy=dead, NO_PROXY="",
                     no_proxy="")
     env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def test_wandb_refusing_to_start_leaves_the_record_as_it_was(tmp_path: Path) -> None:
+    """Resuming with wandb.mode=online and no login: W&B refuses, in one line, before the run dir's
+    record is touched (config.yaml still says what ran; metrics.jsonl keeps its rows)."""
+    env = _wandb_env(tmp_path)
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=256", CONSTANT, "training.checkpoint_interval_timesteps=128", env=env)
+    # A crash after update 2 was logged, with the checkpoint of update 1 left: the rows a resume would cut.
+    half = tmp_path / "half"
+    train(half, "training.total_timesteps=128", CONSTANT, env=env)
+    shutil.copyfile(half / "checkpoints" / "last.pt", run_dir / "checkpoints" / "last.pt")
+    record = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", ".hydra/config.yaml")}
+    proc = train(run_dir, "training.total_timesteps=512", CONSTANT, "wandb.mode=online", env=env, check=False)
+    assert_clean_error(proc, "wandb.mode=online", "wandb login", "wandb.mode=disabled")
+    assert {name: (run_dir / name).read_bytes() for name in record} == record
+
+
+def test_wandb_offline_run_and_resume(tmp_path: Path) -> None:
+    env = _wandb_env(tmp_path)
     run_dir = tmp_path / "run"
     train(run_dir, "training.total_timesteps=128", CONSTANT, "wandb.mode=offline", env=env)
     run_id = checkpoint(run_dir)["wandb_run_id"]

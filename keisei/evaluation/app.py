@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from keisei.config import EvaluateConfig, EvaluationMode, TrainConfig, WandbMode, from_container, to_container
+from keisei.config import EvaluateConfig, EvaluationMode, TrainConfig, WandbMode, from_container
 from keisei.evaluation.ladder import load_ladder, rate_agent, trained_against
 from keisei.evaluation.opponents import build_opponent, checkpoint_player, listed_player, opponent_preset
 from keisei.evaluation.report import format_match, format_round_robin
 from keisei.evaluation.tournament import gauntlet, play_and_record, round_robin
 from keisei.nn.checkpoint import load_checkpoint
 from keisei.play.players import AgentPlayer, Player
+from keisei.runtime import start_wandb
 
 
 def run_evaluation(cfg: EvaluateConfig, out_dir: Path) -> float:
@@ -98,10 +99,6 @@ def _listed_players(cfg: EvaluateConfig, device: torch.device, stack: ExitStack)
 
 def _log_to_wandb(cfg: EvaluateConfig, out_dir: Path) -> None:
     """A W&B run (job type ``evaluation``) with the config and, as its summary, ``results.json``."""
-    import wandb
-
-    run = wandb.init(mode=cfg.wandb.mode.value, project=cfg.wandb.project, entity=cfg.wandb.entity,
-                     name=cfg.wandb.name, group=cfg.wandb.group, tags=list(cfg.wandb.tags),
-                     config=to_container(cfg), dir=str(out_dir), job_type="evaluation")
+    run = start_wandb(cfg, out_dir, job_type="evaluation")
     run.summary.update(json.loads((out_dir / "results.json").read_text()))
     run.finish()

@@ -13,9 +13,10 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
-from keisei.config import ConfigError, TrainConfig, WandbMode, to_container
+from keisei.config import ConfigError, TrainConfig, WandbMode
+from keisei.runtime import start_wandb
 from keisei.shogi import Game, Result, Termination
 
 
@@ -86,32 +87,30 @@ class MetricsLogger:
     """Writes one record per update to every enabled sink."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, wandb_run_id: str | None, resumed_step: int = 0) -> None:
-        """``resumed_step``: the global step of the checkpoint a resumed run goes on from; TensorBoard
+        """Starts W&B first: a run it refuses (no login, say) stops before the run dir's record is
+        written. ``metrics.jsonl`` is opened at the first record, after the record is written.
+        ``resumed_step``: the global step of the checkpoint a resumed run goes on from; TensorBoard
         drops its events of later steps, as ``truncate_metrics`` does for ``metrics.jsonl``."""
         self.path = run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._file: TextIO | None = None
         self._tb = None
         self._wandb = None
+        if cfg.wandb.mode is not WandbMode.disabled:
+            self._wandb = start_wandb(cfg, run_dir, id=wandb_run_id, resume="allow")
+            # Background evaluations report after the fact: plot them against the step they belong to.
+            self._wandb.define_metric("eval/global_step")
+            self._wandb.define_metric("eval/*", step_metric="eval/global_step")
         if cfg.logging.tensorboard:
             check_sinks(cfg)
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
                                      purge_step=resumed_step + 1 if resumed_step else None)
-        if cfg.wandb.mode is not WandbMode.disabled:
-            import wandb
-
-            self._wandb = wandb.init(
-                mode=cfg.wandb.mode.value, project=cfg.wandb.project, entity=cfg.wandb.entity,
-                name=cfg.wandb.name, group=cfg.wandb.group, tags=list(cfg.wandb.tags),
-                config=to_container(cfg), dir=str(run_dir), id=wandb_run_id, resume="allow",
-            )
-            # Background evaluations report after the fact: plot them against the step they belong to.
-            self._wandb.define_metric("eval/global_step")
-            self._wandb.define_metric("eval/*", step_metric="eval/global_step")
         self.wandb_run_id = self._wandb.id if self._wandb is not None else wandb_run_id
 
     def log(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
@@ -127,7 +126,8 @@ class MetricsLogger:
             self._wandb.log(numbers, step=record.get("global_step"))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

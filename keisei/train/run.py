@@ -96,13 +96,13 @@ class Run:
         return state
 
     def _start_record(self, stack: ExitStack) -> None:
-        """Rank 0 writes the run's record and opens the metrics sinks; if that fails, every rank raises."""
+        """Rank 0 starts the metrics sinks, then writes the run's record; if that fails, every rank raises."""
         failure: Exception | None = None
         if self.ranks.main:
             try:
-                write_record(self.cfg, self.run_dir, self.state)
                 self.logger = MetricsLogger(self.run_dir, self.cfg, self.state.wandb_run_id, self.state.global_step)
                 stack.callback(self.logger.close)
+                write_record(self.cfg, self.run_dir, self.state)  # once the sinks have started
                 self.state.wandb_run_id = self.logger.wandb_run_id
             except Exception as exc:
                 failure = exc
