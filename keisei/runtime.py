@@ -33,7 +33,7 @@ def start_wandb(cfg: TrainConfig | EvaluateConfig, directory: Path, **init: Any)
         return wandb.init(mode=w.mode.value, project=w.project, entity=w.entity, name=w.name, group=w.group,
                           tags=list(w.tags), config=to_container(cfg), dir=str(directory), **init)
     except wandb.errors.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ConfigError(f"wandb.mode={w.mode.value}: W&B did not start ({reason}); run `wandb login`, "
                           "or set wandb.mode=offline or wandb.mode=disabled") from None
 
