@@ -44,14 +44,13 @@ def main() -> None:
         if args.anchor not in presets:
             sys.exit(f"--anchor {args.anchor!r}: not a rung of the ladder ({', '.join(presets)})")
         ops = {p: opponent_preset(p) for p in presets}
-    start = time.time()
     try:
         ladder = rate_ladder(ops, cfg.evaluation, args.out, anchor=args.anchor, seed=args.seed)
     except MatchInterrupted:
         sys.exit(f"interrupted: the pairs played so far are kept in {args.out}; run again to resume")
     ladder.update(max_plies=cfg.evaluation.max_plies,
                   command=f"python scripts/rate_ladder.py --games {args.games} --anchor {args.anchor}",
-                  date=time.strftime("%Y-%m-%d"), minutes_this_call=round((time.time() - start) / 60, 1))
+                  date=time.strftime("%Y-%m-%d"))
     args.ladder_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.ladder_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(ladder, indent=2) + "\n", encoding="utf-8")

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +204,24 @@ def test_rate_ladder_rerun_with_more_games_does_not_report_games_it_did_not_play
     cheap_ladder(presets, out=out, games=2)
     ladder = cheap_ladder(presets, out=out, games=6)
     assert [row["games"] for row in ladder["pairs"]] == [ladder["games_per_pair"]] * 3, ladder["pairs"]
+
+
+def test_a_resumed_rating_counts_the_minutes_of_every_pair(presets, tmp_path: Path):
+    """The ladder's ``minutes`` are the wall time of all its pairs' matches, those played by an
+    earlier call included. (Found: ``scripts/rate_ladder.py`` stored the last call's minutes only, so
+    a resumed rating of 40 pairs said 0.5 minutes.)"""
+    out = tmp_path / "ladder"
+    cheap_ladder(presets, out=out)
+    shutil.rmtree(out / "random--heuristic")  # this pair is played again, the other two are read back
+    ladder = cheap_ladder(presets, out=out)
+    seconds = {d.name: read_json(d / "results.json")["seconds"] for d in out.iterdir()}
+    assert len(seconds) == 3 and all(s > 0 for s in seconds.values())
+    assert ladder["minutes"] == pytest.approx(sum(seconds.values()) / 60, abs=1e-3)
+    assert ladder["minutes"] > seconds["random--heuristic"] / 60 + 1e-3
+    # A pair's results.json from before matches were timed: the minutes are unknown, not undercounted.
+    older = out / "random--heuristic_r75" / "results.json"
+    older.write_text(json.dumps({k: v for k, v in read_json(older).items() if k != "seconds"}), encoding="utf-8")
+    assert cheap_ladder(presets, out=out)["minutes"] is None
 
 
 @pytest.mark.slow
@@ -400,6 +419,7 @@ def check_summary(summary: dict, out: Path, agent: str, games: int, rungs_played
     assert (out / "results.md").read_text(encoding="utf-8") == summary["table"]
     assert summary["player"] == agent and not summary.get("partial")
     assert summary["games"] == games * len(rungs_played)
+    assert summary["minutes"] == pytest.approx(sum(m["seconds"] for m in summary["matches"]) / 60, abs=1e-3)
     assert [m["rung"] for m in summary["matches"]] == [r.preset for r in sorted(rungs_played, key=lambda r: r.elo)]
     for m in summary["matches"]:
         assert m["games"] == games and m["player"] == agent

@@ -128,7 +128,8 @@ def _played(out_dir: Path, a: str, b: str, games: int) -> dict[str, Any] | None:
 def fit_ladder(presets: list[str], names: list[str], matches: list[dict[str, Any]], anchor: str,
                games: int) -> dict[str, Any]:
     """The ladder's ratings from its pairs' ``matches``: each rung's Elo and 95 % half-width
-    relative to ``anchor`` (a preset), best last, as ``ladder.json`` stores them."""
+    relative to ``anchor`` (a preset), best last, and the minutes the matches took, as ``ladder.json``
+    stores them."""
     scores = [(m["player"], m["opponent"], s) for m in matches for s in _game_scores(m)]
     anchor_name = names[presets.index(anchor)]
     elo = ratings(names, scores, anchor=anchor_name)
@@ -136,7 +137,16 @@ def fit_ladder(presets: list[str], names: list[str], matches: list[dict[str, Any
     rungs = [asdict(Rung(p, n, round(elo[n], 1), round(error[n], 1))) for p, n in zip(presets, names, strict=True)]
     pair_rows = [{k: m[k] for k in ("player", "opponent", "games", "wins", "draws", "losses", "score")}
                  for m in matches]
-    return {"anchor": anchor, "games_per_pair": games, "rungs": rungs, "pairs": pair_rows}
+    return {"anchor": anchor, "games_per_pair": games, "rungs": rungs, "pairs": pair_rows,
+            "minutes": match_minutes(matches)}
+
+
+def match_minutes(matches: list[dict[str, Any]]) -> float | None:
+    """The wall time of ``matches`` in minutes, whenever (and in however many calls) they were
+    played; None if one of them has no recorded time (a ``results.json`` older than ``seconds``)."""
+    if any("seconds" not in m for m in matches):
+        return None
+    return round(sum(m["seconds"] for m in matches) / 60, 3)
 
 
 def _game_scores(m: dict[str, Any]) -> list[float]:
@@ -203,4 +213,4 @@ def _summary(player: str, played: list[tuple[Rung, dict[str, Any]]], trained_aga
     matches = [{**m, "rung": r.preset, "rung_elo": r.elo, "held_out": r.preset not in trained_against}
                for r, m in sorted(played, key=lambda rm: rm[0].elo)]
     return {"player": player, "elo": elo, "elo_error": error, "games": sum(m["games"] for m in matches),
-            "matches": matches, "table": ladder_table(player, elo, error, matches)}
+            "minutes": match_minutes(matches), "matches": matches, "table": ladder_table(player, elo, error, matches)}

@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,19 +33,21 @@ if TYPE_CHECKING:
 
 def play_and_record(agent: Player, opponent: Player, cfg: EvaluationConfig, out_dir: Path | None, *,
                     seed: int, progress: bool = False) -> dict[str, Any]:
-    """One match of ``cfg.games`` games (colours alternating); returns its results (the agent's view) and
-    writes ``results.json`` and the game records into ``out_dir`` (if given).
+    """One match of ``cfg.games`` games (colours alternating); returns its results (the agent's view,
+    with the match's wall time in ``seconds``) and writes ``results.json`` and the game records into
+    ``out_dir`` (if given).
 
     Interrupted (Ctrl-C), it writes the games that had finished and ``results.json`` with
     ``"partial": true`` and ``"games_planned"``, then raises ``MatchInterrupted`` again."""
     interrupted = None
+    start = time.monotonic()
     try:
         games = _play(agent, opponent, cfg, seed=seed, progress=progress)
     except MatchInterrupted as exc:
         interrupted, games = exc, exc.games
         if not games:
             raise
-    results = match_results(games, agent.name, opponent.name)
+    results = match_results(games, agent.name, opponent.name) | {"seconds": round(time.monotonic() - start, 3)}
     if interrupted is not None:
         results.update(partial=True, games_planned=interrupted.planned)
     if out_dir is not None:
