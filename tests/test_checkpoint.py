@@ -100,7 +100,10 @@ def test_intact_checkpoint_still_loads(tmp_path: Path) -> None:
     assert data["global_step"] == 7 and torch.equal(data["model"]["w"], torch.arange(20_000, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("case", ["random_bytes", "truncated_half", "torch_file_with_objects"])
+# Each file's line is test_unreadable_file_gives_one_short_line's; evaluate.py passing it on is the same for
+# every file: [torch_file_with_objects] here and test_evaluate.py::test_bad_checkpoint_fails_cleanly stay fast.
+@pytest.mark.parametrize("case", [pytest.param("random_bytes", marks=pytest.mark.slow),
+                                  pytest.param("truncated_half", marks=pytest.mark.slow), "torch_file_with_objects"])
 def test_evaluate_on_an_unreadable_checkpoint(tmp_path: Path, case: str) -> None:
     """The real entry point: ``evaluate.py checkpoint=<file>`` prints that line and exits 2."""
     make, says = CASES[case]
@@ -205,6 +208,9 @@ def test_a_checkpoint_of_another_encoding_is_one_line_naming_both_versions(tmp_p
         assert "\n" not in message and "size mismatch" not in message, message
 
 
+# Slow: the line is test_a_checkpoint_of_another_encoding_is_one_line_naming_both_versions'; evaluate.py passes
+# a CheckpointError on as in test_evaluate_on_an_unreadable_checkpoint[torch_file_with_objects].
+@pytest.mark.slow
 def test_evaluate_on_a_checkpoint_of_another_encoding(tmp_path: Path) -> None:
     path = tmp_path / "old.pt"
     old = old_encoding_checkpoint(path)

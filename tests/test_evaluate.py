@@ -181,6 +181,9 @@ def test_gauntlet_table(trained_run: Path, tmp_path: Path) -> None:
                and "opponent" not in line)
 
 
+# Slow: what a run trained against is test_ladder.py's trained_against tests', its "no (trained against)" row
+# test_ladder.py::test_rate_agent_plays_only_held_out_rungs', the gauntlet's held-out column test_gauntlet_table's.
+@pytest.mark.slow
 def test_gauntlet_marks_the_opponent_the_agent_trained_against(tmp_path: Path) -> None:
     """A run whose opponent pool plays the heuristic player: the gauntlet's table says so on its row
     ("no (trained against)" under "held out"); the other rows are held out."""
@@ -296,6 +299,10 @@ def test_round_robin(trained_run: Path, tmp_path: Path) -> None:
     assert sum(" vs " in line for line in proc.stdout.splitlines()) == 3
 
 
+# Slow: networks on env workers playing the games played here is test_match.py's
+# test_networks_on_env_workers_play_the_games_played_here[1.0], evaluate.py's evaluation.workers=2
+# test_robustness.py::test_ctrl_c_during_a_match_on_env_workers_keeps_the_games_and_stops_the_workers'.
+@pytest.mark.slow
 def test_env_workers_play_the_same_round_robin(trained_run: Path, tmp_path: Path) -> None:
     """evaluation.workers=2: the match of the two checkpoints runs its games in env worker processes,
     the matches against random (which needs the games here) in this process, as the output says;
@@ -321,7 +328,8 @@ def test_env_workers_play_the_same_round_robin(trained_run: Path, tmp_path: Path
     assert played[1][0]["pairings"][0]["games"] == 4
 
 
-@pytest.mark.parametrize("order", ["group_first", "value_first"])
+# [group_first]: the usual order; [value_first] (a value before its group) is the case that could go wrong. Slow.
+@pytest.mark.parametrize("order", [pytest.param("group_first", marks=pytest.mark.slow), "value_first"])
 def test_config_file_values_kept_unless_overridden(trained_run: Path, tmp_path: Path, order: str) -> None:
     """conf/evaluation/round_robin.yaml says ``games: 20`` and ``players: [random, heuristic]``:
     kept without overrides; a command-line value wins whatever its position."""
@@ -341,7 +349,8 @@ def test_config_file_values_kept_unless_overridden(trained_run: Path, tmp_path: 
     assert [p["games"] for p in r["pairings"]] == [4]
 
 
-@pytest.mark.parametrize("dirname", ["run (copy)", "runs,old"])
+# ["run (copy)"]: the same quoting of the checkpoint path as ["runs,old"] (a comma: the list separator). Slow.
+@pytest.mark.parametrize("dirname", [pytest.param("run (copy)", marks=pytest.mark.slow), "runs,old"])
 def test_round_robin_checkpoint_path_with_special_characters(trained_run: Path, tmp_path: Path,
                                                              dirname: str) -> None:
     run = tmp_path / dirname
@@ -469,8 +478,10 @@ def test_rerun_into_same_dir_keeps_records_consistent(trained_run: Path, tmp_pat
 
 # --- periodic evaluation in train.py ---------------------------------------------------------
 
+# [inline-heuristic]: the same as [inline-random] with another opponent; the heuristic player in periodic
+# evaluations is test_periodic_evaluation_against_several_opponents[inline]'s. Slow.
 @pytest.mark.parametrize(("periodic", "opponent"), [("inline", "random"), ("background", "random"),
-                                                    ("inline", "heuristic")])
+                                                    pytest.param("inline", "heuristic", marks=pytest.mark.slow)])
 def test_periodic_evaluation(tmp_path: Path, periodic: str, opponent: str) -> None:
     run_dir = tmp_path / "run"
     proc = train(run_dir, "training.total_timesteps=512", "evaluation.interval_timesteps=256",
@@ -520,7 +531,9 @@ def test_periodic_evaluation(tmp_path: Path, periodic: str, opponent: str) -> No
     assert float(match.group(1)) == pytest.approx(last["eval/win_rate"], abs=5e-5)
 
 
-@pytest.mark.parametrize("periodic", ["inline", "background"])
+# [background]: the searching agent is [inline]'s, the background worker
+# test_periodic_evaluation[background-random]'s. Slow.
+@pytest.mark.parametrize("periodic", ["inline", pytest.param("background", marks=pytest.mark.slow)])
 def test_periodic_evaluation_with_search(tmp_path: Path, periodic: str) -> None:
     """evaluation.search.simulations=N: the periodic matches are played by the searching agent, as its
     name in the results and records says."""
@@ -540,7 +553,9 @@ def test_periodic_evaluation_with_search(tmp_path: Path, periodic: str) -> None:
 OTHER_KEYS = {f"eval/heuristic/{k.removeprefix('eval/')}" for k in EVAL_KEYS - {"update", "eval/global_step"}}
 
 
-@pytest.mark.parametrize("periodic", ["inline", "background"])
+# [background]: the same reporting as [inline]; the background worker against several opponents is
+# test_inline_and_background_evaluations_play_the_same_games'. Slow.
+@pytest.mark.parametrize("periodic", ["inline", pytest.param("background", marks=pytest.mark.slow)])
 def test_periodic_evaluation_against_several_opponents(tmp_path: Path, periodic: str) -> None:
     """Each evaluation plays ``opponent`` (random) and then heuristic: one metrics line with both
     (random's under the plain names, the objective its win rate), results in step_N/ and step_N/heuristic/;

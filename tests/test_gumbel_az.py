@@ -139,6 +139,8 @@ def test_the_capture_positions_are_what_they_claim() -> None:
         assert game.sfen().split()[2] != "-", "the captured piece is in hand"
 
 
+# Slow: 3 x 300 learn steps; the learn step stays in the fast suite through the ResNet's [group] case below.
+@pytest.mark.slow
 def test_learn_step_makes_the_capture_the_top_move_and_wrong_targets_do_worse() -> None:
     """From random weights, 300 learn steps on the capture positions with an improved-policy-like target (0.7
     on the capture) and the result +1: the capture is the top move and the value positive everywhere.
@@ -158,7 +160,11 @@ def test_learn_step_makes_the_capture_the_top_move_and_wrong_targets_do_worse() 
     assert (values < -0.5).all(), values
 
 
-@pytest.mark.parametrize(("norm", "layer"), [(Norm.group, torch.nn.GroupNorm), (Norm.batch, torch.nn.BatchNorm2d)])
+@pytest.mark.parametrize(("norm", "layer"), [
+    (Norm.group, torch.nn.GroupNorm),
+    # BatchNorm learning stays fast in test_supervised.py's ResNet [batch] case; slow here.
+    pytest.param(Norm.batch, torch.nn.BatchNorm2d, marks=pytest.mark.slow),
+])
 def test_learn_step_teaches_the_resnet_with_its_normalisation_layers(norm: Norm, layer: type) -> None:
     """The default model (a ResNet; GroupNorm by default, or BatchNorm), smaller: after the learn steps (train
     mode) it plays the captures and values the positions as won in eval mode (BatchNorm: running statistics)."""

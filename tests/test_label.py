@@ -108,7 +108,9 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
+# [ctrl-c]: the rerun that labels every position once is also [kill-9]'s (which also drops a row cut by the
+# kill and sees the workers gone). Slow.
+@pytest.mark.parametrize("how", [pytest.param("ctrl-c", marks=pytest.mark.slow), "kill-9"])
 def test_a_run_stopped_midway_and_rerun_labels_every_record_position_once(tmp_path: Path, how: str) -> None:
     out = tmp_path / "rec.hcpe"
     expected = record_positions(RECORDS / "multi.csa", RECORDS / "known.csa")

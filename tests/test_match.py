@@ -68,7 +68,8 @@ def test_colours_alternate_and_each_player_moves_only_its_own_side():
         assert ((id(m.game), Color.BLACK, 0) in b.seen) == (k % 2 == 1)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
+# [0.0]: greedy moves; [1.0] also has the workers draw the sampled moves as here. Slow.
+@pytest.mark.parametrize("temperature", [pytest.param(0.0, marks=pytest.mark.slow), 1.0])
 def test_networks_on_env_workers_play_the_games_played_here(temperature: float) -> None:
     """Two networks (the default ResNet kind) stepped by 2 env worker processes play the same games
     as in this process: moves, results and how they ended, sampled moves included. Games end in

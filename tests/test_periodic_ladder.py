@@ -168,6 +168,10 @@ def test_train_refuses_what_it_cannot_evaluate(tmp_path: Path, overrides: list[s
     assert not run_dir.exists()
 
 
+# Slow: the check is test_ladder.py::test_load_ladder_refuses_an_unrated_preset_and_another_max_plies', through
+# evaluate.py test_ladder.py::test_evaluate_ladder_refuses_another_max_plies_or_an_unrated_player'; train.py
+# refusing a bad ladder before a run dir is test_train_refuses_what_it_cannot_evaluate[ladder_without_rungs]'s.
+@pytest.mark.slow
 def test_train_refuses_an_unrated_rung_before_writing_a_run_dir(tmp_path: Path) -> None:
     """A preset that ladder.json does not rate, or games longer than the ladder's, fail in one line
     before training starts, in either periodic mode."""

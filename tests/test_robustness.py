@@ -275,6 +275,9 @@ def test_relaunch_with_another_model_is_refused_before_touching_the_record(finis
     assert record_bytes(run_dir) == before
 
 
+# Slow: a truncated checkpoint refused in one line is test_train.py::test_resume_truncated_checkpoint's, a refused
+# relaunch leaving the record alone test_relaunch_with_another_model_is_refused_before_touching_the_record's.
+@pytest.mark.slow
 def test_relaunch_onto_a_truncated_checkpoint_is_refused_before_touching_the_record(
         finished: tuple[Path, str], tmp_path: Path) -> None:
     run_dir = tmp_path / "copy"

@@ -218,7 +218,9 @@ def test_tiny_mlp_run_learns_the_labelled_moves(mlp_run: Path, labelled: tuple[P
     assert_learnt(mlp_run, labelled[1])
 
 
-@pytest.mark.parametrize("norm", ["group", "batch"])
+# [group]: GroupNorm is the default model's, which many fast runs train (test_gumbel_az.py's ResNet [group]
+# learn step too); slow.
+@pytest.mark.parametrize("norm", [pytest.param("group", marks=pytest.mark.slow), "batch"])
 def test_tiny_resnet_run_learns_the_labelled_moves(tmp_path: Path, labelled: tuple[Path, list[Sample]],
                                                    norm: str) -> None:
     """The default model family with its normalisation layers (BatchNorm: trained on batch statistics,
@@ -261,6 +263,9 @@ def test_plot_shows_train_and_validation_loss_and_accuracy(mlp_run: Path, tmp_pa
     assert plot_metrics(mlp_run, tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
 
 
+# Slow: the objective's value is test_metrics_validation_and_objective's, its printing
+# test_train.py::test_smoke_run_prints_objective's.
+@pytest.mark.slow
 def test_summary_names_the_objective(tmp_path: Path, labelled: tuple[Path, list[Sample]]) -> None:
     proc = train(tmp_path / "run", *MLP, *RUN, f"algorithm.train=[{labelled[0]}]", "training.total_timesteps=16")
     val = metrics(tmp_path / "run")[-1]["val/accuracy"]
@@ -269,6 +274,9 @@ def test_summary_names_the_objective(tmp_path: Path, labelled: tuple[Path, list[
 
 # --- resume, and what comes after --------------------------------------------------------------
 
+# Slow: test_a_file_that_grows_between_stop_and_resume_changes_nothing resumes the same run and checks the
+# same losses and validations against one without a break.
+@pytest.mark.slow
 def test_resumed_run_equals_one_without_a_break(tmp_path: Path, labelled: tuple[Path, list[Sample]]) -> None:
     """12 updates of 8 over 21 train rows (the epochs end at 21, 42, 63, 84) in one go, and stopped
     after 6 then resumed: the same positions, losses and weights, bit for bit."""

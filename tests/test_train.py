@@ -216,7 +216,8 @@ def test_different_seed_different_run(tmp_path: Path, half: Path) -> None:
 
 # --- resume -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", ["run_dir", "file"])
+# [file]: resume= naming a checkpoint file is also test_periodic_ladder.py's resumes (resume=.../last.pt); slow.
+@pytest.mark.parametrize("target", ["run_dir", pytest.param("file", marks=pytest.mark.slow)])
 def test_explicit_resume_from_other_run_dir(tmp_path: Path, half: Path,
                                             straight: tuple[Path, subprocess.CompletedProcess[str]],
                                             target: str) -> None:
@@ -253,6 +254,10 @@ def test_requeued_job_with_resume_goes_on_from_its_own_last_pt(tmp_path: Path, h
     assert_same_weights(checkpoint(run_dir)["model"], checkpoint(straight[0])["model"])
 
 
+# Slow: the same command resuming in its run dir, bit for bit, is also
+# test_resume_drops_metrics_written_after_checkpoint's and
+# test_preemption.py::test_stop_signal_checkpoints_and_the_same_command_resumes[SIGTERM]'s.
+@pytest.mark.slow
 def test_automatic_resume_in_same_run_dir(tmp_path: Path, half: Path,
                                           straight: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     run_dir = tmp_path / "run"
@@ -425,6 +430,9 @@ def test_pool_games_keep_their_opponent_and_are_logged_apart(tmp_path: Path) -> 
     assert set(state["opponent"]) <= set(state["snapshots"])  # ... whose weights are kept while it plays
 
 
+# Slow: test_env_workers.py plays (and resumes) the same games in 1, 2 and 3 worker processes, and
+# test_a_check_failing_after_the_env_started_closes_its_workers starts train's env.workers=2.
+@pytest.mark.slow
 def test_env_workers_train_the_same_run(tmp_path: Path, half: Path) -> None:
     """env.workers=2 steps the same games as one process: the same seed gives the same weights."""
     run_dir = tmp_path / "run"
@@ -448,7 +456,10 @@ def test_resume_with_an_opponent_pool_is_exact(tmp_path: Path) -> None:
     assert sum(r["pool/heuristic_games"] for r in metrics(straight_dir)) > 0
 
 
-@pytest.mark.parametrize("periodic", ["inline", "background"])
+# [background]: its start builds the checkpoint opponent in this process too (to check it), as [inline] does;
+# a background evaluation across a resume is
+# test_a_background_evaluation_logged_after_the_checkpoint_survives_a_crash's. Slow.
+@pytest.mark.parametrize("periodic", ["inline", pytest.param("background", marks=pytest.mark.slow)])
 def test_resume_with_a_checkpoint_opponent_in_periodic_evaluation_is_exact(tmp_path: Path, half: Path,
                                                                           periodic: str) -> None:
     """Building the evaluation's checkpoint opponent at the start draws nothing from the run's generator:
