@@ -6,13 +6,11 @@ Every setting comes from ``conf/evaluate.yaml`` and its groups (see docs/evaluat
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from keisei.cli import fail_cleanly
+from keisei.cli import fail_cleanly, output_dir
 from keisei.config import CONF, register_configs, validate_evaluate
 
 
@@ -33,7 +31,7 @@ def main(cfg: DictConfig) -> float:
     with fail_cleanly():
         from keisei.evaluation.app import run_evaluation
 
-        return run_evaluation(validate_evaluate(cfg), Path(HydraConfig.get().runtime.output_dir))
+        return run_evaluation(validate_evaluate(cfg), output_dir())
 
 
 if __name__ == "__main__":

@@ -5,13 +5,10 @@ Every setting comes from ``conf/train.yaml`` and its groups (see docs/training.m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from keisei.cli import fail_cleanly
+from keisei.cli import fail_cleanly, output_dir
 from keisei.config import register_configs, validate
 
 register_configs()
@@ -22,7 +19,7 @@ def main(cfg: DictConfig) -> float:
     with fail_cleanly():
         from keisei.train.loop import train
 
-        return train(validate(cfg), Path(HydraConfig.get().runtime.output_dir))
+        return train(validate(cfg), output_dir())
 
 
 if __name__ == "__main__":

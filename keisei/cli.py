@@ -67,5 +67,16 @@ def _remove_if_empty() -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def output_dir() -> Path:
+    """This launch's run dir. An empty ``hydra.run.dir=`` (or ``hydra.sweep.dir=``), as an unset shell
+    variable gives, is refused: Hydra would take the current directory and the run would write its
+    record and checkpoints among whatever is there."""
+    hydra_cfg = HydraConfig.get()
+    key = "hydra.sweep.dir" if _in_multirun() else "hydra.run.dir"
+    if not str(hydra_cfg.sweep.dir if _in_multirun() else hydra_cfg.run.dir).strip():
+        raise ConfigError(f"{key} is empty: give the run a directory, e.g. {key}=outputs/my_run")
+    return Path(hydra_cfg.runtime.output_dir)
+
+
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

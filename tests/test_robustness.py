@@ -359,6 +359,16 @@ def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: P
     assert not list(finished[0].glob("*.log"))
 
 
+def test_an_empty_run_dir_is_refused_before_anything_is_written_in_the_current_directory(
+        tmp_path: Path, finished: tuple[Path, str]) -> None:
+    """``hydra.run.dir=$DIR`` with DIR unset: Hydra would run in the current directory."""
+    for script, args in (("train.py", TINY), ("evaluate.py", [f"checkpoint={finished[0]}", "evaluation.games=2"])):
+        proc = subprocess.run([sys.executable, str(REPO / script), *args, "hydra.run.dir="], cwd=tmp_path,
+                              capture_output=True, text=True, env=env(), timeout=120)
+        one_error_line(proc, "hydra.run.dir is empty")
+        assert {p.name for p in tmp_path.iterdir()} <= {".hydra"}, script
+
+
 def test_train_help_describes_the_app_and_its_groups() -> None:
     proc = run("train.py", "--help")
     assert proc.returncode == 0, proc.stderr
