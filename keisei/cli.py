@@ -72,8 +72,8 @@ def output_dir() -> Path:
     variable gives, is refused: Hydra would take the current directory and the run would write its
     record and checkpoints among whatever is there."""
     hydra_cfg = HydraConfig.get()
-    key = "hydra.sweep.dir" if _in_multirun() else "hydra.run.dir"
-    if not str(hydra_cfg.sweep.dir if _in_multirun() else hydra_cfg.run.dir).strip():
+    key, value = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if _in_multirun() else ("hydra.run.dir", hydra_cfg.run.dir)
+    if not str(value).strip():
         raise ConfigError(f"{key} is empty: give the run a directory, e.g. {key}=outputs/my_run")
     return Path(hydra_cfg.runtime.output_dir)
 
