@@ -28,9 +28,9 @@ def env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
 
 
-def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env(),
-                          timeout=timeout)
+def run(script: str, *args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
+                          env=env(), timeout=timeout)
 
 
 def default_sigint() -> None:
@@ -363,9 +363,7 @@ def test_an_empty_run_dir_is_refused_before_anything_is_written_in_the_current_d
         tmp_path: Path, finished: tuple[Path, str]) -> None:
     """``hydra.run.dir=$DIR`` with DIR unset: Hydra would run in the current directory."""
     for script, args in (("train.py", TINY), ("evaluate.py", [f"checkpoint={finished[0]}", "evaluation.games=2"])):
-        proc = subprocess.run([sys.executable, str(REPO / script), *args, "hydra.run.dir="], cwd=tmp_path,
-                              capture_output=True, text=True, env=env(), timeout=120)
-        one_error_line(proc, "hydra.run.dir is empty")
+        one_error_line(run(script, *args, "hydra.run.dir=", cwd=tmp_path), "hydra.run.dir is empty")
         assert {p.name for p in tmp_path.iterdir()} <= {".hydra"}, script
 
 
