@@ -5,12 +5,13 @@ Every setting comes from ``conf/evaluate.yaml`` and its groups (see docs/evaluat
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from keisei.cli import fail_cleanly, output_dir
+from keisei.cli import fail_cleanly, output_dir, refuse_empty_output_dir
 from keisei.config import CONF, register_configs, validate_evaluate
 
 
@@ -35,4 +36,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_empty_output_dir(sys.argv[1:])
     main()

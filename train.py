@@ -5,10 +5,12 @@ Every setting comes from ``conf/train.yaml`` and its groups (see docs/training.m
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from keisei.cli import fail_cleanly, output_dir
+from keisei.cli import fail_cleanly, output_dir, refuse_empty_output_dir
 from keisei.config import register_configs, validate
 
 register_configs()
@@ -23,4 +25,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_empty_output_dir(sys.argv[1:])
     main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,14 +68,30 @@ def _remove_if_empty() -> None:
 
 
 def output_dir() -> Path:
-    """This launch's run dir. An empty ``hydra.run.dir=`` (or ``hydra.sweep.dir=``), as an unset shell
+    """This launch's run dir. An empty ``hydra.run.dir`` (or ``hydra.sweep.dir``), as an unset shell
     variable gives, is refused: Hydra would take the current directory and the run would write its
     record and checkpoints among whatever is there."""
     hydra_cfg = HydraConfig.get()
     key, value = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if _in_multirun() else ("hydra.run.dir", hydra_cfg.run.dir)
     if not str(value).strip():
-        raise ConfigError(f"{key} is empty: give the run a directory, e.g. {key}=outputs/my_run")
+        raise _empty_dir(key)
     return Path(hydra_cfg.runtime.output_dir)
+
+
+def refuse_empty_output_dir(argv: Sequence[str]) -> None:
+    """Exit 2 with one line when a command-line override sets ``hydra.run.dir`` or ``hydra.sweep.dir``
+    to nothing. Checked before Hydra starts: a multirun creates its sweep dir, here the current
+    directory, and fills it with its jobs' dirs before a job sees its config (``output_dir`` checks
+    the composed config too, where an empty dir may come from a config file)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in ("hydra.run.dir", "hydra.sweep.dir") and not value.strip().strip("'\"").strip():
+            print(f"Error: {_empty_dir(key)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _empty_dir(key: str) -> ConfigError:
+    return ConfigError(f"{key} is empty: give the run a directory, e.g. {key}=outputs/my_run")
 
 
 def _in_multirun() -> bool:

@@ -361,10 +361,15 @@ def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: P
 
 def test_an_empty_run_dir_is_refused_before_anything_is_written_in_the_current_directory(
         tmp_path: Path, finished: tuple[Path, str]) -> None:
-    """``hydra.run.dir=$DIR`` with DIR unset: Hydra would run in the current directory."""
-    for script, args in (("train.py", TINY), ("evaluate.py", [f"checkpoint={finished[0]}", "evaluation.games=2"])):
-        one_error_line(run(script, *args, "hydra.run.dir=", cwd=tmp_path), "hydra.run.dir is empty")
-        assert {p.name for p in tmp_path.iterdir()} <= {".hydra"}, script
+    """``hydra.run.dir=$DIR`` with DIR unset: Hydra would run in the current directory (and write its
+    own record there first); also quoted, with ``++``, and a multirun's ``hydra.sweep.dir``."""
+    cases = [("train.py", [*TINY, "hydra.run.dir="], "hydra.run.dir"),
+             ("train.py", [*TINY, "++hydra.run.dir=''"], "hydra.run.dir"),
+             ("train.py", ["-m", *TINY, "seed=1,2", "hydra.sweep.dir= "], "hydra.sweep.dir"),
+             ("evaluate.py", [f"checkpoint={finished[0]}", "evaluation.games=2", "hydra.run.dir="], "hydra.run.dir")]
+    for script, args, key in cases:
+        one_error_line(run(script, *args, cwd=tmp_path), f"{key} is empty")
+        assert not any(tmp_path.iterdir()), (script, args, sorted(p.name for p in tmp_path.iterdir()))
 
 
 def test_train_help_describes_the_app_and_its_groups() -> None:
