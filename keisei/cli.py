@@ -84,7 +84,7 @@ def refuse_empty_output_dir(argv: Sequence[str]) -> None:
     directory, and fills it with its jobs' dirs before a job sees its config (``output_dir`` checks
     the composed config too, where an empty dir may come from a config file)."""
     for arg in argv:
-        key, sep, value = arg.lstrip("+~").partition("=")
+        key, sep, value = arg.lstrip("+").partition("=")
         if sep and key in ("hydra.run.dir", "hydra.sweep.dir") and not value.strip().strip("'\"").strip():
             print(f"Error: {_empty_dir(key)}", file=sys.stderr)
             sys.exit(2)

@@ -361,8 +361,8 @@ def test_a_failed_launch_leaves_no_dir_and_a_run_leaves_no_empty_log(tmp_path: P
 
 def test_an_empty_run_dir_is_refused_before_anything_is_written_in_the_current_directory(
         tmp_path: Path, finished: tuple[Path, str]) -> None:
-    """``hydra.run.dir=$DIR`` with DIR unset: Hydra would run in the current directory (and write its
-    own record there first); also quoted, with ``++``, and a multirun's ``hydra.sweep.dir``."""
+    """``hydra.run.dir=$DIR`` with DIR unset: Hydra would run in the current directory; also quoted, with
+    ``++``, and a multirun's ``hydra.sweep.dir`` (the multirun filled the current directory with its jobs)."""
     cases = [("train.py", [*TINY, "hydra.run.dir="], "hydra.run.dir"),
              ("train.py", [*TINY, "++hydra.run.dir=''"], "hydra.run.dir"),
              ("train.py", ["-m", *TINY, "seed=1,2", "hydra.sweep.dir= "], "hydra.sweep.dir"),
