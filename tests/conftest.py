@@ -3,6 +3,8 @@ and checks that processes are gone."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import subprocess
 import time
@@ -15,6 +17,17 @@ from keisei.shogi import Game
 #: A training run that takes seconds: the MLP, 8 games x 16 steps (128 env steps an update).
 TINY = ["model=mlp", "training=smoke", "env.num_envs=8", "algorithm.num_steps=16", "algorithm.minibatch_size=64",
         "logging.progress_bar=false"]
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without the variables that change how a launched train.py reports."""
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    """The ``global_step`` of each training row of a run dir's ``metrics.jsonl`` (evaluation rows skipped)."""
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [row["global_step"] for row in map(json.loads, lines) if "global_step" in row]
 
 
 def play_random_games(seed: int, games: int, max_plies: int = 200) -> list[Game]:

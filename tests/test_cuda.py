@@ -8,14 +8,13 @@ Skipped where torch sees no CUDA device (CI and this project's CPU machines); on
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import play_random_games
+from conftest import clean_env, metric_steps, play_random_games
 
 from keisei.nn.checkpoint import load_model
 from keisei.nn.policy import masked_logits, sample
@@ -31,17 +30,11 @@ SHORT = ["experiment=cpu_baseline", "device=cuda", "env.num_envs=64", "algorithm
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=clean_env(),
                           timeout=timeout)
     assert proc.returncode == 0, f"{args}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     return proc
-
-
-def steps(run_dir: Path) -> list[int]:
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [row["global_step"] for row in map(json.loads, lines) if "global_step" in row]
 
 
 def test_the_sampler_on_cuda_never_draws_an_illegal_label() -> None:
@@ -72,10 +65,10 @@ def test_train_bf16_compiled_resume_then_evaluate_with_search_on_cuda(tmp_path: 
     run_dir = tmp_path / "run"
     common = [*SHORT, "training.precision=bf16", "training.compile=true", f"hydra.run.dir={run_dir}"]
     run("train.py", *common, "training.total_timesteps=8192")
-    assert steps(run_dir)[-1] == 8192
+    assert metric_steps(run_dir)[-1] == 8192
     run("train.py", *common, "training.total_timesteps=16384")
-    assert steps(run_dir)[-1] == 16384
-    assert sorted(set(steps(run_dir))) == steps(run_dir)  # the resume repeated no update
+    assert metric_steps(run_dir)[-1] == 16384
+    assert sorted(set(metric_steps(run_dir))) == metric_steps(run_dir)  # the resume repeated no update
     model, cfg = load_model(run_dir, "cpu")
     assert cfg.training.precision == "bf16" and next(model.parameters()).device.type == "cpu"
     out = tmp_path / "eval"
@@ -91,7 +84,7 @@ def test_gumbel_alphazero_trains_on_cuda(tmp_path: Path) -> None:
     run("train.py", "experiment=gumbel_az_cpu", "device=cuda", "training.total_timesteps=2048",
         "training.checkpoint_interval_timesteps=1024", "evaluation.interval_timesteps=0",
         "evaluation.periodic_opponents=[]", "logging.progress_bar=false", f"hydra.run.dir={run_dir}")
-    assert steps(run_dir)[-1] >= 2048
+    assert metric_steps(run_dir)[-1] >= 2048
     assert (run_dir / "checkpoints" / "final.pt").exists()
 
 
@@ -100,5 +93,5 @@ def test_one_nccl_rank_under_torchrun(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run("-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone", str(REPO / "train.py"), *SHORT,
         "training.total_timesteps=4096", f"hydra.run.dir={run_dir}")
-    assert steps(run_dir)[-1] == 4096
+    assert metric_steps(run_dir)[-1] == 4096
     assert (run_dir / "checkpoints" / "final.pt").exists()

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TINY as TINY_RUN
+from conftest import clean_env
 
 from keisei.config import ConfigError, ModelConfig, ModelName, PPOConfig, TrainingConfig
 from keisei.nn.model import build_model
@@ -34,10 +35,6 @@ from keisei.train.ppo import Batch, ppo_update
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [*TINY_RUN, "training.lr_schedule=constant"]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
 
 
 def torchrun(cwd: Path, *overrides: str, nproc: int = 2, max_restarts: int = 0) -> subprocess.Popen[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, assert_clean_error
+from conftest import TINY, assert_clean_error, clean_env
 
 from keisei.nn.checkpoint import load_checkpoint
 
@@ -32,10 +32,6 @@ FORFEITS = {"resign", "illegal_move", "timeout", "crash"}
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
-
 
 def run_script(script: str, *args: str, cwd: Path = REPO, check: bool = True,
                timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ bad settings refused). Real rules and real searches; the MLP network."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error
+from conftest import assert_clean_error, clean_env
 
 from keisei.config import GumbelAZConfig, ModelConfig, ModelName, Norm
 from keisei.env import VecEnv
@@ -46,10 +45,6 @@ CAPTURES = [
     ("8k/9/9/9/b3R4/9/9/9/5K3 b - 1", "5e9e"),  # rook takes a bishop
     ("4k4/7b1/9/9/9/3G5/9/9/4K4 w - 1", "2b6f"),  # White's bishop takes a gold
 ]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
 
 
 def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:

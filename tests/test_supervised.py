@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, clean_env
 
 from keisei.config import ConfigError, SupervisedConfig, hcpe_files
 from keisei.data.hcpe import HCPE, Sample, from_hcpe, to_hcpe, write
@@ -57,10 +56,6 @@ def write_positions(path: Path, count: int, seed: int = 0) -> list[Sample]:
     samples = labelled_positions(count, seed)
     write(path, to_hcpe(samples))
     return samples
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
 
 
 def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
