@@ -124,6 +124,7 @@ class TrainingConfig:
     max_grad_norm: float = 0.5  # gradients clipped to this global norm
     checkpoint_interval_timesteps: Any = 50_000  # env steps between checkpoints/last.pt
     checkpoint_interval_minutes: float = 10.0  # also write last.pt this often, whichever comes first (0: off)
+    collective_timeout_minutes: float = 10.0  # several ranks: how long one waits for the others (joining, a collective)
     precision: Precision = Precision.fp32  # bf16 / fp16 autocast (fp16 needs CUDA)
     compile: bool = False  # torch.compile the network
     init_checkpoint: str | None = None  # a new run starts from its weights (file or run dir; a resumed run ignores it)
@@ -509,6 +510,8 @@ def _validate_training(t: TrainingConfig) -> None:
            t.checkpoint_interval_timesteps, "must be > 0")
     _check(t.checkpoint_interval_minutes >= 0, "training.checkpoint_interval_minutes",
            t.checkpoint_interval_minutes, "must be >= 0 (0: by steps only)")
+    _check(t.collective_timeout_minutes > 0, "training.collective_timeout_minutes", t.collective_timeout_minutes,
+           "must be > 0")
     _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
     _check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm, "must be > 0")

@@ -126,6 +126,25 @@ def test_resume_on_another_world_size_is_refused(straight: Path, tmp_path: Path)
     assert "written by a run of 2 process(es), this run has 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
+ENGINE = "/usr/games/fairy-stockfish"
+
+
+@pytest.mark.skipif(not os.access(ENGINE, os.X_OK) and not os.environ.get("CI"),
+                    reason=f"{ENGINE} is not installed (apt-get install fairy-stockfish)")
+def test_an_inline_evaluation_longer_than_the_collective_timeout_does_not_end_the_run(tmp_path: Path) -> None:
+    """Rank 0 evaluates inline against fairy-stockfish thinking 1.5 s a move (well past a 15 s collective
+    timeout) while rank 1 waits for it; rank 1 used to wait in the next collective and fail there."""
+    run_dir = tmp_path / "run"
+    ok(torchrun(tmp_path, "training.total_timesteps=512", "training.collective_timeout_minutes=0.25",
+                "evaluation.interval_timesteps=512", "evaluation.games=2", "evaluation.max_plies=40",
+                "opponent=fairy_stockfish", "opponent.movetime_ms=1500", f"hydra.run.dir={run_dir}"))
+    seconds = json.loads((run_dir / "eval" / "step_000000512" / "results.json").read_text())["seconds"]
+    assert seconds > 15  # the evaluation outlasted the timeout ...
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows if "global_step" in r] == [256, 512]  # ... and the run went on
+    assert [r["eval/global_step"] for r in rows if "eval/global_step" in r] == [512]
+
+
 def test_sigterm_to_torchrun_stops_both_ranks_with_last_pt_written_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = torchrun(tmp_path, "training.total_timesteps=1e6", f"hydra.run.dir={run_dir}")
@@ -221,14 +240,16 @@ def test_game_metrics_count_the_games_of_every_rank(tmp_path: Path) -> None:
 # collective, leave; then how many threads the process has beside the one it started with.
 _LEAVE = """
 import os, torch
+from datetime import timedelta
 from keisei.config import TrainingConfig
 from keisei.train import distributed
 from keisei.train.optim import build_optimizer
 threads = lambda: len(os.listdir("/proc/self/task"))
 before = threads()
-distributed.setup(use_cuda=False)
+distributed.setup(use_cuda=False, timeout=timedelta(minutes=TrainingConfig().collective_timeout_minutes))
 build_optimizer(torch.nn.Linear(3, 2), TrainingConfig())
 distributed.all_reduce(1.0)
+distributed.wait_for_main()
 distributed.shutdown()
 print(threads() - before)
 """

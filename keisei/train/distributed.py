@@ -38,8 +38,11 @@ from keisei.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: How long a collective (or joining the group) waits for the other ranks.
-TIMEOUT = timedelta(minutes=10)
+#: How long the other ranks wait for rank 0 after an update (``wait_for_main``): as long as rank 0's
+#: periodic evaluation may take (one inline, or a background one rank 0 waits for).
+MAIN_WAIT_TIMEOUT = timedelta(hours=24)
+
+_main_wait_group: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def check_restartable() -> None:
                           f"the default, {template}, is a new dir at every start")
 
 
-def _elastic_store() -> dict[str, Any]:
+def _elastic_store(timeout: timedelta) -> dict[str, Any]:
     """Under torchrun on one node, the store the ranks meet in, with keys of this start of the group
     (else {}: ``init_process_group`` reads the environment). torchrun shares its own store with the
     ranks and keeps it across restarts (pytorch/pytorch#135712): a restarted group used to read the
@@ -96,13 +99,15 @@ def _elastic_store() -> dict[str, Any]:
             or int(os.environ.get("GROUP_WORLD_SIZE", "1")) != 1):
         return {}
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=TIMEOUT)
+                          timeout=timeout)
     return {"store": dist.PrefixStore(f"keisei/start_{restart}/", store), "rank": int(os.environ["RANK"]),
             "world_size": int(os.environ["WORLD_SIZE"])}
 
 
-def setup(use_cuda: bool) -> Ranks:
-    """Join the process group when launched as several processes (else one rank, nothing initialised)."""
+def setup(use_cuda: bool, timeout: timedelta) -> Ranks:
+    """Join the process group when launched as several processes (else one rank, nothing initialised).
+    ``timeout``: how long joining and each collective wait for the other ranks
+    (``training.collective_timeout_minutes``)."""
     check_restartable()
     _from_submitit()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -116,7 +121,9 @@ def setup(use_cuda: bool) -> Ranks:
 
         if use_cuda:  # NCCL's collectives (objects, barriers) run on the current device: this rank's GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT, **_elastic_store())
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, **_elastic_store(timeout))
+    global _main_wait_group
+    _main_wait_group = dist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT)
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restart and ranks.main:
@@ -177,6 +184,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wait_for_main() -> None:
+    """Every rank waits here until rank 0 arrives, for up to ``MAIN_WAIT_TIMEOUT``: rank 0 may have spent
+    longer than the collective timeout on a periodic evaluation, which the other ranks would otherwise
+    wait out in the next collective, and fail there."""
+    if active() and _main_wait_group is not None:
+        dist.barrier(group=_main_wait_group)
+
+
 def shutdown() -> None:
+    global _main_wait_group
+    _main_wait_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,8 @@ class Run:
         with ExitStack() as stack:  # on a failure here, what was opened so far is closed
             self.stop = StopSignals()
             stack.callback(self.stop.__exit__, None, None, None)  # the signal handlers go last, after the env
-            self.ranks = distributed.setup(use_cuda=resolve_device(self.cfg.device).type == "cuda")
+            self.ranks = distributed.setup(use_cuda=resolve_device(self.cfg.device).type == "cuda",
+                                           timeout=timedelta(minutes=self.cfg.training.collective_timeout_minutes))
             stack.callback(distributed.shutdown)
             self.run_dir = _shared_run_dir(self.run_dir)
             self.state = self._checked(stack)
@@ -148,6 +150,7 @@ class Run:
                                heuristic_scores if pool.heuristic_fraction else None)
         if self.ranks.main:
             self._log(record)
+        distributed.wait_for_main()  # the others wait out rank 0's evaluation here, not in a timed collective
         key = objective(self.cfg)[0]  # when periodic evaluation is off; supervised: at a validation only
         if state.eval_win_rate is not None or key in record:
             state.objective = record[key] if state.eval_win_rate is None else state.eval_win_rate
