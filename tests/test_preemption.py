@@ -216,6 +216,38 @@ def test_a_stop_signal_during_a_periodic_evaluation_ends_it(tmp_path: Path, peri
     assert not (run_dir / "eval" / "step_000000384").exists()
 
 
+#: An evaluation of a few seconds whatever the box's speed: fairy-stockfish thinks 0.5 s a move, up to 8 moves a game.
+SLOW_EVALUATION = ["opponent=fairy_stockfish", "opponent.movetime_ms=500", "evaluation.games=2",
+                   "evaluation.max_plies=16"]
+
+
+@pytest.mark.skipif(not Path("/usr/games/fairy-stockfish").exists() and not os.environ.get("CI"),
+                    reason="needs fairy-stockfish (apt-get install fairy-stockfish)")
+@pytest.mark.parametrize(("periodic", "interval", "expected"),
+                         [("inline", 256, [256]), ("background", 128, [128, 256, 384])])
+def test_the_evaluations_a_stopped_run_owed_are_played_when_it_resumes(tmp_path: Path, periodic: str, interval: int,
+                                                                      expected: list[int]):
+    """A stop at update 2 while an evaluation plays (inline: step 256's; background: the wait at 256 for
+    step 128's, so step 256's never starts) leaves them unreported; the resumed run plays them (128's
+    from its snapshot, 256's from the checkpoint's network) and every evaluation is reported once."""
+    run_dir = tmp_path / "run"
+    args = [*LONG, "training.total_timesteps=384", f"hydra.run.dir={run_dir}", f"evaluation.periodic={periodic}",
+            f"evaluation.interval_timesteps={interval}", *SLOW_EVALUATION]
+    proc = start(*args)
+    wait_for_updates(run_dir / "metrics.jsonl", proc, n=2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = finish(proc, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert steps(run_dir) == [128, 256]  # no evaluation reported
+    run(*args)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["global_step"] for r in rows if "global_step" in r] == [128, 256, 384]
+    evaluated = [r["eval/global_step"] for r in rows if "eval/global_step" in r]
+    assert sorted(evaluated) == expected
+    assert all((run_dir / "eval" / f"step_{s:09d}" / "results.json").is_file() for s in evaluated)
+
+
 # --- a node failure on the real one-node Slurm of scripts/slurm.sh (slow, slurm) ---------------------
 
 slurm = real.slurm  # the fixture that starts it

@@ -15,12 +15,14 @@ of the network, while training goes on; its result arrives one or more updates l
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -35,6 +37,9 @@ from keisei.play.players import AgentPlayer, Player
 
 log = logging.getLogger(__name__)
 
+#: A background evaluation's files in its ``eval/step_N`` dir: the network and what the worker plays.
+SNAPSHOT, SPEC = "agent.pt", "worker.json"
+
 
 def ladder_of(cfg: TrainConfig) -> PeriodicLadder | None:
     """The ladder that periodic evaluation rates the network on (``evaluation=ladder``, ``None``
@@ -45,6 +50,31 @@ def ladder_of(cfg: TrainConfig) -> PeriodicLadder | None:
         return None
     rungs = load_ladder(list(ev.players), ev.max_plies)
     return PeriodicLadder(rungs, {r.preset: opponent_preset(r.preset) for r in rungs}, trained_against(cfg))
+
+
+def _empty(directory: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything in ``directory`` but the names in ``keep``."""
+    for path in directory.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def snapshots(run_dir: Path) -> list[tuple[int, Path]]:
+    """The background evaluations started in ``run_dir`` (their snapshot and spec in ``eval/step_N``):
+    (N, that dir), oldest first."""
+    found = []
+    for spec in (run_dir / "eval").glob(f"step_*/{SPEC}"):
+        if (spec.parent / SNAPSHOT).is_file():
+            found.append((int(spec.parent.name.removeprefix("step_")), spec.parent))
+    return sorted(found)
+
+
+def _eval_step(line: str) -> int | None:
+    """The ``eval/global_step`` of a ``metrics.jsonl`` line (None: a training line, or one cut short)."""
+    try:
+        return json.loads(line).get("eval/global_step")
+    except ValueError:
+        return None
 
 
 def try_building(opponents: list[OpponentConfig], device: torch.device, seed: int) -> None:
@@ -98,6 +128,10 @@ class Inline:
         finished, self.finished = self.finished, None
         return finished
 
+    @property
+    def busy(self) -> bool:
+        return False  # an inline evaluation is over when ``start`` returns
+
     def abandon(self) -> None:
         """After an interrupted match: its players (an engine stopped mid-search) are closed, and built
         again for the next evaluation."""
@@ -125,17 +159,31 @@ class Background:
         try_building([*main, *self.others.values()], self.device, self.cfg.seed + 1)
 
     def start(self, model: nn.Module, step: int, seed: int, out_dir: Path) -> None:
+        """Snapshot the network and what the worker plays (``agent.pt``, ``worker.json``) into ``out_dir``,
+        then start the worker on them."""
         container = to_container(self.cfg)
-        snapshot = out_dir / "agent.pt"
-        save_checkpoint({"config": container, "model": model_state(model), "global_step": step}, snapshot)
+        save_checkpoint({"config": container, "model": model_state(model), "global_step": step},
+                        out_dir / SNAPSHOT)
         spec = {"evaluation": container["evaluation"], "opponent": container["opponent"],
                 "periodic_opponents": {name: to_container(op) for name, op in self.others.items()},
                 "ladder": None if self.ladder is None else self.ladder.to_json(),
                 "seed": seed, "device": str(self.device)}
+        (out_dir / SPEC).write_text(json.dumps(spec), encoding="utf-8")
+        self.restart(step, out_dir)
+
+    def restart(self, step: int, out_dir: Path) -> None:
+        """Start the worker on the snapshot and spec in ``out_dir``; what an earlier start of it wrote
+        there (a run stopped before it finished) is removed first."""
+        _empty(out_dir, keep=(SNAPSHOT, SPEC))
+        spec = (out_dir / SPEC).read_text(encoding="utf-8")
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
-            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.worker", str(snapshot), str(out_dir),
-                                     json.dumps(spec)], stdout=logfile, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.worker", str(out_dir / SNAPSHOT),
+                                     str(out_dir), spec], stdout=logfile, stderr=subprocess.STDOUT)
         self.pending = (proc, step, out_dir)
+
+    @property
+    def busy(self) -> bool:
+        return self.pending is not None
 
     def result(self, wait: bool) -> dict[str, Any] | None:
         """Metrics of the evaluation in flight once it has finished (``wait``: block until then)."""
@@ -173,6 +221,16 @@ class Background:
             proc.wait()
 
 
+class Owed(NamedTuple):
+    """An evaluation a resumed run owes: of the network at ``step``, played into ``out_dir``; from the
+    snapshot there (``model`` None: a background one the stopped run started) or of ``model``."""
+
+    step: int
+    out_dir: Path
+    model: nn.Module | None = None
+    seed: int = 0
+
+
 class PeriodicEvaluation:
     """Starts an evaluation when an update crosses ``evaluation.interval_timesteps`` and returns the
     metrics records of the evaluations that finished, each tagged with ``eval/global_step``."""
@@ -187,9 +245,31 @@ class PeriodicEvaluation:
         runner = Inline if cfg.evaluation.periodic is PeriodicMode.inline else Background
         self.runner = runner(cfg, device, others, ladder)
         self.objective_key = "eval/win_rate" if ladder is None else "eval/ladder_elo"
-        self.objective = objective  # of the latest finished evaluation (a resumed run's, at first)
+        self.objective = objective  # of the latest evaluated step (a resumed run's, at first)
+        self.objective_step = -1
+        self.owed: list[Owed] = []
         if cfg.evaluation.interval_timesteps:
             self.runner.check()
+
+    def resume(self, model: nn.Module, step: int, update: int) -> None:
+        """A run resumed in its own run dir at ``step`` (after ``update``) owes the evaluations its stopped
+        run started at or before that step and never reported: background ones start again from their
+        snapshots; the one of the checkpoint's own update, if a stop kept it from starting or finishing
+        (an inline match stopped, or the stop came while it waited for the previous background one),
+        plays a copy of ``model`` (that update's network). They start from the first update on."""
+        interval = self.cfg.evaluation.interval_timesteps
+        metrics = self.run_dir / "metrics.jsonl"
+        if not interval or not metrics.is_file():
+            return
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+        reported = {_eval_step(line) for line in lines} - {None}
+        if isinstance(self.runner, Background):
+            self.owed = [Owed(s, d) for s, d in snapshots(self.run_dir) if s <= step and s not in reported]
+        boundary = step // interval * interval
+        started = reported | {o.step for o in self.owed}
+        if boundary and not any(boundary <= s <= step for s in started):
+            self.owed.append(Owed(step, self.run_dir / "eval" / f"step_{step:09d}", copy.deepcopy(model),
+                                  self.cfg.seed + update))
 
     def after_update(self, model: nn.Module, global_step: int, batch_size: int, update: int, last: bool
                      ) -> list[dict[str, Any]]:
@@ -197,18 +277,34 @@ class PeriodicEvaluation:
         if not interval:
             return []
         finished = [self.runner.result(wait=False)]  # at most one evaluation in flight
+        if self.owed and not self.runner.busy:
+            self._start(self.owed.pop(0))
+            finished.append(self.runner.result(wait=False))  # inline: played already
         if global_step // interval > (global_step - batch_size) // interval:
             finished.append(self.runner.result(wait=True))
-            out_dir = self.run_dir / "eval" / f"step_{global_step:09d}"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.runner.start(model, global_step, self.cfg.seed + update, out_dir)
+            self._start(Owed(global_step, self.run_dir / "eval" / f"step_{global_step:09d}", model,
+                             self.cfg.seed + update))
             finished.append(self.runner.result(wait=False))
         if last:
             finished.append(self.runner.result(wait=True))
+            while self.owed:
+                self._start(self.owed.pop(0))
+                finished.append(self.runner.result(wait=True))
         records = [{"update": update, **metrics} for metrics in finished if metrics]
-        if records:
-            self.objective = records[-1][self.objective_key]
+        for record in records:  # an owed evaluation may finish after a later step's
+            if record["eval/global_step"] >= self.objective_step:
+                self.objective, self.objective_step = record[self.objective_key], record["eval/global_step"]
         return records
+
+    def _start(self, evaluation: Owed) -> None:
+        if evaluation.model is None:
+            log.info("periodic evaluation of step %d, stopped before it finished: started again", evaluation.step)
+            assert isinstance(self.runner, Background)
+            self.runner.restart(evaluation.step, evaluation.out_dir)
+            return
+        evaluation.out_dir.mkdir(parents=True, exist_ok=True)
+        _empty(evaluation.out_dir)  # what a stopped run played there
+        self.runner.start(evaluation.model, evaluation.step, evaluation.seed, evaluation.out_dir)
 
     def abandon(self) -> None:
         """Drop the evaluation in progress (its games so far stay in its dir, unreported)."""

@@ -89,6 +89,8 @@ class Run:
             if self.ranks.main:
                 self.evaluation = PeriodicEvaluation(self.cfg, self.run_dir, state.policy.device,
                                                      state.eval_win_rate)
+                if state.global_step:
+                    self.evaluation.resume(state.policy.model, state.global_step, state.update)
                 stack.callback(self.evaluation.close)
             self.algorithm = build_algorithm(self.cfg, state)  # its own checks (a resumed run's data files)
             state.attach(self.algorithm)  # its own state (a replay buffer) is checkpointed and restored
