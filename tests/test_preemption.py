@@ -216,9 +216,9 @@ def test_a_stop_signal_during_a_periodic_evaluation_ends_it(tmp_path: Path, peri
     assert not (run_dir / "eval" / "step_000000384").exists()
 
 
-#: An evaluation of a few seconds whatever the box's speed: fairy-stockfish thinks 0.5 s a move, up to 8 moves a game.
+#: An evaluation of a few seconds whatever the box's speed: fairy-stockfish thinks 0.5 s a move, up to 6 moves a game.
 SLOW_EVALUATION = ["opponent=fairy_stockfish", "opponent.movetime_ms=500", "evaluation.games=2",
-                   "evaluation.max_plies=16"]
+                   "evaluation.max_plies=12"]
 
 
 @pytest.mark.skipif(not Path("/usr/games/fairy-stockfish").exists() and not os.environ.get("CI"),
