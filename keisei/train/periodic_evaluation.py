@@ -10,7 +10,8 @@ Two ways to run it behind one interface (``start`` a match, ``result`` when it i
 ``Inline`` plays the match at once in the training process (training waits);
 ``Background`` plays it in a worker process (``python -m keisei.evaluation.worker``) from a snapshot
 of the network, while training goes on; its result arrives one or more updates later.
-``PeriodicEvaluation`` decides when to start one and turns results into metrics records.
+``PeriodicEvaluation`` decides when to start one and turns results into metrics records; a resumed
+run first plays those its stopped run started and never reported (``PeriodicEvaluation.resume``).
 """
 
 from __future__ import annotations
@@ -221,9 +222,9 @@ class Background:
             proc.wait()
 
 
-class Owed(NamedTuple):
-    """An evaluation a resumed run owes: of the network at ``step``, played into ``out_dir``; from the
-    snapshot there (``model`` None: a background one the stopped run started) or of ``model``."""
+class Evaluation(NamedTuple):
+    """An evaluation to play: of the network at ``step``, into ``out_dir``; of ``model``, or (None) from
+    the snapshot in ``out_dir`` (a background one a stopped run started)."""
 
     step: int
     out_dir: Path
@@ -247,7 +248,7 @@ class PeriodicEvaluation:
         self.objective_key = "eval/win_rate" if ladder is None else "eval/ladder_elo"
         self.objective = objective  # of the latest evaluated step (a resumed run's, at first)
         self.objective_step = -1
-        self.owed: list[Owed] = []
+        self.owed: list[Evaluation] = []
         if cfg.evaluation.interval_timesteps:
             self.runner.check()
 
@@ -264,11 +265,11 @@ class PeriodicEvaluation:
         lines = metrics.read_text(encoding="utf-8").splitlines()
         reported = {_eval_step(line) for line in lines} - {None}
         if isinstance(self.runner, Background):
-            self.owed = [Owed(s, d) for s, d in snapshots(self.run_dir) if s <= step and s not in reported]
+            self.owed = [Evaluation(s, d) for s, d in snapshots(self.run_dir) if s <= step and s not in reported]
         boundary = step // interval * interval
         started = reported | {o.step for o in self.owed}
         if boundary and not any(boundary <= s <= step for s in started):
-            self.owed.append(Owed(step, self.run_dir / "eval" / f"step_{step:09d}", copy.deepcopy(model),
+            self.owed.append(Evaluation(step, self.run_dir / "eval" / f"step_{step:09d}", copy.deepcopy(model),
                                   self.cfg.seed + update))
 
     def after_update(self, model: nn.Module, global_step: int, batch_size: int, update: int, last: bool
@@ -282,7 +283,7 @@ class PeriodicEvaluation:
             finished.append(self.runner.result(wait=False))  # inline: played already
         if global_step // interval > (global_step - batch_size) // interval:
             finished.append(self.runner.result(wait=True))
-            self._start(Owed(global_step, self.run_dir / "eval" / f"step_{global_step:09d}", model,
+            self._start(Evaluation(global_step, self.run_dir / "eval" / f"step_{global_step:09d}", model,
                              self.cfg.seed + update))
             finished.append(self.runner.result(wait=False))
         if last:
@@ -296,7 +297,7 @@ class PeriodicEvaluation:
                 self.objective, self.objective_step = record[self.objective_key], record["eval/global_step"]
         return records
 
-    def _start(self, evaluation: Owed) -> None:
+    def _start(self, evaluation: Evaluation) -> None:
         if evaluation.model is None:
             log.info("periodic evaluation of step %d, stopped before it finished: started again", evaluation.step)
             assert isinstance(self.runner, Background)
