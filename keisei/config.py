@@ -510,8 +510,8 @@ def _validate_training(t: TrainingConfig) -> None:
            t.checkpoint_interval_timesteps, "must be > 0")
     _check(t.checkpoint_interval_minutes >= 0, "training.checkpoint_interval_minutes",
            t.checkpoint_interval_minutes, "must be >= 0 (0: by steps only)")
-    _check(t.collective_timeout_minutes > 0, "training.collective_timeout_minutes", t.collective_timeout_minutes,
-           "must be > 0")
+    _check(0 < t.collective_timeout_minutes < math.inf, "training.collective_timeout_minutes",
+           t.collective_timeout_minutes, "must be > 0 and finite")
     _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
     _check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0")
     _check(t.max_grad_norm > 0, "training.max_grad_norm", t.max_grad_norm, "must be > 0")

@@ -171,7 +171,7 @@ def _curve_panels(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[s
     panels = []
     for title, series, records, x_key in groups:
         curves = [(label, points) for key, label in series
-                  if (points := [(r[x_key], r[key]) for r in records if r.get(key) is not None])]
+                  if (points := sorted((r[x_key], r[key]) for r in records if r.get(key) is not None))]
         if curves:
             panels.append((title, partial(_draw_curves, curves=curves)))
     return panels

@@ -199,6 +199,8 @@ def test_appended_unknown_key_is_rejected(override: str) -> None:
 @pytest.mark.parametrize(("overrides", "key"), [
     (["training.learning_rate=0"], "training.learning_rate"),
     (["training.learning_rate=-1e-3"], "training.learning_rate"),
+    (["training.collective_timeout_minutes=0"], "training.collective_timeout_minutes"),
+    (["training.collective_timeout_minutes=inf"], "training.collective_timeout_minutes"),
     (["algorithm.gamma=0"], "algorithm.gamma"),
     (["algorithm.gamma=1.01"], "algorithm.gamma"),
     ([*TINY, "algorithm.minibatch_size=100"], "algorithm.minibatch_size"),

@@ -334,3 +334,15 @@ def test_win_rates_of_several_runs_over_training_time(tmp_path: Path) -> None:
                         ([str(ppo), str(tmp_path / "nothing"), "--opponent", "fs"], "nothing: not a run dir")):
         bad = plot(*args)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and named in bad.stderr, bad.stderr
+
+
+def test_evaluations_reported_out_of_order_are_drawn_in_step_order(tmp_path: Path) -> None:
+    """A resumed run reports the evaluations its stopped run owed after later ones (steps 512, then
+    256): the curve goes along the steps, not back and forth in file order."""
+    run_dir = tmp_path / "run"
+    write_metrics(run_dir, with_eval=False)
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
+    late = [{"update": 5, "eval/global_step": step, "eval/win_rate": step / 1000, "eval/score": 0.5,
+             "eval/draw_rate": 0.0} for step in (512, 256)]
+    (run_dir / "metrics.jsonl").write_text(lines + "".join(json.dumps(x) + "\n" for x in late), encoding="utf-8")
+    assert eval_legend(run_dir)["win rate"] == ([256, 512], [0.256, 0.512])

@@ -223,15 +223,17 @@ SLOW_EVALUATION = ["opponent=fairy_stockfish", "opponent.movetime_ms=500", "eval
 
 @pytest.mark.skipif(not Path("/usr/games/fairy-stockfish").exists() and not os.environ.get("CI"),
                     reason="needs fairy-stockfish (apt-get install fairy-stockfish)")
-@pytest.mark.parametrize(("periodic", "interval", "expected"),
-                         [("inline", 256, [256]), ("background", 128, [128, 256, 384])])
+@pytest.mark.parametrize(("periodic", "interval", "total", "expected"),
+                         [("inline", 256, 384, [256]), ("background", 128, 384, [128, 256, 384]),
+                          ("background", 128, 256, [128, 256])])
 def test_the_evaluations_a_stopped_run_owed_are_played_when_it_resumes(tmp_path: Path, periodic: str, interval: int,
-                                                                      expected: list[int]):
+                                                                      total: int, expected: list[int]):
     """A stop at update 2 while an evaluation plays (inline: step 256's; background: the wait at 256 for
     step 128's, so step 256's never starts) leaves them unreported; the resumed run plays them (128's
-    from its snapshot, 256's from the checkpoint's network) and every evaluation is reported once."""
+    from its snapshot, 256's from the checkpoint's network), also when it has no update left (total
+    256), and every evaluation is reported once; the objective is the last step's."""
     run_dir = tmp_path / "run"
-    args = [*LONG, "training.total_timesteps=384", f"hydra.run.dir={run_dir}", f"evaluation.periodic={periodic}",
+    args = [*LONG, f"training.total_timesteps={total}", f"hydra.run.dir={run_dir}", f"evaluation.periodic={periodic}",
             f"evaluation.interval_timesteps={interval}", *SLOW_EVALUATION]
     proc = start(*args)
     wait_for_updates(run_dir / "metrics.jsonl", proc, n=2)
@@ -240,12 +242,13 @@ def test_the_evaluations_a_stopped_run_owed_are_played_when_it_resumes(tmp_path:
     _, err = finish(proc, timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert steps(run_dir) == [128, 256]  # no evaluation reported
-    run(*args)
+    out = run(*args).stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["global_step"] for r in rows if "global_step" in r] == [128, 256, 384]
-    evaluated = [r["eval/global_step"] for r in rows if "eval/global_step" in r]
-    assert sorted(evaluated) == expected
-    assert all((run_dir / "eval" / f"step_{s:09d}" / "results.json").is_file() for s in evaluated)
+    assert [r["global_step"] for r in rows if "global_step" in r] == list(range(128, total + 1, 128))
+    evaluations = {r["eval/global_step"]: r for r in rows if "eval/global_step" in r}
+    assert sorted(r["eval/global_step"] for r in rows if "eval/global_step" in r) == expected  # each once
+    assert f"objective:   {evaluations[expected[-1]]['eval/win_rate']:.4f}" in out
+    assert all((run_dir / "eval" / f"step_{s:09d}" / "results.json").is_file() for s in evaluations)
 
 
 # --- a node failure on the real one-node Slurm of scripts/slurm.sh (slow, slurm) ---------------------

@@ -123,6 +123,7 @@ def setup(use_cuda: bool, timeout: timedelta) -> Ranks:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, **_elastic_store(timeout))
     global _main_wait_group
+    # gloo's pairs time out by their group's timeout, whatever a call asks for: a group of its own.
     _main_wait_group = dist.new_group(backend="gloo", timeout=MAIN_WAIT_TIMEOUT)
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))

@@ -60,22 +60,30 @@ def _empty(directory: Path, keep: tuple[str, ...] = ()) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def step_dir(run_dir: Path, step: int) -> Path:
+    """Where the periodic evaluation of the network at ``step`` writes (step zero-padded to 9 digits)."""
+    return run_dir / "eval" / f"step_{step:09d}"
+
+
 def snapshots(run_dir: Path) -> list[tuple[int, Path]]:
     """The background evaluations started in ``run_dir`` (their snapshot and spec in ``eval/step_N``):
     (N, that dir), oldest first."""
     found = []
     for spec in (run_dir / "eval").glob(f"step_*/{SPEC}"):
-        if (spec.parent / SNAPSHOT).is_file():
-            found.append((int(spec.parent.name.removeprefix("step_")), spec.parent))
+        step = spec.parent.name.removeprefix("step_")
+        if step.isdigit() and (spec.parent / SNAPSHOT).is_file():
+            found.append((int(step), spec.parent))
     return sorted(found)
 
 
-def _eval_step(line: str) -> int | None:
-    """The ``eval/global_step`` of a ``metrics.jsonl`` line (None: a training line, or one cut short)."""
+def _steps(line: str) -> tuple[int | None, int | None]:
+    """(``global_step``, ``eval/global_step``) of a ``metrics.jsonl`` line (None where it has none, or
+    is cut short)."""
     try:
-        return json.loads(line).get("eval/global_step")
+        record = json.loads(line)
     except ValueError:
-        return None
+        return None, None
+    return (record.get("global_step"), record.get("eval/global_step")) if isinstance(record, dict) else (None, None)
 
 
 def try_building(opponents: list[OpponentConfig], device: torch.device, seed: int) -> None:
@@ -186,6 +194,14 @@ class Background:
     def busy(self) -> bool:
         return self.pending is not None
 
+    def plays(self, out_dir: Path) -> bool:
+        """Whether the snapshot's spec in ``out_dir`` plays the opponents this run reports (its config may
+        have changed them on a resume)."""
+        spec = json.loads((out_dir / SPEC).read_text(encoding="utf-8"))
+        return (spec["opponent"] == to_container(self.cfg.opponent)
+                and (spec["ladder"] is None) == (self.ladder is None)
+                and set(spec["periodic_opponents"]) == set(self.others))
+
     def result(self, wait: bool) -> dict[str, Any] | None:
         """Metrics of the evaluation in flight once it has finished (``wait``: block until then)."""
         if self.pending is None:
@@ -199,6 +215,7 @@ class Background:
         if proc.returncode != 0 or not all(f.is_file() for f in [out_dir / "results.json", *files.values()]):
             log.warning("background evaluation of step %d failed (exit %s): see %s", step, proc.returncode,
                         out_dir / "worker.log")
+            (out_dir / SPEC).unlink(missing_ok=True)  # not one to start again on a resume
             return None
         return eval_metrics(json.loads((out_dir / "results.json").read_text(encoding="utf-8")), step,
                             {name: json.loads(f.read_text(encoding="utf-8")) for name, f in files.items()},
@@ -254,23 +271,30 @@ class PeriodicEvaluation:
 
     def resume(self, model: nn.Module, step: int, update: int) -> None:
         """A run resumed in its own run dir at ``step`` (after ``update``) owes the evaluations its stopped
-        run started at or before that step and never reported: background ones start again from their
-        snapshots; the one of the checkpoint's own update, if a stop kept it from starting or finishing
-        (an inline match stopped, or the stop came while it waited for the previous background one),
-        plays a copy of ``model`` (that update's network). They start from the first update on."""
+        run started at or before that step and never reported: background ones of the same opponents
+        start again from their snapshots; the one of the checkpoint's own update, if a stop kept it from
+        starting or finishing (an inline match stopped, or the stop came while it waited for the previous
+        background one), plays a copy of ``model`` (that update's network). They start at the first
+        update (or, when the run has no step left, before it ends: ``settle``). Snapshots of steps after
+        ``step`` (played by the stopped run after its checkpoint) are never owed."""
         interval = self.cfg.evaluation.interval_timesteps
         metrics = self.run_dir / "metrics.jsonl"
         if not interval or not metrics.is_file():
             return
-        lines = metrics.read_text(encoding="utf-8").splitlines()
-        reported = {_eval_step(line) for line in lines} - {None}
-        if isinstance(self.runner, Background):
-            self.owed = [Evaluation(s, d) for s, d in snapshots(self.run_dir) if s <= step and s not in reported]
-        boundary = step // interval * interval
+        steps = [_steps(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+        reported = {e for _, e in steps if e is not None and e <= step}
+        self.objective_step = max(reported, default=-1)
+        for s, directory in snapshots(self.run_dir):
+            if s > step:
+                (directory / SPEC).unlink()
+            elif s not in reported and isinstance(self.runner, Background) and self.runner.plays(directory):
+                self.owed.append(Evaluation(s, directory))
+        previous = max((g for g, _ in steps if g is not None and g < step), default=0)
+        crossed = previous // interval < step // interval  # the checkpoint's update was due an evaluation
         started = reported | {o.step for o in self.owed}
-        if boundary and not any(boundary <= s <= step for s in started):
-            self.owed.append(Evaluation(step, self.run_dir / "eval" / f"step_{step:09d}", copy.deepcopy(model),
-                                  self.cfg.seed + update))
+        if crossed and not any(step // interval * interval <= s <= step for s in started):
+            self.owed.append(Evaluation(step, step_dir(self.run_dir, step), copy.deepcopy(model),
+                                        self.cfg.seed + update))
 
     def after_update(self, model: nn.Module, global_step: int, batch_size: int, update: int, last: bool
                      ) -> list[dict[str, Any]]:
@@ -283,14 +307,25 @@ class PeriodicEvaluation:
             finished.append(self.runner.result(wait=False))  # inline: played already
         if global_step // interval > (global_step - batch_size) // interval:
             finished.append(self.runner.result(wait=True))
-            self._start(Evaluation(global_step, self.run_dir / "eval" / f"step_{global_step:09d}", model,
-                             self.cfg.seed + update))
+            self._start(Evaluation(global_step, step_dir(self.run_dir, global_step), model, self.cfg.seed + update))
             finished.append(self.runner.result(wait=False))
         if last:
+            finished += self._drain()
+        return self._records(finished, update)
+
+    def settle(self, update: int) -> list[dict[str, Any]]:
+        """The records of every evaluation still in flight or owed, played now (a run resumed at its last
+        step has no update left to play them in)."""
+        return self._records(self._drain(), update)
+
+    def _drain(self) -> list[dict[str, Any] | None]:
+        finished = [self.runner.result(wait=True)]
+        while self.owed:
+            self._start(self.owed.pop(0))
             finished.append(self.runner.result(wait=True))
-            while self.owed:
-                self._start(self.owed.pop(0))
-                finished.append(self.runner.result(wait=True))
+        return finished
+
+    def _records(self, finished: list[dict[str, Any] | None], update: int) -> list[dict[str, Any]]:
         records = [{"update": update, **metrics} for metrics in finished if metrics]
         for record in records:  # an owed evaluation may finish after a later step's
             if record["eval/global_step"] >= self.objective_step:

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -89,9 +90,9 @@ class Run:
             if self.ranks.main:
                 self.evaluation = PeriodicEvaluation(self.cfg, self.run_dir, state.policy.device,
                                                      state.eval_win_rate)
+                stack.callback(self.evaluation.close)
                 if state.global_step:
                     self.evaluation.resume(state.policy.model, state.global_step, state.update)
-                stack.callback(self.evaluation.close)
             self.algorithm = build_algorithm(self.cfg, state)  # its own checks (a resumed run's data files)
             state.attach(self.algorithm)  # its own state (a replay buffer) is checkpointed and restored
         except Exception as exc:
@@ -160,24 +161,29 @@ class Run:
         self.bar.set_postfix(_postfix(record, state.games_total))
 
     def _log(self, record: dict) -> None:
-        assert self.logger is not None and self.evaluation is not None
+        assert self.logger is not None
         self.logger.log(record)
         state = self.state
-        for evaluation_record in self._evaluate():
-            self.logger.log(evaluation_record)
-        state.eval_win_rate = self.evaluation.objective  # the win rate, or the ladder Elo (evaluation=ladder)
+        self._log_evaluations(lambda evaluation: evaluation.after_update(
+            state.policy.model, state.global_step, self.batch_size, state.update, self.done))
 
-    def _evaluate(self) -> list[dict]:
-        """The periodic evaluation's records after this update. A stop signal ends an evaluation in
-        progress (or waited for) at once, unreported: the run must checkpoint before a scheduler's
-        grace time is out; after a stop request none starts."""
+    def _log_evaluations(self, play: Callable[[PeriodicEvaluation], list[dict]]) -> None:
+        """Log the records of the periodic evaluations ``play`` returns (see ``_evaluate``)."""
+        assert self.logger is not None and self.evaluation is not None
+        for evaluation_record in self._evaluate(play):
+            self.logger.log(evaluation_record)
+        self.state.eval_win_rate = self.evaluation.objective  # the win rate, or the ladder Elo (evaluation=ladder)
+
+    def _evaluate(self, play: Callable[[PeriodicEvaluation], list[dict]]) -> list[dict]:
+        """The periodic evaluation's records (``play``: after this update, or at the end). A stop signal
+        ends an evaluation in progress (or waited for) at once, unreported: the run must checkpoint before
+        a scheduler's grace time is out; after a stop request none starts."""
         assert self.evaluation is not None
         state = self.state
         try:
             with self.stop.interrupting():
                 if self.stop.signum is None:
-                    return self.evaluation.after_update(state.policy.model, state.global_step, self.batch_size,
-                                                        state.update, self.done)
+                    return play(self.evaluation)
         except KeyboardInterrupt:
             if self.stop.signum is None:
                 raise
@@ -208,7 +214,13 @@ class Run:
             self.stop.forward()  # exits (submitit: requeues, then exits), unless the signal is ignored
 
     def finish(self) -> float:
-        """Write the final checkpoint, print the summary; the objective (rank 0's, on every rank)."""
+        """Report the evaluations a run resumed at its last step still owed, write the final checkpoint,
+        print the summary; the objective (rank 0's, on every rank)."""
+        if self.ranks.main:
+            self._log_evaluations(lambda evaluation: evaluation.settle(self.state.update))
+            if self.state.eval_win_rate is not None:
+                self.state.objective = self.state.eval_win_rate
+        distributed.wait_for_main()
         self.state.save(self.run_dir, "last.pt", "final.pt")
         self.bar.close()
         self.state.objective = distributed.broadcast(self.state.objective)
