@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,57 @@ def test_the_evaluations_a_stopped_run_owed_are_played_when_it_resumes(tmp_path:
     assert sorted(r["eval/global_step"] for r in rows if "eval/global_step" in r) == expected  # each once
     assert f"objective:   {evaluations[expected[-1]]['eval/win_rate']:.4f}" in out
     assert all((run_dir / "eval" / f"step_{s:09d}" / "results.json").is_file() for s in evaluations)
+
+
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited with {proc.returncode} before {what}\nstdout:\n{out}\nstderr:\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {what} after {timeout}s")
+        time.sleep(0.01)
+
+
+def evaluated_steps(run_dir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r["eval/global_step"] for r in rows if "eval/global_step" in r]
+
+
+@pytest.mark.skipif(not Path("/usr/games/fairy-stockfish").exists() and not os.environ.get("CI"),
+                    reason="needs fairy-stockfish (apt-get install fairy-stockfish)")
+def test_a_stop_while_evaluations_finish_reports_the_finished_ones_and_leaves_the_rest_owed(tmp_path: Path):
+    """Background, an evaluation each update, 2 updates. A stop in the last update while the run waits for
+    step 256's evaluation, after step 128's finished: 128's is reported at once. The same command, resumed
+    at its last step, plays 256's before it ends; a stop then stops the run (no final checkpoint) rather
+    than ending it without 256's; the next resume reports it."""
+    run_dir = tmp_path / "run"
+    args = [*LONG, "training.total_timesteps=256", f"hydra.run.dir={run_dir}", "evaluation.periodic=background",
+            "evaluation.interval_timesteps=128", *SLOW_EVALUATION]
+    worker_log = run_dir / "eval" / "step_000000256" / "worker.log"
+    proc = start(*args)
+    wait_until(worker_log.is_file, proc, "evaluation of step 256")  # started once 128's was taken
+    proc.send_signal(signal.SIGTERM)
+    _, err = finish(proc, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert evaluated_steps(run_dir) == [128]
+
+    first = worker_log.stat().st_mtime_ns
+    proc = start(*args)  # resumed at its last step: plays 256's in Run.finish
+    wait_until(lambda: worker_log.is_file() and worker_log.stat().st_mtime_ns != first, proc,
+               "evaluation of step 256 started again")
+    proc.send_signal(signal.SIGTERM)
+    _, err = finish(proc, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by signal 15 at global_step 256" in err
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+    assert evaluated_steps(run_dir) == [128]
+
+    run(*args)
+    assert evaluated_steps(run_dir) == [128, 256]
+    assert checkpoint(run_dir / "checkpoints" / "final.pt")["global_step"] == 256
 
 
 # --- a node failure on the real one-node Slurm of scripts/slurm.sh (slow, slurm) ---------------------

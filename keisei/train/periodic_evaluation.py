@@ -266,6 +266,8 @@ class PeriodicEvaluation:
         self.objective = objective  # of the latest evaluated step (a resumed run's, at first)
         self.objective_step = -1
         self.owed: list[Evaluation] = []
+        self.finished: list[dict[str, Any]] = []  # records not taken yet (``take``)
+        self.update = 0  # the update the records are logged at
         if cfg.evaluation.interval_timesteps:
             self.runner.check()
 
@@ -298,39 +300,51 @@ class PeriodicEvaluation:
 
     def after_update(self, model: nn.Module, global_step: int, batch_size: int, update: int, last: bool
                      ) -> list[dict[str, Any]]:
+        """The records of the evaluations that finished (see ``take``) after this update, which starts one
+        when it crosses an interval, or an owed one; ``last``: every one in flight or owed, played now."""
         interval = self.cfg.evaluation.interval_timesteps
         if not interval:
             return []
-        finished = [self.runner.result(wait=False)]  # at most one evaluation in flight
+        self.update = update
+        self._collect(self.runner.result(wait=False))  # at most one evaluation in flight
         if self.owed and not self.runner.busy:
             self._start(self.owed.pop(0))
-            finished.append(self.runner.result(wait=False))  # inline: played already
+            self._collect(self.runner.result(wait=False))  # inline: played already
         if global_step // interval > (global_step - batch_size) // interval:
-            finished.append(self.runner.result(wait=True))
+            self._collect(self.runner.result(wait=True))
             self._start(Evaluation(global_step, step_dir(self.run_dir, global_step), model, self.cfg.seed + update))
-            finished.append(self.runner.result(wait=False))
+            self._collect(self.runner.result(wait=False))
         if last:
-            finished += self._drain()
-        return self._records(finished, update)
+            self._drain()
+        return self.take()
 
     def settle(self, update: int) -> list[dict[str, Any]]:
         """The records of every evaluation still in flight or owed, played now (a run resumed at its last
         step has no update left to play them in)."""
-        return self._records(self._drain(), update)
+        self.update = update
+        self._drain()
+        return self.take()
 
-    def _drain(self) -> list[dict[str, Any] | None]:
-        finished = [self.runner.result(wait=True)]
+    def take(self) -> list[dict[str, Any]]:
+        """The records of the evaluations finished since the last call, each once: also those that
+        finished before a stop signal ended a later one in the same ``after_update`` or ``settle``."""
+        records, self.finished = self.finished, []
+        return records
+
+    def _drain(self) -> None:
+        self._collect(self.runner.result(wait=True))
         while self.owed:
             self._start(self.owed.pop(0))
-            finished.append(self.runner.result(wait=True))
-        return finished
+            self._collect(self.runner.result(wait=True))
 
-    def _records(self, finished: list[dict[str, Any] | None], update: int) -> list[dict[str, Any]]:
-        records = [{"update": update, **metrics} for metrics in finished if metrics]
-        for record in records:  # an owed evaluation may finish after a later step's
-            if record["eval/global_step"] >= self.objective_step:
-                self.objective, self.objective_step = record[self.objective_key], record["eval/global_step"]
-        return records
+    def _collect(self, metrics: dict[str, Any] | None) -> None:
+        """Keep the record of a finished evaluation (``None``: none finished, or it failed) for ``take``."""
+        if not metrics:
+            return
+        record = {"update": self.update, **metrics}
+        self.finished.append(record)
+        if record["eval/global_step"] >= self.objective_step:  # an owed evaluation may finish after a later step's
+            self.objective, self.objective_step = record[self.objective_key], record["eval/global_step"]
 
     def _start(self, evaluation: Evaluation) -> None:
         if evaluation.model is None:

@@ -176,8 +176,9 @@ class Run:
 
     def _evaluate(self, play: Callable[[PeriodicEvaluation], list[dict]]) -> list[dict]:
         """The periodic evaluation's records (``play``: after this update, or at the end). A stop signal
-        ends an evaluation in progress (or waited for) at once, unreported: the run must checkpoint before
-        a scheduler's grace time is out; after a stop request none starts."""
+        ends an evaluation in progress (or waited for) at once, unreported (those that finished before it
+        are reported): the run must checkpoint before a scheduler's grace time is out; after a stop request
+        none starts."""
         assert self.evaluation is not None
         state = self.state
         try:
@@ -190,6 +191,7 @@ class Run:
             self.evaluation.abandon()
             log.warning("periodic evaluation stopped by %s at global_step %d: not reported (games so far in %s)",
                         signal.Signals(self.stop.signum).name, state.global_step, self.run_dir / "eval")
+            return self.evaluation.take()  # those that finished before the stop
         return []
 
     def checkpoint_or_stop(self) -> None:
@@ -215,12 +217,16 @@ class Run:
 
     def finish(self) -> float:
         """Report the evaluations a run resumed at its last step still owed, write the final checkpoint,
-        print the summary; the objective (rank 0's, on every rank)."""
+        print the summary; the objective (rank 0's, on every rank). A stop signal while the owed ones play
+        stops the run as after an update (``checkpoint_or_stop``): no final checkpoint, and the same
+        command plays them."""
         if self.ranks.main:
             self._log_evaluations(lambda evaluation: evaluation.settle(self.state.update))
             if self.state.eval_win_rate is not None:
                 self.state.objective = self.state.eval_win_rate
         distributed.wait_for_main()
+        if distributed.all_reduce(self.stop.signum or 0, "max"):  # a stop during them: the resumed run plays them
+            self.checkpoint_or_stop()
         self.state.save(self.run_dir, "last.pt", "final.pt")
         self.bar.close()
         self.state.objective = distributed.broadcast(self.state.objective)
