@@ -95,7 +95,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # [SIGUSR2]: the same handler as [SIGTERM]; SIGUSR2 to a running job (stopped by signal 12, resumed bit for bit)
-# is also test_slurm.py::test_sigusr2_requeues_the_job_and_it_resumes[one_job]'s (CI's Slurm run). Slow.
+# is also test_slurm_real.py::test_usr2_requeues_the_job_and_it_resumes_on_real_slurm's (CI's Slurm run). Slow.
 @pytest.mark.parametrize("sig", [pytest.param(signal.SIGUSR2, marks=pytest.mark.slow), signal.SIGTERM],
                          ids=["SIGUSR2", "SIGTERM"])
 def test_stop_signal_checkpoints_and_the_same_command_resumes(tmp_path: Path, reference: Path, sig: signal.Signals):
@@ -144,8 +144,8 @@ def submitit_task_pids(sweep: Path) -> list[int]:
 
 
 # Slow: submitit's SIGUSR2 requeue and the resume are
-# test_slurm.py::test_sigusr2_requeues_the_job_and_it_resumes[one_job]'s (CI's Slurm run), the submitit_local launcher
-# test_sweep.py::test_submitit_local_multirun's.
+# test_slurm_real.py::test_usr2_requeues_the_job_and_it_resumes_on_real_slurm's (CI's Slurm run), the
+# submitit_local launcher test_sweep.py::test_submitit_local_multirun's.
 @pytest.mark.slow
 def test_submitit_local_requeues_on_sigusr2_and_the_job_resumes(tmp_path: Path, reference: Path):
     sweep = tmp_path / "sweep"

@@ -2,10 +2,10 @@
 
 Debian's slurm-wlm with munge, slurmdbd and MariaDB, started on this machine by the module
 fixture: ``python train.py -m hydra/launcher=slurm_cpu ...`` goes through hydra-submitit-launcher,
-submitit, the real ``sbatch``/``srun``/``sacct``/``scontrol requeue`` and the real daemons. No
-fake: tests/test_slurm.py covers what one node cannot show with a fake sbatch.
+submitit, the real ``sbatch``/``srun``/``sacct``/``scontrol requeue`` and the real daemons.
 
-Tiny runs: mlp, 8 envs x 16 steps = 128 steps per update; each job gets 1 CPU and 1 GB.
+Tiny runs: mlp, 8 envs x 16 steps = 128 steps per update; each job gets 1 CPU and 1 GB, except in
+the test of the presets' own requests, which Slurm reads back (the 2-CPU node cannot run them).
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ def cancel(job_ids: list[str]) -> None:
 
 def test_sweep_of_two_jobs_completes_on_real_slurm(slurm, tmp_path: Path):
     sweep = tmp_path / "sweep"
+    setup = 'hydra.launcher.setup=["export KEISEI_SETUP_RAN=1","echo setup saw $KEISEI_SETUP_RAN"]'
     try:
-        train(*LAUNCHER, *TINY, f"training.total_timesteps={BATCH}", "seed=1,2", f"hydra.sweep.dir={sweep}",
+        train(*LAUNCHER, setup, *TINY, f"training.total_timesteps={BATCH}", "seed=1,2", f"hydra.sweep.dir={sweep}",
               timeout=420)
     except BaseException:
         cancel(submitit_jobs(sweep))  # leave no job behind on the node
@@ -141,9 +142,14 @@ def test_sweep_of_two_jobs_completes_on_real_slurm(slurm, tmp_path: Path):
     array_id = jobs[0].split("_")[0]
     assert jobs == [f"{array_id}_0", f"{array_id}_1"]  # the two jobs of the multirun are one job array
     script = (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text(encoding="utf-8")
+    lines = script.splitlines()
     for line in [f"#SBATCH --partition={PARTITION}", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=1GB",
-                 "#SBATCH --signal=USR2@120", "#SBATCH --array=0-1%2"]:
-        assert line in script.splitlines(), script
+                 "#SBATCH --signal=USR2@120", "#SBATCH --array=0-1%2", "#SBATCH --nodes=1",
+                 "#SBATCH --ntasks-per-node=1", "export KEISEI_SETUP_RAN=1"]:
+        assert line in lines, script
+    (srun,) = [line for line in lines if line.startswith("srun ")]
+    assert f"{sys.executable} -u -m submitit.core._submit " in srun, srun  # this interpreter runs the job
+    assert lines.index("export KEISEI_SETUP_RAN=1") < lines.index(srun)  # the setup lines come first
     # the real accounting knows them: both array tasks completed
     states = dict(wait_finished(array_id))
     assert states == {f"{array_id}_0": "COMPLETED", f"{array_id}_1": "COMPLETED"}, cluster_state(array_id)
@@ -155,6 +161,7 @@ def test_sweep_of_two_jobs_completes_on_real_slurm(slurm, tmp_path: Path):
         assert json.loads((job_dir / "job_result.json").read_text(encoding="utf-8"))["status"] == "completed"
         log = job_logs(sweep, f"{array_id}_{job}")
         assert f"job_id={array_id}_{job}" in log, log  # submitit saw the real Slurm job environment
+        assert "setup saw 1" in log, log  # the setup lines ran in the job
         assert f"seed={seed}" in (job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8").replace(
             "- ", "")
     # the sweep summary (keisei/train/sweep.py): summary.csv and summary.md, one completed row per job
@@ -163,6 +170,49 @@ def test_sweep_of_two_jobs_completes_on_real_slurm(slurm, tmp_path: Path):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [(r[0], r[1]) for r in rows] == [("0", "completed"), ("1", "completed")]
     assert "seed=1" in rows[0][3] and "seed=2" in rows[1][3]
+
+
+# --- the presets' own requests, as Slurm reads them -----------------------------------------------------
+
+def test_the_cpu_preset_asks_slurm_for_its_cpus_memory_and_time(slurm, tmp_path: Path):
+    """``slurm_cpu`` unmodified: Slurm's queue shows what each array task asks (8 CPUs, 16 GB, 4 hours);
+    this node, smaller than that, holds them pending, and they are cancelled here."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.partition={PARTITION}",
+           *TINY, f"training.total_timesteps={BATCH}", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(jobs := submitit_jobs(sweep)) < 2:
+            assert proc.poll() is None, f"exited early: {proc.communicate()}\n{cluster_state()}"
+            assert time.monotonic() < deadline, f"not submitted after 120 s\n{cluster_state()}"
+            time.sleep(0.2)
+        array_id = jobs[0].split("_")[0]
+        requests = slurm_cmd("squeue", "-h", "-r", "-j", array_id, "-o", "%i|%C|%m|%l").split()
+    finally:
+        cancel(submitit_jobs(sweep))
+        proc.kill()
+        proc.communicate()
+    assert sorted(requests) == [f"{job}|8|16G|4:00:00" for job in jobs], cluster_state()
+
+
+def test_the_gpu_preset_asks_slurm_for_a_gpu(slurm, tmp_path: Path):
+    """``slurm_gpu`` unmodified: its sbatch script asks for a GPU, 8 CPUs and 32 GB; Slurm refuses it on
+    this node, which has no GPU (its GRES are none), and says why."""
+    if "gpu" in slurm_cmd("scontrol", "show", "node"):
+        pytest.skip("this Slurm node has GPUs: the request would be accepted")
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm_gpu", f"hydra.launcher.partition={PARTITION}",
+           *TINY, f"training.total_timesteps={BATCH}", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), text=True, capture_output=True, timeout=120)
+    assert proc.returncode != 0 and "Invalid generic resource (gres) specification" in proc.stderr, proc.stderr
+    (script,) = (sweep / ".submitit").glob(".submission_file_*.sh")  # submitit keeps what sbatch refused
+    lines = script.read_text(encoding="utf-8").splitlines()
+    for line in ["#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB",
+                 "#SBATCH --time=240", f"#SBATCH --partition={PARTITION}"]:
+        assert line in lines, lines
+    assert not any(line.startswith("#SBATCH --array") for line in lines)  # one job: no array
 
 
 # --- preemption: scancel --signal=USR2 -> requeue under the same id -> resume -> done ----------------
@@ -208,7 +258,8 @@ def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Pat
 
     logs = job_logs(sweep, job_id)
     assert "Caught signal SIGUSR2" in logs, logs
-    assert re.search(rf"Requeued job {job_id} \(\d+ remaining timeouts\)", logs), logs
+    requeued = re.search(rf"Requeued job {job_id} \((\d+) remaining timeouts\)", logs)
+    assert requeued and int(requeued.group(1)) == 20, logs  # the preset's max_num_timeout
     stopped = re.search(r"stopped by signal 12 at global_step (\d+)", logs)
     assert stopped, logs
     assert 2 * BATCH <= int(stopped.group(1)) < LONG_TOTAL
@@ -221,6 +272,15 @@ def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Pat
     assert final["global_step"] == LONG_TOTAL
     rows = (sweep / "summary.md").read_text(encoding="utf-8").splitlines()[2:]
     assert len(rows) == 1 and "| completed |" in rows[0], rows
+
+    # it ends where the same run, never interrupted and outside Slurm, ends
+    reference = tmp_path / "reference"
+    train(*TINY, "training.lr_schedule=constant", f"training.total_timesteps={LONG_TOTAL}",
+          f"hydra.run.dir={reference}", timeout=300)
+    expected = torch.load(reference / "checkpoints" / "final.pt", map_location="cpu", weights_only=True)["model"]
+    assert final["model"].keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(final["model"][key], expected[key]), key
 
 
 # --- DD-PPO: one job of two Slurm tasks (gloo) ------------------------------------------------------
