@@ -282,6 +282,7 @@ def test_a_stop_while_evaluations_finish_reports_the_finished_ones_and_leaves_th
     worker_log = run_dir / "eval" / "step_000000256" / "worker.log"
     proc = start(*args)
     wait_until(worker_log.is_file, proc, "evaluation of step 256")  # started once 128's was taken
+    time.sleep(0.5)  # the worker started (not the instant of its start), its evaluation goes on for seconds
     proc.send_signal(signal.SIGTERM)
     _, err = finish(proc, timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -291,6 +292,7 @@ def test_a_stop_while_evaluations_finish_reports_the_finished_ones_and_leaves_th
     proc = start(*args)  # resumed at its last step: plays 256's in Run.finish
     wait_until(lambda: worker_log.is_file() and worker_log.stat().st_mtime_ns != first, proc,
                "evaluation of step 256 started again")
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = finish(proc, timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err

@@ -175,13 +175,15 @@ def test_sweep_of_two_jobs_completes_on_real_slurm(slurm, tmp_path: Path):
 # --- the presets' own requests, as Slurm reads them -----------------------------------------------------
 
 def test_the_cpu_preset_asks_slurm_for_its_cpus_memory_and_time(slurm, tmp_path: Path):
-    """``slurm_cpu`` unmodified: Slurm's queue shows what each array task asks (8 CPUs, 16 GB, 4 hours);
-    this node, smaller than that, holds them pending, and they are cancelled here."""
+    """``slurm_cpu`` unmodified: Slurm's queue shows what each array task asks (8 CPUs, 16 GB, 4 hours, no
+    GPU); submitted held (``--hold``), they stay pending on any node, and are cancelled here."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm_cpu", f"hydra.launcher.partition={PARTITION}",
-           *TINY, f"training.total_timesteps={BATCH}", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+           "+hydra.launcher.additional_parameters.hold=true", *TINY, f"training.total_timesteps={BATCH}", "seed=1,2",
+           f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    array_id = None
     try:
         deadline = time.monotonic() + 120
         while len(jobs := submitit_jobs(sweep)) < 2:
@@ -189,18 +191,18 @@ def test_the_cpu_preset_asks_slurm_for_its_cpus_memory_and_time(slurm, tmp_path:
             assert time.monotonic() < deadline, f"not submitted after 120 s\n{cluster_state()}"
             time.sleep(0.2)
         array_id = jobs[0].split("_")[0]
-        requests = slurm_cmd("squeue", "-h", "-r", "-j", array_id, "-o", "%i|%C|%m|%l").split()
+        requests = slurm_cmd("squeue", "-h", "-r", "-j", array_id, "-o", "%i|%C|%m|%l|%b").split()
     finally:
-        cancel(submitit_jobs(sweep))
+        cancel([array_id] if array_id else submitit_jobs(sweep))
         proc.kill()
         proc.communicate()
-    assert sorted(requests) == [f"{job}|8|16G|4:00:00" for job in jobs], cluster_state()
+    assert sorted(requests) == [f"{job}|8|16G|4:00:00|N/A" for job in jobs], cluster_state()
 
 
 def test_the_gpu_preset_asks_slurm_for_a_gpu(slurm, tmp_path: Path):
     """``slurm_gpu`` unmodified: its sbatch script asks for a GPU, 8 CPUs and 32 GB; Slurm refuses it on
     this node, which has no GPU (its GRES are none), and says why."""
-    if "gpu" in slurm_cmd("scontrol", "show", "node"):
+    if re.search(r"Gres=\S*gpu", slurm_cmd("scontrol", "show", "node")):
         pytest.skip("this Slurm node has GPUs: the request would be accepted")
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm_gpu", f"hydra.launcher.partition={PARTITION}",
@@ -218,11 +220,13 @@ def test_the_gpu_preset_asks_slurm_for_a_gpu(slurm, tmp_path: Path):
 # --- preemption: scancel --signal=USR2 -> requeue under the same id -> resume -> done ----------------
 
 def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Path):
+    """A sweep of a short job and a long one (one array); SIGUSR2 to the long one, the array's second
+    task: submitit requeues that task alone, and it resumes to the weights of an uninterrupted run."""
     sweep = tmp_path / "sweep"
-    job_dir = sweep / "0"
+    job_dir = sweep / "1"
     metrics = job_dir / "metrics.jsonl"
     cmd = [sys.executable, "train.py", *LAUNCHER, *TINY, "training.lr_schedule=constant",
-           f"training.total_timesteps={LONG_TOTAL}", f"hydra.sweep.dir={sweep}"]
+           f"training.total_timesteps={BATCH},{LONG_TOTAL}", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     job_id = None
@@ -232,8 +236,8 @@ def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Pat
             assert proc.poll() is None, f"exited early: {proc.communicate()}\n{cluster_state()}"
             assert time.monotonic() < deadline, f"no 2 updates after 240 s\n{cluster_state()}"
             time.sleep(0.2)
-        (job_id,) = submitit_jobs(sweep)
-        assert "_" not in job_id  # one job: no array
+        short_id, job_id = submitit_jobs(sweep)
+        assert (short_id.split("_")[1], job_id.split("_")[1]) == ("0", "1")  # one array
         running = slurm_cmd("squeue", "-h", "-j", job_id, "-o", "%T").strip()
         assert running == "RUNNING", cluster_state(job_id)
         # what Slurm does before a time limit (and, with preempt_send_user_signal, on preemption)
@@ -254,7 +258,8 @@ def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Pat
     states = wait_finished(job_id)
     assert [s for _, s in states] == ["REQUEUED", "COMPLETED"], cluster_state(job_id)
     assert {j for j, _ in states} == {job_id}
-    assert submitit_jobs(sweep) == [job_id]  # requeued, not submitted again
+    assert [s for _, s in wait_finished(short_id)] == ["COMPLETED"]  # the other task was left alone
+    assert submitit_jobs(sweep) == [short_id, job_id]  # requeued, not submitted again
 
     logs = job_logs(sweep, job_id)
     assert "Caught signal SIGUSR2" in logs, logs
@@ -271,7 +276,7 @@ def test_usr2_requeues_the_job_and_it_resumes_on_real_slurm(slurm, tmp_path: Pat
     final = torch.load(job_dir / "checkpoints" / "final.pt", map_location="cpu", weights_only=True)
     assert final["global_step"] == LONG_TOTAL
     rows = (sweep / "summary.md").read_text(encoding="utf-8").splitlines()[2:]
-    assert len(rows) == 1 and "| completed |" in rows[0], rows
+    assert len(rows) == 2 and all("| completed |" in row for row in rows), rows
 
     # it ends where the same run, never interrupted and outside Slurm, ends
     reference = tmp_path / "reference"

@@ -342,9 +342,9 @@ class PeriodicEvaluation:
         if not metrics:
             return
         record = {"update": self.update, **metrics}
-        self.finished.append(record)
         if record["eval/global_step"] >= self.objective_step:  # an owed evaluation may finish after a later step's
             self.objective, self.objective_step = record[self.objective_key], record["eval/global_step"]
+        self.finished.append(record)
 
     def _start(self, evaluation: Evaluation) -> None:
         if evaluation.model is None:

@@ -217,9 +217,9 @@ class Run:
 
     def finish(self) -> float:
         """Report the evaluations a run resumed at its last step still owed, write the final checkpoint,
-        print the summary; the objective (rank 0's, on every rank). A stop signal while the owed ones play
-        stops the run as after an update (``checkpoint_or_stop``): no final checkpoint, and the same
-        command plays them."""
+        print the summary; the objective (rank 0's, on every rank). A stop signal that came after the last
+        update's checkpoint (while the owed ones play, say) stops the run as after an update
+        (``checkpoint_or_stop``): no final checkpoint; the same command ends it, playing what is owed."""
         if self.ranks.main:
             self._log_evaluations(lambda evaluation: evaluation.settle(self.state.update))
             if self.state.eval_win_rate is not None:
