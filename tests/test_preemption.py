@@ -217,6 +217,45 @@ def test_a_stop_signal_during_a_periodic_evaluation_ends_it(tmp_path: Path, peri
     assert not (run_dir / "eval" / "step_000000384").exists()
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (not gone, not a zombie waiting for a parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_trainer_leaves_no_background_evaluation_running(tmp_path: Path):
+    """SIGKILL (out of memory, a node's kill after the grace time) gives the trainer no chance to stop its
+    background evaluation worker: the worker sees its parent gone and stops itself within seconds."""
+    run_dir = tmp_path / "run"
+    proc = start(*LONG, f"hydra.run.dir={run_dir}", "evaluation.interval_timesteps=128",
+                 "evaluation.periodic=background", *LONG_EVALUATION)
+    worker_log = run_dir / "eval" / "step_000000128" / "worker.log"
+    wait_until(worker_log.is_file, proc, "background evaluation of step 128")
+    time.sleep(0.5)
+    (worker,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(
+        p, [b"keisei.evaluation.worker", str(run_dir).encode()])]
+    try:
+        proc.kill()
+        proc.communicate()
+        deadline = time.monotonic() + 20
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(worker), "the evaluation worker still runs 20 s after its trainer was killed"
+    finally:
+        if running(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _cmdline_has(proc_dir: Path, parts: list[bytes]) -> bool:
+    try:
+        cmdline = (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return all(part in cmdline for part in parts)
+
+
 #: An evaluation of a few seconds whatever the box's speed: fairy-stockfish thinks 0.5 s a move, up to 6 moves a game.
 SLOW_EVALUATION = ["opponent=fairy_stockfish", "opponent.movetime_ms=500", "evaluation.games=2",
                    "evaluation.max_plies=12"]

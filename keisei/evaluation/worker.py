@@ -1,20 +1,24 @@
 """The background worker of periodic evaluation (``evaluation.periodic=background``), started by
 ``keisei.train.periodic_evaluation`` while training goes on::
 
-    python -m keisei.evaluation.worker SNAPSHOT OUT_DIR CONFIG_JSON
+    python -m keisei.evaluation.worker SNAPSHOT OUT_DIR CONFIG_JSON [--trainer PID]
 
 It plays the snapshot checkpoint against the configured opponent (or, given a ``ladder``, rates it
 on the ladder's rungs), then against each of the ``periodic_opponents`` (their configs, composed by
 the trainer, by preset name), as ``periodic_matches`` does inline, and writes their results into
-``OUT_DIR`` (``OUT_DIR/<name>/``).
+``OUT_DIR`` (``OUT_DIR/<name>/``). It stops, closing its engines, on the trainer's SIGTERM, and by
+itself once the trainer is gone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("config", help="JSON with 'evaluation', 'opponent', 'periodic_opponents', 'ladder', "
                                        "'seed', 'device'")
+    parser.add_argument("--trainer", type=int, default=None, help="the trainer's pid (default: the parent's)")
     args = parser.parse_args(argv)
     spec = json.loads(args.config)
     ev: EvaluationConfig = _structured(EvaluationConfig, spec["evaluation"])
     device = torch.device(spec["device"])
     torch.set_num_threads(1)  # leave the cores to training
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by the trainer: close the engines below
+    _stop_with(os.getppid() if args.trainer is None else args.trainer)
     agent = checkpoint_player(args.snapshot, device, ev.temperature, spec["seed"], name="agent", search=ev.search)
     players: list[Player] = []  # seeded by periodic_matches
     try:
@@ -59,6 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for player in players:
             player.close()
+
+
+def _stop_with(trainer: int) -> None:
+    """SIGTERM this worker once its parent is not ``trainer`` (gone: killed, out of memory; also before the
+    worker got here): an evaluation must not outlive its run, nor play beside the one a resumed run starts in
+    the same directory."""
+    def watch() -> None:
+        while os.getppid() == trainer:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-trainer", daemon=True).start()
 
 
 def _ladder(data: dict[str, Any]) -> PeriodicLadder:

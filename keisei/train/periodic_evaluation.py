@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -187,7 +188,8 @@ class Background:
         spec = (out_dir / SPEC).read_text(encoding="utf-8")
         with open(out_dir / "worker.log", "w", encoding="utf-8") as logfile:
             proc = subprocess.Popen([sys.executable, "-m", "keisei.evaluation.worker", str(out_dir / SNAPSHOT),
-                                     str(out_dir), spec], stdout=logfile, stderr=subprocess.STDOUT)
+                                     str(out_dir), spec, f"--trainer={os.getpid()}"], stdout=logfile,
+                                    stderr=subprocess.STDOUT)
         self.pending = (proc, step, out_dir)
 
     @property
