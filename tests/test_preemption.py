@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,18 +61,23 @@ def steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["global_step"] for line in lines if line.strip()]
 
 
-def wait_for_updates(metrics: Path, proc: subprocess.Popen[str], n: int = 2, timeout: float = 120) -> None:
-    """Until ``metrics`` has ``n`` complete lines (the training loop is running)."""
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
+    """Until ``condition()`` holds; fails if ``proc`` exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.is_file() and metrics.read_text(encoding="utf-8").count("\n") >= n:
-            return
+    while not condition():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"exited with {proc.returncode} before {n} updates\nstdout:\n{out}\nstderr:\n{err}")
+            raise AssertionError(f"exited with {proc.returncode} before {what}\nstdout:\n{out}\nstderr:\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {what} after {timeout}s")
         time.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"no {n} updates in {metrics} after {timeout}s")
+
+
+def wait_for_updates(metrics: Path, proc: subprocess.Popen[str], n: int = 2, timeout: float = 120) -> None:
+    """Until ``metrics`` has ``n`` complete lines (the training loop is running)."""
+    wait_until(lambda: metrics.is_file() and metrics.read_text(encoding="utf-8").count("\n") >= n, proc,
+               f"{n} updates in {metrics}", timeout)
 
 
 def checkpoint(path: Path) -> dict:
@@ -128,19 +133,21 @@ def test_stop_signal_checkpoints_and_the_same_command_resumes(tmp_path: Path, re
     assert_same_weights(final["model"], checkpoint(reference / "checkpoints" / "final.pt")["model"])
 
 
-def submitit_task_pids(sweep: Path) -> list[int]:
-    """Processes running ``python -m submitit.core._submit <sweep>/.submitit/...``: the jobs' tasks."""
-    pids = []
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, command line) of every process this test can see."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            args = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            yield int(entry.name), [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
         except OSError:
             continue
-        if "submitit.core._submit" in args and any(a.startswith(f"{sweep}/.submitit") for a in args):
-            pids.append(int(entry.name))
-    return pids
+
+
+def submitit_task_pids(sweep: Path) -> list[int]:
+    """Processes running ``python -m submitit.core._submit <sweep>/.submitit/...``: the jobs' tasks."""
+    return [pid for pid, args in processes()
+            if "submitit.core._submit" in args and any(a.startswith(f"{sweep}/.submitit") for a in args)]
 
 
 # Slow: submitit's SIGUSR2 requeue and the resume are
@@ -234,8 +241,8 @@ def test_a_killed_trainer_leaves_no_background_evaluation_running(tmp_path: Path
     worker_log = run_dir / "eval" / "step_000000128" / "worker.log"
     wait_until(worker_log.is_file, proc, "background evaluation of step 128")
     time.sleep(0.5)
-    (worker,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(
-        p, [b"keisei.evaluation.worker", str(run_dir).encode()])]
+    (worker,) = [pid for pid, args in processes()
+                 if "keisei.evaluation.worker" in args and any(a.startswith(str(run_dir)) for a in args)]
     try:
         proc.kill()
         proc.communicate()
@@ -246,14 +253,6 @@ def test_a_killed_trainer_leaves_no_background_evaluation_running(tmp_path: Path
     finally:
         if running(worker):
             os.kill(worker, signal.SIGKILL)
-
-
-def _cmdline_has(proc_dir: Path, parts: list[bytes]) -> bool:
-    try:
-        cmdline = (proc_dir / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return all(part in cmdline for part in parts)
 
 
 #: An evaluation of a few seconds whatever the box's speed: fairy-stockfish thinks 0.5 s a move, up to 6 moves a game.
@@ -289,18 +288,6 @@ def test_the_evaluations_a_stopped_run_owed_are_played_when_it_resumes(tmp_path:
     assert sorted(r["eval/global_step"] for r in rows if "eval/global_step" in r) == expected  # each once
     assert f"objective:   {evaluations[expected[-1]]['eval/win_rate']:.4f}" in out
     assert all((run_dir / "eval" / f"step_{s:09d}" / "results.json").is_file() for s in evaluations)
-
-
-def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"exited with {proc.returncode} before {what}\nstdout:\n{out}\nstderr:\n{err}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"no {what} after {timeout}s")
-        time.sleep(0.01)
 
 
 def evaluated_steps(run_dir: Path) -> list[int]:

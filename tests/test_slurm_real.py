@@ -5,7 +5,7 @@ fixture: ``python train.py -m hydra/launcher=slurm_cpu ...`` goes through hydra-
 submitit, the real ``sbatch``/``srun``/``sacct``/``scontrol requeue`` and the real daemons.
 
 Tiny runs: mlp, 8 envs x 16 steps = 128 steps per update; each job gets 1 CPU and 1 GB, except in
-the test of the presets' own requests, which Slurm reads back (the 2-CPU node cannot run them).
+the test of the presets' own requests, which Slurm reads back from jobs held pending, never run.
 """
 
 from __future__ import annotations
