@@ -661,6 +661,28 @@ def test_games_against_the_heuristic_player_are_its_moves_and_train_only_the_lea
     assert batch.actions.shape[0] == learner_plies
 
 
+def test_a_snapshot_dropped_before_its_game_plays_it_stays_that_games_opponent() -> None:
+    """A game assigned a snapshot that the next snapshot pushes out of the pool before the opponent has
+    moved still plays that snapshot's weights (not a fresh network), and the pool's checkpoint keeps them."""
+    torch.manual_seed(0)
+    learner = Policy(build_model(ModelConfig()))  # the default ResNet
+    pool = OpponentPool(OpponentPoolConfig(size=1, snapshot_interval=1, fraction=1.0),
+                        lambda: Policy(build_model(ModelConfig())), torch.Generator().manual_seed(0))
+    pool.add(learner, 1)  # snapshot 0
+    pool.assign([0], 1)  # a new game against it
+    assert pool.opponent.tolist() == [0]
+    first = copy.deepcopy(learner.model.state_dict())
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.add_(1.0)  # the learner moves on
+    pool.add(learner, 2)  # snapshot 1: snapshot 0 leaves the pool
+    assert sorted(pool.snapshots) == [1]
+    played = pool.policy(0).model.state_dict()
+    assert all(torch.equal(played[k], first[k]) for k in first)
+    state = pool.state_dict()
+    assert all(torch.equal(state["snapshots"][0][k], first[k]) for k in first)
+
+
 @pytest.mark.parametrize("bootstrap", [True, False])
 def test_a_game_cut_at_max_plies_bootstraps_or_is_a_draw(bootstrap: bool) -> None:
     """bootstrap_truncated=False: a game cut at max plies ends as a draw, so with gamma = lambda = 1 every

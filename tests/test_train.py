@@ -456,6 +456,21 @@ def test_resume_with_an_opponent_pool_is_exact(tmp_path: Path) -> None:
     assert sum(r["pool/heuristic_games"] for r in metrics(straight_dir)) > 0
 
 
+def test_a_resume_that_turns_the_opponents_off_goes_on_in_self_play(tmp_path: Path) -> None:
+    """Resumed without the pool and the heuristic player, the games in progress against them go on as
+    self-play games, and every game after them is one."""
+    run_dir = tmp_path / "run"
+    train(run_dir, "training.total_timesteps=512", "training.opponent_pool.size=2",
+          "training.opponent_pool.snapshot_interval=1", "training.opponent_pool.fraction=0.5",
+          "training.opponent_pool.heuristic_fraction=0.5", "env.max_plies=64")
+    opponents = checkpoint(run_dir)["opponent_pool"]["opponent"]
+    assert any(k >= 0 for k in opponents) and any(k == -2 for k in opponents)  # snapshot and heuristic games
+    train(run_dir, "training.total_timesteps=1024", "env.max_plies=64")
+    resumed = [r for r in metrics(run_dir) if r.get("global_step", 0) > 512]
+    assert resumed and all(r.get("pool/games", 0) == 0 and r.get("pool/heuristic_games", 0) == 0 for r in resumed)
+    assert set(checkpoint(run_dir)["opponent_pool"]["opponent"]) == {-1}
+
+
 # [background]: its start builds the checkpoint opponent in this process too (to check it), as [inline] does;
 # a background evaluation across a resume is
 # test_a_background_evaluation_logged_after_the_checkpoint_survives_a_crash's. Slow.

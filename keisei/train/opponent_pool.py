@@ -50,7 +50,9 @@ class OpponentPool:
             self.snapshots[self.next_id] = model_state(policy.model)
             self.next_id += 1
             for old in sorted(self.snapshots)[:-self.cfg.size]:
-                del self.snapshots[old]  # games already playing it keep their opponent (see policy)
+                if old in self.opponent:
+                    self.policy(old)  # a game assigned it keeps it, even one whose opponent has not moved yet
+                del self.snapshots[old]
 
     def assign(self, envs: np.ndarray | list[int], num_envs: int) -> None:
         """Draw the opponent of the new games in ``envs``."""
@@ -78,8 +80,9 @@ class OpponentPool:
         """The network of snapshot ``snapshot`` (loaded once, kept while a game plays it)."""
         if snapshot not in self._policies:
             assert self.make_policy is not None
-            self._policies[snapshot] = self.make_policy()
-            load_model_state(self._policies[snapshot].model, self._weights(snapshot))
+            weights = self.snapshots[snapshot]
+            self._policies[snapshot] = policy = self.make_policy()
+            load_model_state(policy.model, weights)
         return self._policies[snapshot]
 
     def _weights(self, snapshot: int) -> dict[str, torch.Tensor]:
@@ -107,6 +110,11 @@ class OpponentPool:
         self.snapshots = {k: weights[k] for k in state["pool"]}
         self.next_id = state["next_id"]
         self.opponent = np.array(state["opponent"], dtype=np.int64)
+        # A resume that turned an opponent off: the games in progress against it go on as self-play games.
+        if self.make_policy is None:
+            self.opponent[self.opponent >= 0] = SELF_PLAY
+        if self.heuristic is None:
+            self.opponent[self.opponent == HEURISTIC] = SELF_PLAY
         self.learner_colour = np.array(state["learner_colour"], dtype=np.int8)
         if self.heuristic is not None and "heuristic_rng" in state:
             self.heuristic.rng.bit_generator.state = state["heuristic_rng"]
