@@ -14,12 +14,13 @@ from hydra.types import RunMode
 from omegaconf.errors import MissingMandatoryValue
 
 from keisei.config import ConfigError
+from keisei.data.records import RecordError
 from keisei.nn.checkpoint import CheckpointError
 from keisei.play.usi_client import EngineError
 from keisei.shogi import IllegalMoveError
 
 #: Errors whose message says what to fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, FileNotFoundError)
+USER_ERRORS = (ConfigError, CheckpointError, EngineError, IllegalMoveError, RecordError, FileNotFoundError)
 
 
 @contextmanager
