@@ -322,6 +322,26 @@ def test_a_file_that_grows_between_stop_and_resume_changes_nothing(
     assert {name: (tmp_path / "resumed" / name).read_bytes() for name in record} == record
 
 
+def test_a_resume_on_other_files_or_by_another_algorithm_is_one_line(
+        tmp_path: Path, labelled: tuple[Path, list[Sample]]) -> None:
+    """Another file of the same number of rows, or another algorithm, stops the resume with one line naming
+    it; the run dir's record stays the one that ran."""
+    other = tmp_path / "other.hcpe"
+    other.write_bytes(labelled[0].read_bytes())
+    run = tmp_path / "run"
+    train(run, *MLP, *RUN, f"algorithm.train=[{labelled[0]}]", "training.total_timesteps=48")
+    record = (run / "config.yaml").read_bytes()
+    refusals = [([*MLP, *RUN, f"algorithm.train=[{other}]"], "Error: algorithm.train: the files ['other.hcpe'], "
+                 "['labelled.hcpe'] when this run started"),
+                ([*MLP, "algorithm=gumbel_az", "logging.progress_bar=false"],
+                 "written by algorithm=supervised, this run has algorithm=gumbel_az")]
+    for args, message in refusals:
+        proc = train(run, *args, "training.total_timesteps=96", check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert (run / "config.yaml").read_bytes() == record
+
+
 def test_ppo_starts_from_a_supervised_run_whose_data_is_gone(tmp_path: Path,
                                                              labelled: tuple[Path, list[Sample]]) -> None:
     """The checkpoint loads on its own (its config's hcpe files are not checked), and PPO self-play

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from keisei.config import GumbelAZConfig, PPOConfig, SupervisedConfig, TrainConfig
+from keisei.config import ConfigError, GumbelAZConfig, PPOConfig, SupervisedConfig, TrainConfig
 from keisei.train.gumbel_az import Replay, SelfPlay, gumbel_az_update
 from keisei.train.ppo import Batch, ppo_update
 from keisei.train.rollout import RolloutStats, collect
@@ -98,9 +98,15 @@ class Supervised:
     def state_dict(self) -> dict[str, Any]:
         """The files' row counts this run reads (those of its start): a file that grows meanwhile (label.py
         still writing it) changes neither the split nor the order of a resumed run."""
-        return {"rows": list(self.stream.data.rows)}
+        return {"rows": list(self.stream.data.rows), "files": [path.name for path in self.stream.data.paths]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume on the files the run started on (by name: a folder moved keeps them; checkpoints without
+        names are checked by the files' number only) and their rows of that time."""
+        started, now = state.get("files"), [path.name for path in self.stream.data.paths]
+        if started is not None and started != now:
+            raise ConfigError(f"algorithm.train: the files {now}, {started} when this run started: resume with "
+                              "the files it started on, or start a new run")
         self.stream.resume(state["rows"])
 
     def _validation_due(self) -> bool:

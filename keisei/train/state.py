@@ -165,6 +165,11 @@ class TrainState:
                                   "resume from a run's checkpoints/last.pt")
         saved, current = data["config"], to_container(self.cfg)
         saved["env"].pop("workers", None), current["env"].pop("workers", None)  # any worker count resumes
+        trained_by = saved.get("algorithm", {}).get("name", "ppo")
+        if trained_by != current["algorithm"]["name"]:
+            raise CheckpointError(f"{path}: written by algorithm={trained_by}, this run has "
+                                  f"algorithm={current['algorithm']['name']}; resume with algorithm={trained_by}, "
+                                  "or start a new run from its network (training.init_checkpoint)")
         for key in ("model", "env"):
             differ = config_differences(saved, current, key)
             if differ:
