@@ -582,12 +582,18 @@ def test_rate_agent_interrupted_keeps_a_partial_rating(presets, tmp_path: Path):
     assert (out / "results.md").read_text(encoding="utf-8") == summary["table"]
 
 
-def test_rate_agent_interrupted_between_matches_keeps_the_rating(presets, tmp_path: Path):
+@pytest.mark.parametrize("rerun", [False, True])
+def test_rate_agent_interrupted_between_matches_keeps_the_rating(presets, tmp_path: Path, rerun: bool):
     """Ctrl-C (a real SIGINT) while the second rung's opponent is being built (an engine starting), after
-    the first match: that match is rated (``"partial": true``) and the interruption is raised again."""
+    the first match: that match is rated (``"partial": true``) and the interruption is raised again. In a
+    rerun into the dir of a finished rating, the earlier run's second match is not counted as this one's."""
     path = tmp_path / "ladder.json"
     write_ladder(path, presets)
     out = tmp_path / "rating"
+    if rerun:
+        done = subprocess.run([sys.executable, "-c", rating_script(path, out, 20, "KeyboardInterrupt")], cwd=REPO,
+                              env=env(), capture_output=True, text=True, timeout=240)
+        assert "not interrupted" in done.stdout and list(out.glob("01-*/results.json")), done.stderr[-3000:]
 
     def building(proc: subprocess.Popen) -> None:
         assert proc.stdout.readline() == "building\n", proc.communicate()
@@ -599,7 +605,7 @@ def test_rate_agent_interrupted_between_matches_keeps_the_rating(presets, tmp_pa
     assert [summary["matches"][0][k] for k in ("wins", "draws", "losses")] == [first[k] for k in
                                                                                 ("wins", "draws", "losses")]
     assert "interrupted: a rating from 20 games kept" in stderr
-    assert math.isfinite(summary["elo"]) and not list(out.glob("01-*"))
+    assert math.isfinite(summary["elo"]) and not list(out.glob("01-*/results.json"))
 
 
 # --- evaluate.py evaluation=ladder ----------------------------------------------------------------

@@ -247,3 +247,31 @@ def test_save_records_appends_with_an_offset_and_records_forfeits(tmp_path):
     for k, winner_is_black in ((2, False), (3, True)):
         kif = (tmp_path / f"{k:04d}.kif").read_text(encoding="utf-8")
         assert Record.from_kif_str(kif).result.is_black_win() is winner_is_black
+
+
+class _CtrlCAtFirstMove(RandomPlayer):
+    """A random player during whose first move Ctrl-C is pressed (Python raises ``KeyboardInterrupt`` where
+    the code is, as it does here)."""
+
+    def choose(self, games: list[Game]) -> list:
+        raise KeyboardInterrupt
+
+
+def test_a_rerun_interrupted_before_a_game_finished_reports_none_of_the_earlier_runs_games(tmp_path) -> None:
+    """A gauntlet rerun into the dir of a finished one, stopped during the second match before any of its
+    games finished: it keeps the first match (played again) and nothing of the earlier run's second match,
+    whose results are gone from the dir."""
+    from keisei.config import EvaluationConfig
+    from keisei.evaluation.tournament import gauntlet
+    from keisei.play.match import MatchInterrupted
+
+    cfg = EvaluationConfig(games=4, max_plies=10, save_records=True)
+    out = tmp_path / "gauntlet"
+    agent = RandomPlayer(seed=0, name="agent")
+    gauntlet(agent, [RandomPlayer(seed=1, name="r1"), RandomPlayer(seed=2, name="r2")], cfg, out, seed=0)
+    assert json.loads((out / "01-r2" / "results.json").read_text())["games"] == 4
+    with pytest.raises(MatchInterrupted):
+        gauntlet(agent, [RandomPlayer(seed=1, name="r1"), _CtrlCAtFirstMove(seed=2, name="r2")], cfg, out, seed=0)
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["partial"] is True and [(m["opponent"], m["games"]) for m in summary["matches"]] == [("r1", 4)]
+    assert not (out / "01-r2" / "results.json").exists() and not (out / "01-r2" / "games" / "games.jsonl").exists()

@@ -170,9 +170,13 @@ def rate_agent(agent: Player, rungs: list[Rung], build: Callable[[Rung, int], Pl
     rungs = [r for r in rungs if r.preset not in trained_against] or rungs
     estimate = rungs[len(rungs) // 2].elo
     interrupted = None
+    if out_dir is not None:  # an earlier run's rating in this dir is not this run's
+        (out_dir / "results.json").unlink(missing_ok=True)
     for k in range(min(cfg.ladder_rungs, len(rungs))):
         rung = min((r for r in rungs if r not in {p for p, _ in played}), key=lambda r: abs(r.elo - estimate))
         match_dir = None if out_dir is None else out_dir / f"{k:02d}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', rung.name)}"
+        if match_dir is not None:  # an earlier run's match in this dir is not this run's
+            (match_dir / "results.json").unlink(missing_ok=True)
         try:  # Ctrl-C during a match, or between two (an engine starting): the games so far are rated
             opponent = build(rung, seed + 1 + k)
             try:

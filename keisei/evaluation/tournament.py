@@ -41,6 +41,9 @@ def play_and_record(agent: Player, opponent: Player, cfg: EvaluationConfig, out_
     ``"partial": true`` and ``"games_planned"``, then raises ``MatchInterrupted`` again."""
     interrupted = None
     start = time.monotonic()
+    if out_dir is not None:  # a rerun into this dir starts afresh: an earlier run's results never count as this one's
+        (out_dir / "results.json").unlink(missing_ok=True)
+        (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)
     try:
         games = _play(agent, opponent, cfg, seed=seed, progress=progress)
     except MatchInterrupted as exc:
@@ -53,7 +56,6 @@ def play_and_record(agent: Player, opponent: Player, cfg: EvaluationConfig, out_
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.save_records:
-            (out_dir / "games" / "games.jsonl").unlink(missing_ok=True)  # a rerun into this dir starts afresh
             save_records(games, agent.name, opponent.name, out_dir / "games")
         write_json(out_dir / "results.json", results)
     if interrupted is not None:
@@ -128,6 +130,7 @@ def gauntlet(agent: Player, opponents: list[Player], cfg: EvaluationConfig, out_
     ``results.json`` marked ``"partial": true`` and raises ``MatchInterrupted``."""
     matches: list[dict[str, Any]] = []
     interrupted = None
+    (out_dir / "results.json").unlink(missing_ok=True)  # an earlier run's table in this dir is not this run's
     for k, opponent in enumerate(opponents):
         match_dir = out_dir / f"{k:02d}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', opponent.name)}"
         try:
