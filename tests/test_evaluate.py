@@ -443,6 +443,16 @@ def test_opponent_checkpoint_without_path(trained_run: Path, tmp_path: Path) -> 
     assert_clean_error(proc, "opponent.checkpoint")
 
 
+@pytest.mark.parametrize("preset", ["checkpoint", "usi"])
+def test_a_listed_preset_that_needs_a_path_is_one_line_naming_the_list(trained_run: Path, tmp_path: Path,
+                                                                       preset: str) -> None:
+    """evaluation.players names the key to fix, not opponent.checkpoint (setting that changes nothing there)."""
+    proc = evaluate(tmp_path / "eval", f"checkpoint={trained_run}", "evaluation=round_robin",
+                    f"evaluation.players=[{preset}]", "opponent=checkpoint", f"opponent.checkpoint={trained_run}",
+                    "evaluation.games=2", check=False)
+    assert_clean_error(proc, "evaluation.players=", f"preset '{preset}' cannot be played as it stands")
+
+
 def test_round_robin_unknown_player(trained_run: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no_such_player"
     proc = evaluate(tmp_path / "eval", f"checkpoint={trained_run}", "evaluation=round_robin",

@@ -59,7 +59,14 @@ def listed_player(entry: str, ev: EvaluationConfig, device: torch.device, seed: 
     ``fairy_stockfish``, ...), else a checkpoint file or run dir, which plays with the agent's
     ``evaluation.temperature`` and ``evaluation.search``."""
     if (CONF / "opponent" / f"{entry}.yaml").is_file():
-        return build_opponent(opponent_preset(entry), device, seed)
+        try:
+            preset = opponent_preset(entry)
+        except (ConfigError, MissingMandatoryValue) as exc:
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"evaluation.players={ev.players!r}: preset {entry!r} cannot be played as it stands "
+                              f"({detail}); list a checkpoint file or run dir itself, or a preset that needs "
+                              "no path") from None
+        return build_opponent(preset, device, seed)
     return checkpoint_player(entry, device, ev.temperature, seed, search=ev.search)
 
 
