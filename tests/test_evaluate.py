@@ -285,6 +285,7 @@ def test_round_robin(trained_run: Path, tmp_path: Path) -> None:
                                                                      ("random", "heuristic")]
     for pairing in r["pairings"]:
         assert_match_results(pairing, 6)
+        assert pairing["seconds"] > 0  # each pairing's wall time, as a single match's record has it
     assert set(r["elo"]) == {me, "random", "heuristic"}
     assert r["elo"][me] == 0.0
     assert r["elo"]["heuristic"] > r["elo"]["random"]

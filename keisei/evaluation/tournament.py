@@ -104,12 +104,13 @@ def _play_pairings(players: list[Player], cfg: EvaluationConfig, out_dir: Path, 
     start = 0
     for k, (a, b) in enumerate(itertools.combinations(players, 2)):
         interrupted = None
+        began = time.monotonic()
         try:
             games = _play(a, b, cfg, seed=seed + k, progress=progress)
         except MatchInterrupted as exc:  # keep what was played: the pairings so far and this one's games
             interrupted, games = exc, exc.games
         if games:
-            pairings.append(match_results(games, a.name, b.name))
+            pairings.append(match_results(games, a.name, b.name) | {"seconds": round(time.monotonic() - began, 3)})
             scores += [(a.name, b.name, _score(m)) for m in games]
             if cfg.save_records:
                 save_records(games, a.name, b.name, out_dir / "games", start=start)
