@@ -326,6 +326,20 @@ def test_tree_reuse_keeps_the_subtree(policy: Policy) -> None:
     assert second.move == fresh.move  # the second search (no reuse) is a fresh search
 
 
+def test_tree_reuse_survives_a_call_for_another_game(policy: Policy) -> None:
+    """A match asks a player for its moves in its Black games and its White games in turn: a game's subtree
+    is still there when the game comes back after a call for the others."""
+    engine = Search(policy, SearchConfig(simulations=200, batch_size=8))
+    game, other = Game(), Game()
+    other.push("2g2f")
+    first = engine.run([game])[0]
+    game.push(first.pv[0])
+    engine.run([other])  # the player's move in the match's other game
+    game.push(first.pv[1])
+    second = engine.run([game])[0]
+    assert sum(second.visits.values()) - (second.nodes - 1) > 0  # visits kept from the first search
+
+
 def test_stop_and_deadline(policy: Policy) -> None:
     engine = Search(policy, SearchConfig(simulations=10**6))
     limits = Limits(simulations=None)

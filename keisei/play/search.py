@@ -405,7 +405,9 @@ def _key(game: Game) -> Key:
 class Search:
     """Batched PUCT search with ``policy`` (see the module docstring). One ``Search`` per player:
     it keeps the trees of its last ``run`` for reuse and its own random generator (Dirichlet
-    noise, moves sampled at ``cfg.temperature``, the Gumbel root's noise with ``cfg.gumbel_noise``)."""
+    noise, moves sampled at ``cfg.temperature``, the Gumbel root's noise with ``cfg.gumbel_noise``).
+    It keeps the trees of its last two ``run`` calls: in a match a player's calls alternate between the
+    games where it has Black to move and those where it has White, so a game comes back every other call."""
 
     def __init__(self, policy: Policy, cfg: SearchConfig, *, device: torch.device | str | None = None,
                  seed: int = 0) -> None:
@@ -414,7 +416,8 @@ class Search:
         self.device = torch.device(device) if device is not None else policy.device
         self.reseed(seed)
         self.encoder = Encoder(max(cfg.batch_size, 1))
-        self._trees: dict[Key, Node] = {}
+        self._trees: dict[Key, Node] = {}  # the last call's trees, by game history
+        self._older: dict[Key, Node] = {}  # the call's before
 
     def reseed(self, seed: int) -> None:
         """Restart the random generator (noise, sampled moves) from ``seed``."""
@@ -422,7 +425,7 @@ class Search:
 
     def reset(self) -> None:
         """Forget the kept trees (a new game)."""
-        self._trees = {}
+        self._trees, self._older = {}, {}
 
     # --- the search -----------------------------------------------------------------------
     @torch.no_grad()
@@ -453,14 +456,14 @@ class Search:
 
     def _trees_for(self, games: Sequence[Game], keys: list[Key]) -> dict[Key, _Tree]:
         """One tree per distinct game (the same position with the same history is searched once), on
-        its kept subtree if any; the other kept trees are dropped."""
+        its kept subtree if any; the last call's other trees are kept one call more, older ones dropped."""
         trees: dict[Key, _Tree] = {}
         for game, key in zip(games, keys):
             if game.is_over:
                 raise ValueError(f"cannot search a finished game ({game.termination.name.lower()}): {game.sfen()}")
             if key not in trees:
                 trees[key] = _Tree(game.copy(), self._reused(key), key)
-        self._trees = {}
+        self._older, self._trees = self._trees, {}
         return trees
 
     def _start_roots(self, work: list[_Tree], limits: Limits) -> None:
@@ -518,7 +521,8 @@ class Search:
         for back in range(3):
             if back > len(moves):
                 break
-            node = self._trees.get((start, moves[:len(moves) - back], max_plies, declaration))
+            earlier = (start, moves[:len(moves) - back], max_plies, declaration)
+            node = self._trees.get(earlier, self._older.get(earlier))
             if node is None:
                 continue
             for usi in moves[len(moves) - back:]:
