@@ -78,6 +78,20 @@ def test_crashing_engine_loses_every_game_and_is_restarted(tmp_path):
     assert not any(alive(pid) for pid in pids)
 
 
+def test_an_engine_that_breaks_the_protocol_forfeits_and_is_restarted(tmp_path):
+    """A bare ``bestmove`` (no move) forfeits the game as a crash, and the next game gets a fresh engine."""
+    log = tmp_path / "nomove.log"
+    engine = fake_engine("nomove.py", log, movetime_ms=10, timeout_s=5)
+    try:
+        games = play_match(engine, RandomPlayer(seed=1), games=4, max_plies=50)
+    finally:
+        engine.close()
+    assert_engine_lost_all(games, Termination.CRASH)
+    pids, commands = logged(log)
+    assert len(pids) == 4 and len(set(pids)) == 4 and commands.count("go") == 4
+    assert not any(alive(pid) for pid in pids)
+
+
 def test_crashing_engine_as_second_player(tmp_path):
     engine = fake_engine("crash.py", movetime_ms=10, timeout_s=5)
     try:

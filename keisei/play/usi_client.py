@@ -185,6 +185,7 @@ class UsiPlayer(Player):
             return Termination.CRASH
         parts = last.split()
         if len(parts) < 2:
+            self.close()  # broke the protocol: start afresh for the next move
             return Termination.CRASH
         if parts[1] == "resign":
             return Termination.RESIGN
