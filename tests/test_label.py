@@ -67,6 +67,21 @@ def test_selfplay_rows_read_back_with_legal_moves_and_a_side_file(tmp_path: Path
     assert "positions labelled and written" in proc.stdout
 
 
+def test_games_in_progress_when_the_target_is_reached_are_not_written(tmp_path: Path) -> None:
+    """With resign_score 300 every game the teacher finishes ends on a position it scores 300 or more (a
+    mate or repetition aside); the game the stop at 20 positions cuts short would end on a lower score,
+    written as a draw. Games are told apart by their plies (the side file's): one game's rows count up by one."""
+    out = tmp_path / "g.hcpe"
+    proc = label(f"output={out}", "positions=20", "workers=1", "resign_score=300", "opening_plies=8", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    plies = np.fromfile(out.with_name("g.hcpe.side"), dtype=side_dtype(1))["ply"].astype(int)
+    rows = read(out, HCPE)
+    ends = [i for i in range(len(plies)) if i + 1 == len(plies) or plies[i + 1] != plies[i] + 1]
+    assert len(rows) >= 20 and len(ends) >= 1
+    assert all(abs(int(rows["eval"][i])) >= 300 and rows["gameResult"][i] != 0 for i in ends), \
+        [(int(plies[i]), int(rows["eval"][i]), int(rows["gameResult"][i])) for i in ends]
+
+
 def test_a_rerun_with_the_target_reached_adds_nothing(tmp_path: Path) -> None:
     out = tmp_path / "a.hcpe"
     assert label(f"output={out}", "positions=10", "workers=1", *FAST).returncode == 0

@@ -221,7 +221,7 @@ def _with_ply(game: Game) -> str:
 
 
 def _play_game(cfg: LabelConfig, teacher: UsiPlayer, mover: Any, rng: np.random.Generator,
-               stop: Any) -> tuple[list[Labelled], Result]:
+               stop: Any) -> tuple[list[Labelled], Result | None]:
     """One game from a random opening, every position labelled; its positions and result."""
     game = random_opening(Game(max_plies=cfg.max_plies), int(rng.integers(cfg.opening_plies + 1)), rng)
     positions: list[Labelled] = []
@@ -239,7 +239,7 @@ def _play_game(cfg: LabelConfig, teacher: UsiPlayer, mover: Any, rng: np.random.
         else:
             move = mover.choose([game])[0] if mover is not None else lines[0].move
         game.push(move)
-    return positions, game.result or Result.DRAW
+    return positions, game.result  # None: stopped before the game ended
 
 
 def _worker(cfg: LabelConfig, index: int, seed: int, tasks: Any, results: Any, stop: Any) -> None:
@@ -351,6 +351,8 @@ def _collect(cfg: LabelConfig, out: Output, report: LabelReport, results: Any, t
             stop.set()
             _drain(out, report, results, running, bar, tasks)
             return message[1]
+        elif message[0] == "game" and message[2] is None:
+            continue  # a game the target's stop cut short: its result is unknown, and the file is full
         else:
             pending -= message[0] == "positions"
             _write(out, report, message, bar)
@@ -363,7 +365,7 @@ def _collect(cfg: LabelConfig, out: Output, report: LabelReport, results: Any, t
 
 def _write(out: Output, report: LabelReport, message: tuple, bar: tqdm) -> None:
     kind, positions, result = message
-    written, duplicates = out.append(positions, result)
+    written, duplicates = out.append(positions, Result.DRAW if result is None else result)  # Ctrl-C: a draw
     report.written += written
     report.duplicates += duplicates
     report.games += kind == "game"
