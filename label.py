@@ -6,7 +6,7 @@ Every setting comes from ``conf/label.yaml`` and its ``teacher`` group (see docs
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from keisei.cli import fail_cleanly
 from keisei.config import register_configs
@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> None:
     with fail_cleanly():
         from keisei.data.label import label, validate_label
 
-        report = label(validate_label(OmegaConf.to_object(cfg)))
+        report = label(validate_label(cfg))
         print(report)
 
 

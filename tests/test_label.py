@@ -169,6 +169,7 @@ def test_an_engine_that_dies_is_restarted_and_its_position_retried(tmp_path: Pat
     (["source=checkpoint"], "checkpoint"),
     (["random_move_rate=2"], "random_move_rate"),
     (["teacher.command=/nonexistent/engine"], "/nonexistent/engine"),
+    (["+positons=5"], "positons"),
     (["source=records", f"records=[{ROOT / 'tests/data/records/bad/illegal.csa'}]", "skip_bad_records=false"],
      "illegal.csa"),
 ])

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 from rsshogi.core import Move
 from tqdm import tqdm
 
@@ -81,9 +82,15 @@ class LabelReport:
         return text
 
 
-def validate_label(cfg: LabelConfig) -> LabelConfig:
-    """label.py's checks, each a one-line ``ConfigError`` naming the key."""
-    from keisei.config import _as_count, _check
+def validate_label(cfg: DictConfig | LabelConfig) -> LabelConfig:
+    """label.py's checks, each a one-line ``ConfigError`` naming the key (a key no setting has, too);
+    returns the typed ``LabelConfig``."""
+    from keisei.config import _as_count, _check, _reject_unknown_keys
+
+    if isinstance(cfg, DictConfig):
+        _reject_unknown_keys(cfg)
+        cfg = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    assert isinstance(cfg, LabelConfig)
 
     cfg.positions = _as_count("positions", cfg.positions)
     _check(cfg.positions >= 1, "positions", cfg.positions, "must be >= 1")
