@@ -271,3 +271,21 @@ def test_the_score_scale_fit_recovers_a_known_scale(random_positions: list[Game]
     rows["gameResult"] = np.where(mover_won == black, 1, 2)
     assert set(mover_results(rows)) == {0.0, 1.0}
     assert abs(fit_score_scale(rows) - 500) < 25
+
+
+def test_the_score_scale_refuses_results_that_do_not_follow_the_scores(tmp_path: Path,
+                                                                     random_positions: list[Game]) -> None:
+    """All draws whatever the score: no scale fits (the best one is the search's bound), said in one line by the
+    command, as a missing file is."""
+    games = [g for g in random_positions if not g.is_over][:10]
+    rows = np.zeros(200, dtype=HCPE)
+    rows["hcp"] = np.stack([np.frombuffer(games[i % len(games)].board.to_hcp(), dtype=np.uint8) for i in range(200)])
+    rows["eval"] = np.linspace(-2000, 2000, 200).astype(np.int16)
+    with pytest.raises(ValueError, match="do not follow their scores"):
+        fit_score_scale(rows)
+    data = tmp_path / "draws.hcpe"
+    rows.tofile(data)
+    for path, named in ((data, "do not follow their scores"), (tmp_path / "missing.hcpe", "missing.hcpe")):
+        proc = subprocess.run([sys.executable, "-m", "keisei.data.scale", str(path)], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+        assert_clean_error(proc, named, returncode=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,15 +53,23 @@ def fit_score_scale(rows: np.ndarray, low: float = 10.0, high: float = 10_000.0)
             b = d
         else:
             a = c
-    return math.exp((a + b) / 2)
+    scale = math.exp((a + b) / 2)
+    if not low * 1.01 < scale < high * 0.99:
+        raise ValueError(f"no scale in [{low:g}, {high:g}] fits: the best is at its bound ({scale:.0f}), so the rows' "
+                         "results do not follow their scores (too few rows, or results unrelated to the scores)")
+    return scale
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Fit the score scale of hcpe files' teacher to their game results.")
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
-    rows = np.concatenate([read(f, HCPE) for f in args.files])
-    scale = fit_score_scale(rows)
+    try:
+        rows = np.concatenate([read(f, HCPE) for f in args.files])
+        scale = fit_score_scale(rows)
+    except (OSError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
     scores = rows["eval"].astype(np.float64)
     keep = np.abs(scores) < MATE_SCORE - MATE_BAND
     loss = log_loss(scale, scores[keep], mover_results(rows)[keep])
