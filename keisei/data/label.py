@@ -229,7 +229,8 @@ def _with_ply(game: Game) -> str:
 
 def _play_game(cfg: LabelConfig, teacher: UsiPlayer, mover: Any, rng: np.random.Generator,
                stop: Any) -> tuple[list[Labelled], Result | None]:
-    """One game from a random opening, every position labelled; its positions and result."""
+    """One game from a random opening, every position labelled; its positions and result (None when a stop
+    ended it first)."""
     game = random_opening(Game(max_plies=cfg.max_plies), int(rng.integers(cfg.opening_plies + 1)), rng)
     positions: list[Labelled] = []
     parent = os.getppid()

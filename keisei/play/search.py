@@ -404,10 +404,10 @@ def _key(game: Game) -> Key:
 
 class Search:
     """Batched PUCT search with ``policy`` (see the module docstring). One ``Search`` per player:
-    it keeps the trees of its last ``run`` for reuse and its own random generator (Dirichlet
-    noise, moves sampled at ``cfg.temperature``, the Gumbel root's noise with ``cfg.gumbel_noise``).
-    It keeps the trees of its last two ``run`` calls: in a match a player's calls alternate between the
-    games where it has Black to move and those where it has White, so a game comes back every other call."""
+    it keeps the trees of its last two ``run`` calls for reuse (in a match a player's calls alternate
+    between the games where it has Black and those where it has White, so a game comes back every other
+    call) and its own random generator (Dirichlet noise, moves sampled at ``cfg.temperature``, the
+    Gumbel root's noise with ``cfg.gumbel_noise``)."""
 
     def __init__(self, policy: Policy, cfg: SearchConfig, *, device: torch.device | str | None = None,
                  seed: int = 0) -> None:
@@ -417,7 +417,7 @@ class Search:
         self.reseed(seed)
         self.encoder = Encoder(max(cfg.batch_size, 1))
         self._trees: dict[Key, Node] = {}  # the last call's trees, by game history
-        self._older: dict[Key, Node] = {}  # the call's before
+        self._older: dict[Key, Node] = {}  # the trees of the call before it
 
     def reseed(self, seed: int) -> None:
         """Restart the random generator (noise, sampled moves) from ``seed``."""

@@ -96,8 +96,8 @@ class Supervised:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        """The files' row counts this run reads (those of its start): a file that grows meanwhile (label.py
-        still writing it) changes neither the split nor the order of a resumed run."""
+        """The names of the files this run reads and their row counts (those of its start): a file that grows
+        meanwhile (label.py still writing it) changes neither the split nor the order of a resumed run."""
         return {"rows": list(self.stream.data.rows), "files": [path.name for path in self.stream.data.paths]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
