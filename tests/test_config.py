@@ -103,6 +103,16 @@ def test_experiment_presets_compose_validate_and_set_their_values(name: str) -> 
                 assert cfg[group][key] == value, f"{group}.{key}"
 
 
+def test_cpu_strong_is_the_baseline_with_the_measured_overrides() -> None:
+    """experiment=cpu_strong composes to exactly the command its ladder rows measured: cpu_baseline with a
+    wider network and more, shorter games a rollout (docs/results.md), nothing else changed."""
+    strong = to_container(validate(compose_cfg("experiment=cpu_strong")))
+    measured = to_container(validate(compose_cfg("experiment=cpu_baseline", "model.channels=64", "env.num_envs=256",
+                                                 "algorithm.num_steps=16")))
+    assert strong == measured
+    assert strong != to_container(validate(compose_cfg("experiment=cpu_baseline")))
+
+
 def test_defaults_have_one_source_the_schema() -> None:
     """conf/ files name their preset and repeat no schema default: composing with no overrides gives
     the dataclass defaults (the opponent preset aside), and the mlp preset differs only in its name."""
