@@ -62,33 +62,22 @@ def assert_engine_lost_all(games, termination: Termination, engine_is_a: bool = 
 # --- fake engines ---------------------------------------------------------------------------------
 
 
-def test_crashing_engine_loses_every_game_and_is_restarted(tmp_path):
-    log = tmp_path / "crash.log"
-    engine = fake_engine("crash.py", log, movetime_ms=10, timeout_s=5)
+@pytest.mark.parametrize("script", ["crash.py", "nomove.py"])
+def test_an_engine_that_crashes_or_breaks_the_protocol_loses_every_game_and_is_restarted(tmp_path, script):
+    """crash.py dies on its first ``go``; nomove.py answers a bare ``bestmove`` (no move): either forfeits the
+    game as a crash, and the next game gets a fresh engine."""
+    log = tmp_path / "engine.log"
+    engine = fake_engine(script, log, movetime_ms=10, timeout_s=5)
     try:
         games = play_match(engine, RandomPlayer(seed=1), games=4, max_plies=50)
     finally:
         engine.close()
     assert_engine_lost_all(games, Termination.CRASH)
     pids, commands = logged(log)
-    # One process per game: each died on its one "go" and a fresh one played the next game.
+    # One process per game: each forfeited on its one "go" and a fresh one played the next game.
     assert len(pids) == 4 and len(set(pids)) == 4
     assert commands.count("go") == 4
     assert commands.count("usi") == 4 and commands.count("isready") == 4
-    assert not any(alive(pid) for pid in pids)
-
-
-def test_an_engine_that_breaks_the_protocol_forfeits_and_is_restarted(tmp_path):
-    """A bare ``bestmove`` (no move) forfeits the game as a crash, and the next game gets a fresh engine."""
-    log = tmp_path / "nomove.log"
-    engine = fake_engine("nomove.py", log, movetime_ms=10, timeout_s=5)
-    try:
-        games = play_match(engine, RandomPlayer(seed=1), games=4, max_plies=50)
-    finally:
-        engine.close()
-    assert_engine_lost_all(games, Termination.CRASH)
-    pids, commands = logged(log)
-    assert len(pids) == 4 and len(set(pids)) == 4 and commands.count("go") == 4
     assert not any(alive(pid) for pid in pids)
 
 
